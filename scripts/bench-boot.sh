@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Boot benchmark: hvlite against qemu-system-x86_64 -M microvm -accel tcg, same kernel and
+# initramfs, N runs each (default 5; RUNS=N or first argument). Writes JSON to
+# bench/results/boot.json (or $OUT) and prints a summary.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+RUNS="${1:-${RUNS:-5}}"
+OUT="${OUT:-bench/results/boot.json}"
+
+if ! command -v qemu-system-x86_64 >/dev/null; then
+    echo "bench-boot: installing qemu-system-x86" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends qemu-system-x86 >&2 \
+        || { apt-get update >&2 && apt-get install -y --no-install-recommends qemu-system-x86 >&2; }
+fi
+KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
+INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
+cargo build --release --bin hvlite >&2
+exec python3 scripts/bench_boot.py --hvlite target/release/hvlite --kernel "$KERNEL" \
+    --initrd "$INITRD" --runs "$RUNS" --out "$OUT" ${CMDLINE:+--cmdline "$CMDLINE"}

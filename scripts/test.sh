@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs hvlite's whole test suite: formatting, lints, the guest build scripts (kernel and
+# initramfs, cached outside the repo), unit tests, and the integration tests, which boot
+# test guests and the project's Linux kernel under KVM.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/.."
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+for comp in rustfmt clippy; do
+    if ! cargo "${comp/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        log "installing rustup component $comp"
+        rustup component add "$comp"
+    fi
+done
+
+log "cargo fmt --check"
+cargo fmt --check
+
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+log "guest kernel (scripts/build-kernel.sh)"
+HVLITE_KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
+log "guest initramfs (scripts/build-initramfs.sh)"
+HVLITE_INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
+HVLITE_BZIMAGE="$(dirname "$HVLITE_KERNEL")/bzImage"
+export HVLITE_KERNEL HVLITE_INITRD HVLITE_BZIMAGE
+for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE"; do
+    [ -f "$f" ] || { echo "test.sh: missing guest artefact $f" >&2; exit 1; }
+done
+
+log "cargo test (unit and integration tests)"
+cargo test --all-targets 2>&1

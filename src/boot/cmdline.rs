@@ -1,0 +1,151 @@
+//! The guest kernel command line: hvlite's defaults, the PVM measures where they apply,
+//! the user's `--cmdline`, and the command for the guest init.
+
+use linux_loader::cmdline::{Cmdline, Error as LinuxCmdlineError};
+
+use super::layout::CMDLINE_MAX_SIZE;
+use crate::host::HostKind;
+use crate::initcmd;
+
+/// Options every guest gets. Later options (the user's) override earlier ones.
+/// - `console=ttyS0`: the serial console on COM1 is the guest's console.
+/// - `reboot=k`: reboot through the i8042 reset line, which ends the VM.
+/// - `panic=-1`: reboot (so end the VM) at once on a kernel panic.
+/// - `8250.nr_uarts=1`: probe one UART only (each probe is emulated port I/O on PVM).
+/// - `no_timer_check` / `tsc=reliable`: skip the IRQ0 timer check and the clocksource
+///   watchdog; the virtual TSC and kvmclock are trusted.
+pub const DEFAULT_OPTIONS: &str =
+    "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable";
+
+/// Options for PVM hosts only, keeping the guest kernel off instructions that KVM's
+/// emulator there cannot do (CPUID masks on leaves 1 and 7 do not reach the guest, so the
+/// kernel is told on its command line): `noxsave` (xsave/xrstor) and
+/// `clearcpuid=` cx16 (141), movbe (150), popcnt (151), fsgsbase (288), smap (308).
+pub const PVM_OPTIONS: &str = "noxsave clearcpuid=141,150,151,288,308";
+
+/// Errors assembling the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum CmdlineError {
+    #[error("kernel command line too long: at most {} bytes in all; shorten --cmdline or the command", CMDLINE_MAX_SIZE - 1)]
+    TooLong,
+    #[error("invalid kernel command line: {0}")]
+    Invalid(LinuxCmdlineError),
+    #[error(
+        "--cmdline already passes arguments to init after `--`; give the command either there or after hvlite's `--`"
+    )]
+    InitArgsTwice,
+}
+
+impl From<LinuxCmdlineError> for CmdlineError {
+    fn from(e: LinuxCmdlineError) -> Self {
+        match e {
+            LinuxCmdlineError::TooLarge => CmdlineError::TooLong,
+            other => CmdlineError::Invalid(other),
+        }
+    }
+}
+
+/// Splits a user command line into kernel options and init arguments at a lone `--`.
+fn split_init_args(user: &str) -> (&str, Option<&str>) {
+    let padded_start = user.starts_with("-- ") || user == "--";
+    if padded_start {
+        return ("", Some(user[2..].trim()));
+    }
+    match user
+        .find(" -- ")
+        .or_else(|| user.ends_with(" --").then(|| user.len() - 3))
+    {
+        Some(i) => (&user[..i], Some(user[i + 3..].trim())),
+        None => (user, None),
+    }
+}
+
+/// Builds the command line for `host`, with the user's options and the guest command.
+pub fn build(
+    host: HostKind,
+    user: Option<&str>,
+    command: Option<&[String]>,
+) -> Result<Cmdline, CmdlineError> {
+    let mut cl = Cmdline::new(CMDLINE_MAX_SIZE)?;
+    cl.insert_str(DEFAULT_OPTIONS)?;
+    if host.is_pvm() {
+        cl.insert_str(PVM_OPTIONS)?;
+    }
+    let (user_opts, user_init) = user.map_or(("", None), split_init_args);
+    if !user_opts.trim().is_empty() {
+        cl.insert_str(user_opts)?;
+    }
+    match (command, user_init) {
+        (Some(_), Some(init)) if !init.is_empty() => return Err(CmdlineError::InitArgsTwice),
+        (Some(cmd), _) => cl.insert_init_args(initcmd::encode(cmd))?,
+        (None, Some(init)) if !init.is_empty() => cl.insert_init_args(init)?,
+        (None, _) => {}
+    }
+    Ok(cl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(cl: &Cmdline) -> String {
+        cl.as_cstring().unwrap().into_string().unwrap()
+    }
+
+    #[test]
+    fn defaults_then_user_options() {
+        let cl = build(HostKind::Hardware, Some("loglevel=8 foo"), None).unwrap();
+        assert_eq!(text(&cl), format!("{DEFAULT_OPTIONS} loglevel=8 foo"));
+    }
+
+    #[test]
+    fn pvm_measures_only_on_pvm() {
+        let hw = text(&build(HostKind::Hardware, None, None).unwrap());
+        assert!(!hw.contains("clearcpuid") && !hw.contains("noxsave"));
+        let pvm = text(&build(HostKind::Pvm, None, None).unwrap());
+        assert_eq!(pvm, format!("{DEFAULT_OPTIONS} {PVM_OPTIONS}"));
+    }
+
+    #[test]
+    fn command_goes_after_separator_encoded() {
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "exit 7".to_string()];
+        let t = text(&build(HostKind::Hardware, Some("quiet"), Some(&cmd)).unwrap());
+        let (opts, init) = t.split_once(" -- ").unwrap();
+        assert!(opts.ends_with(" quiet"));
+        assert!(!init.contains(' '));
+        assert_eq!(initcmd::decode(init).unwrap(), cmd);
+    }
+
+    #[test]
+    fn user_init_args_pass_through_or_conflict() {
+        let t = text(&build(HostKind::Hardware, Some("quiet -- single"), None).unwrap());
+        assert!(t.ends_with(" quiet -- single"), "{t}");
+        let cmd = vec!["true".to_string()];
+        assert!(matches!(
+            build(HostKind::Hardware, Some("quiet -- single"), Some(&cmd)),
+            Err(CmdlineError::InitArgsTwice)
+        ));
+        assert_eq!(split_init_args("-- x"), ("", Some("x")));
+        assert_eq!(split_init_args("a --"), ("a", Some("")));
+        assert_eq!(split_init_args("a --b"), ("a --b", None));
+    }
+
+    #[test]
+    fn too_long_is_an_error() {
+        let long = "x".repeat(CMDLINE_MAX_SIZE);
+        assert!(matches!(
+            build(HostKind::Hardware, Some(&long), None),
+            Err(CmdlineError::TooLong)
+        ));
+        let cmd = vec!["y".repeat(1500)];
+        assert!(matches!(
+            build(HostKind::Hardware, None, Some(&cmd)),
+            Err(CmdlineError::TooLong)
+        ));
+    }
+
+    #[test]
+    fn bad_characters_are_rejected() {
+        assert!(build(HostKind::Hardware, Some("a\nb"), None).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Which kind of KVM host we run on: hardware virtualization (VT-x/AMD-V) or PVM.
+
+use std::path::Path;
+
+/// The kind of KVM backend behind `/dev/kvm`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostKind {
+    /// VT-x or AMD-V: the guest kernel runs natively, no workarounds needed.
+    Hardware,
+    /// PVM (`kvm_pvm`): guest kernel mode is emulated and needs the PVM measures.
+    Pvm,
+}
+
+impl HostKind {
+    /// Detects the host kind from the loaded KVM modules under `sysfs_module`
+    /// (normally `/sys/module`).
+    pub fn detect_in(sysfs_module: &Path) -> HostKind {
+        let has = |m: &str| sysfs_module.join(m).exists();
+        if has("kvm_pvm") && !has("kvm_intel") && !has("kvm_amd") {
+            HostKind::Pvm
+        } else {
+            HostKind::Hardware
+        }
+    }
+
+    /// Detects the host kind of this machine.
+    pub fn detect() -> HostKind {
+        Self::detect_in(Path::new("/sys/module"))
+    }
+
+    /// Whether the PVM measures (emulation help, CPUID masks, command-line options) apply.
+    pub fn is_pvm(self) -> bool {
+        self == HostKind::Pvm
+    }
+}
+
+impl std::fmt::Display for HostKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostKind::Hardware => write!(f, "hardware KVM (VT-x/AMD-V)"),
+            HostKind::Pvm => write!(f, "PVM (kvm_pvm, guest kernel mode is emulated)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_modules(names: &[&str]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "hvlite-host-{}-{}",
+            std::process::id(),
+            names.join("-")
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        for n in names {
+            std::fs::create_dir_all(dir.join(n)).unwrap();
+        }
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// On a hardware-KVM host none of the PVM measures apply: no command-line options, no
+    /// CPUID masks on the KVM leaf, no help for emulation failures.
+    #[test]
+    fn no_pvm_measures_on_hardware() {
+        use crate::boot::{cmdline, cpuid};
+        use crate::vcpu::emulation::{Fixup, fixup_for};
+        use kvm_bindings::{CpuId, kvm_cpuid_entry2};
+
+        let hw = cmdline::build(HostKind::Hardware, None, None).unwrap();
+        let hw = hw.as_cstring().unwrap().into_string().unwrap();
+        assert!(!hw.contains(cmdline::PVM_OPTIONS));
+        let pvm = cmdline::build(HostKind::Pvm, None, None).unwrap();
+        assert!(pvm.as_cstring().unwrap().to_str().unwrap().contains(cmdline::PVM_OPTIONS));
+
+        let kvm_leaf = kvm_cpuid_entry2 {
+            function: cpuid::KVM_CPUID_FEATURES,
+            eax: u32::MAX,
+            ..Default::default()
+        };
+        let mut ids = CpuId::from_entries(&[kvm_leaf]).unwrap();
+        cpuid::customize_cpuid(&mut ids, 0, 2, HostKind::Hardware);
+        assert_eq!(ids.as_slice()[0].eax, u32::MAX);
+        cpuid::customize_cpuid(&mut ids, 0, 2, HostKind::Pvm);
+        assert_ne!(ids.as_slice()[0].eax, u32::MAX);
+
+        for bytes in [&[0xcc][..], &[0x0f, 0x01, 0xca], &[0x0f, 0x01, 0xcb]] {
+            assert_eq!(fixup_for(HostKind::Hardware, bytes), None);
+            assert!(fixup_for(HostKind::Pvm, bytes).is_some());
+        }
+        assert_eq!(fixup_for(HostKind::Pvm, &[0xcc]), Some(Fixup::Int3));
+    }
+
+    #[test]
+    fn detects_pvm_only_without_hardware_modules() {
+        assert_eq!(
+            HostKind::detect_in(&fake_modules(&["kvm", "kvm_pvm"])),
+            HostKind::Pvm
+        );
+        assert_eq!(
+            HostKind::detect_in(&fake_modules(&["kvm", "kvm_intel"])),
+            HostKind::Hardware
+        );
+        assert_eq!(
+            HostKind::detect_in(&fake_modules(&["kvm", "kvm_amd", "kvm_pvm"])),
+            HostKind::Hardware
+        );
+        assert_eq!(
+            HostKind::detect_in(&fake_modules(&["kvm"])),
+            HostKind::Hardware
+        );
+    }
+}

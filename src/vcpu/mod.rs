@@ -1,0 +1,220 @@
+//! vCPU threads: one per vCPU, each running KVM_RUN and dispatching its exits.
+
+pub mod emulation;
+pub mod exits;
+pub mod regs;
+
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use kvm_bindings::{CpuId, KVM_INTERNAL_ERROR_EMULATION};
+use kvm_ioctls::{VcpuFd, VmFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::devices::bus::Buses;
+use crate::host::HostKind;
+use crate::vmm::exit::{ExitLatch, ExitReason};
+use emulation::{MAX_INSN_LEN, exception_event, fixup_for, hex_bytes};
+use exits::{Action, dispatch};
+
+/// Errors creating or running a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("creating vCPU {0} failed")]
+    Create(u8, #[source] kvm_ioctls::Error),
+    #[error("KVM_SET_CPUID2 on vCPU {0} failed")]
+    SetCpuid(u8, #[source] kvm_ioctls::Error),
+    #[error("setting up the registers of vCPU {0} failed")]
+    Regs(u8, #[source] regs::RegsError),
+    #[error("starting the thread of vCPU {0} failed")]
+    Spawn(u8, #[source] std::io::Error),
+}
+
+/// When the process started, for the "time to first KVM_RUN" figure.
+pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Signal used to kick a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> libc::c_int {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+/// Installs the (empty) handler of [`kick_signal`]; its only job is to make KVM_RUN
+/// return EINTR.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    extern "C" fn noop(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), noop)
+}
+
+/// One vCPU, configured and ready to run on its own thread.
+pub struct Vcpu {
+    fd: VcpuFd,
+    index: u8,
+    host: HostKind,
+    buses: Arc<Buses>,
+    mem: GuestMemoryMmap,
+    latch: Arc<ExitLatch>,
+}
+
+impl Vcpu {
+    /// Creates vCPU `index` with its CPUID, MSRs and local APIC set up.
+    pub fn new(
+        vm: &VmFd,
+        index: u8,
+        cpuid: &CpuId,
+        host: HostKind,
+        buses: Arc<Buses>,
+        mem: GuestMemoryMmap,
+        latch: Arc<ExitLatch>,
+    ) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(index))
+            .map_err(|e| VcpuError::Create(index, e))?;
+        fd.set_cpuid2(cpuid)
+            .map_err(|e| VcpuError::SetCpuid(index, e))?;
+        regs::setup_msrs(&fd).map_err(|e| VcpuError::Regs(index, e))?;
+        regs::setup_lapic(&fd).map_err(|e| VcpuError::Regs(index, e))?;
+        Ok(Self {
+            fd,
+            index,
+            host,
+            buses,
+            mem,
+            latch,
+        })
+    }
+
+    /// Makes this the boot vCPU: 64-bit mode at `entry`.
+    pub fn setup_boot(
+        &self,
+        entry: u64,
+        segs: &crate::boot::gdt::BootSegments,
+        cr3: u64,
+    ) -> Result<(), VcpuError> {
+        regs::setup_boot_cpu(&self.fd, entry, segs, cr3).map_err(|e| VcpuError::Regs(self.index, e))
+    }
+
+    /// Starts the vCPU's thread. The thread ends when the VM's exit latch fires.
+    pub fn spawn(self) -> Result<JoinHandle<()>, VcpuError> {
+        let index = self.index;
+        thread::Builder::new()
+            .name(format!("vcpu{index}"))
+            .spawn(move || self.run())
+            .map_err(|e| VcpuError::Spawn(index, e))
+    }
+
+    fn run(mut self) {
+        let mut first = true;
+        while !self.latch.is_set() {
+            if first && self.index == 0 {
+                first = false;
+                if let Some(start) = PROCESS_START.get() {
+                    log::info!(
+                        "first KVM_RUN {:.1} ms after process start",
+                        start.elapsed().as_secs_f64() * 1e3
+                    );
+                }
+            }
+            let action = match self.fd.run() {
+                Ok(exit) => dispatch(exit, &self.buses),
+                // A kick (EINTR) or an AP waiting for INIT/SIPI (EAGAIN): look at the
+                // latch and go again.
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+                Err(e) => Action::Stop(ExitReason::Fatal(format!(
+                    "KVM_RUN on vCPU {} failed: {e}",
+                    self.index
+                ))),
+            };
+            let action = match action {
+                Action::InternalError => self.internal_error(),
+                other => other,
+            };
+            if let Action::Stop(reason) = action {
+                self.latch.request(reason);
+                break;
+            }
+        }
+    }
+
+    /// Handles KVM_EXIT_INTERNAL_ERROR: on PVM hosts, completes the instructions the
+    /// emulator lacks; anything else ends the VM with a description.
+    fn internal_error(&mut self) -> Action {
+        // SAFETY: KVM_RUN returned KVM_EXIT_INTERNAL_ERROR, so `internal` is the active
+        // member of the exit union.
+        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+        if internal.suberror != KVM_INTERNAL_ERROR_EMULATION {
+            return Action::Stop(ExitReason::Fatal(format!(
+                "vCPU {}: KVM internal error, suberror {}",
+                self.index, internal.suberror
+            )));
+        }
+        match self.complete_emulation() {
+            Ok(()) => Action::Continue,
+            Err(msg) => Action::Stop(ExitReason::Fatal(msg)),
+        }
+    }
+
+    fn complete_emulation(&mut self) -> Result<(), String> {
+        let mut regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| format!("vCPU {}: KVM_GET_REGS: {e}", self.index))?;
+        let bytes = self.read_insn(regs.rip);
+        let fixup = fixup_for(self.host, &bytes);
+        let Some(fixup) = fixup else {
+            return Err(format!(
+                "vCPU {}: emulation failure at guest RIP {:#x}, instruction bytes [{}]",
+                self.index,
+                regs.rip,
+                hex_bytes(&bytes)
+            ));
+        };
+        let inject = fixup.apply(&mut regs);
+        self.fd
+            .set_regs(&regs)
+            .map_err(|e| format!("vCPU {}: KVM_SET_REGS: {e}", self.index))?;
+        if let Some(vector) = inject {
+            let events = self
+                .fd
+                .get_vcpu_events()
+                .map_err(|e| format!("vCPU {}: KVM_GET_VCPU_EVENTS: {e}", self.index))?;
+            self.fd
+                .set_vcpu_events(&exception_event(events, vector))
+                .map_err(|e| format!("vCPU {}: KVM_SET_VCPU_EVENTS: {e}", self.index))?;
+        }
+        log::trace!(
+            "vCPU {}: completed {fixup:?} at {:#x}",
+            self.index,
+            regs.rip
+        );
+        Ok(())
+    }
+
+    /// Reads up to [`MAX_INSN_LEN`] bytes of guest code at virtual address `rip`, page by
+    /// page through the guest's page tables; stops early where a page is not mapped.
+    fn read_insn(&self, rip: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(MAX_INSN_LEN);
+        let mut va = rip;
+        while out.len() < MAX_INSN_LEN {
+            let Ok(t) = self.fd.translate_gva(va) else {
+                break;
+            };
+            if t.valid == 0 {
+                break;
+            }
+            let in_page = 0x1000 - (va & 0xfff) as usize;
+            let n = in_page.min(MAX_INSN_LEN - out.len());
+            let mut buf = vec![0u8; n];
+            if self
+                .mem
+                .read_slice(&mut buf, GuestAddress(t.physical_address))
+                .is_err()
+            {
+                break;
+            }
+            out.extend_from_slice(&buf);
+            va = va.wrapping_add(n as u64);
+        }
+        out
+    }
+}

@@ -1,0 +1,306 @@
+//! VM construction and lifetime: turns a [`config::VmConfig`] into a running VM, waits
+//! for its end and stops every vCPU.
+
+pub mod config;
+pub mod exit;
+pub mod stats;
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
+use kvm_ioctls::{Kvm, VmFd};
+use linux_loader::loader::load_cmdline;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::Killable;
+
+use crate::boot::{cmdline, cpuid, gdt, layout, loader, mptable, paging, zeropage};
+use crate::devices::bus::{BusError, Buses};
+use crate::devices::exit_port::ExitPort;
+use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
+use crate::devices::serial::{COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder};
+use crate::host::HostKind;
+use crate::initcmd::EXIT_PORT;
+use crate::vcpu::{self, Vcpu, VcpuError};
+use config::{ConfigError, VmConfig};
+use exit::{ExitLatch, ExitReason};
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("/dev/kvm does not exist: this host has no KVM (load kvm_intel, kvm_amd or kvm_pvm)")]
+    NoKvm,
+    #[error("no permission to open /dev/kvm (run as root or join the kvm group)")]
+    KvmPermission,
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("--cpus {cpus} is more than KVM allows on this host ({max})")]
+    TooManyCpusForKvm { cpus: u8, max: usize },
+    #[error("KVM: {0} failed")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    #[error("cannot allocate {0} MiB of guest memory")]
+    Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    Cmdline(#[from] cmdline::CmdlineError),
+    #[error("cannot write the kernel command line into guest memory")]
+    WriteCmdline(#[source] linux_loader::loader::Error),
+    #[error("cannot build the zero page")]
+    ZeroPage(#[from] zeropage::ZeroPageError),
+    #[error("cannot build the MP table")]
+    Mptable(#[from] mptable::MptableError),
+    #[error("cannot build the GDT")]
+    Gdt(#[from] gdt::GdtError),
+    #[error("cannot build the page tables")]
+    Paging(#[from] paging::PagingError),
+    #[error("cannot attach a device")]
+    Bus(#[from] BusError),
+    #[error("cannot create an eventfd")]
+    EventFd(#[source] io::Error),
+    #[error("cannot start the stdin forwarder")]
+    Stdin(#[source] io::Error),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot install the vCPU kick signal handler")]
+    Signal(#[source] vmm_sys_util::errno::Error),
+}
+
+/// Opens /dev/kvm, telling a missing device from a permission problem.
+fn open_kvm() -> Result<Kvm, VmmError> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => VmmError::NoKvm,
+        libc::EACCES | libc::EPERM => VmmError::KvmPermission,
+        _ => VmmError::OpenKvm(e),
+    })
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |e| VmmError::Kvm(what, e)
+}
+
+/// Creates guest RAM and registers every region with KVM as a memory slot.
+fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, VmmError> {
+    let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_mib << 20))
+        .map_err(|e| VmmError::Memory(mem_mib, e))?;
+    for (slot, region) in mem.iter().enumerate() {
+        let slot = u32::try_from(slot).map_err(|_| VmmError::Kvm("memory slot", io_einval()))?;
+        let desc = kvm_bindings::kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: region.as_ptr() as u64,
+        };
+        // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`,
+        // which the caller keeps alive for as long as the VM runs.
+        unsafe { vm.set_user_memory_region(desc) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+    }
+    Ok(mem)
+}
+
+fn io_einval() -> kvm_ioctls::Error {
+    kvm_ioctls::Error::new(libc::EINVAL)
+}
+
+/// Creates the in-kernel interrupt controllers and timer.
+fn setup_irqchip(vm: &VmFd) -> Result<(), VmmError> {
+    vm.set_tss_address(layout::KVM_TSS_ADDR as usize)
+        .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))
+}
+
+/// What the boot vCPU needs from the loaded guest image.
+struct BootImage {
+    entry: u64,
+    segments: gdt::BootSegments,
+    cr3: u64,
+}
+
+/// Loads kernel and initrd, writes the command line, zero page, MP table, GDT and page
+/// tables.
+fn load_guest(
+    cfg: &VmConfig,
+    host: HostKind,
+    mem: &GuestMemoryMmap,
+) -> Result<BootImage, VmmError> {
+    let mem_size = cfg.mem_size();
+    // Open the initrd first: a missing initrd is reported before the kernel is read.
+    let initrd = cfg.initrd.as_deref().map(loader::Initrd::open).transpose()?;
+    let kernel = loader::load_kernel(mem, mem_size, &cfg.kernel)?;
+    let initrd_size = initrd.as_ref().map_or(0, |i| i.size);
+    loader::check_fits(&kernel, initrd_size, mem_size, &cfg.kernel)?;
+    let initrd = match initrd {
+        Some(i) => Some((i.load(mem, mem_size)?, initrd_size)),
+        None => None,
+    };
+    log::debug!(
+        "kernel {:?} entry {:#x} end {:#x}, initrd {initrd:x?}",
+        kernel.format,
+        kernel.entry,
+        kernel.end
+    );
+
+    let cl = cmdline::build(host, cfg.cmdline.as_deref(), cfg.command.as_deref())?;
+    load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cl).map_err(VmmError::WriteCmdline)?;
+    let cmdline_size = cl
+        .as_cstring()
+        .map(|c| c.as_bytes_with_nul().len())
+        .unwrap_or(1);
+    log::debug!("kernel command line: {:?}", cl.as_cstring());
+
+    let params = zeropage::build_boot_params(&zeropage::ZeroPageConfig {
+        mem_size,
+        cmdline_addr: layout::CMDLINE_START,
+        cmdline_size,
+        initrd,
+        setup_header: kernel.setup_header,
+    })?;
+    zeropage::write_zero_page(mem, &params)?;
+    mptable::setup_mptable(mem, cfg.cpus)?;
+    let segments = gdt::setup_gdt(mem)?;
+    let cr3 = paging::setup_identity_page_tables(mem)?;
+    Ok(BootImage {
+        entry: kernel.entry,
+        segments,
+        cr3,
+    })
+}
+
+/// Creates the legacy devices on the port-I/O bus.
+fn setup_devices(
+    vm: &VmFd,
+    latch: &Arc<ExitLatch>,
+    console_out: ConsoleOut,
+    forward_stdin: bool,
+) -> Result<Buses, VmmError> {
+    let mut buses = Buses::default();
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm.register_irqfd(&irq, layout::SERIAL_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (serial)"))?;
+    let serial = Arc::new(Mutex::new(SerialConsole::new(irq, console_out)));
+    buses
+        .pio
+        .insert(serial.clone(), u64::from(COM1_BASE), u64::from(COM1_LEN))?;
+    if forward_stdin {
+        // The forwarder thread is detached: it blocks on stdin until EOF or exit.
+        spawn_stdin_forwarder(io::stdin(), serial).map_err(VmmError::Stdin)?;
+    }
+    buses.pio.insert(
+        Arc::new(Mutex::new(I8042::new(latch.clone()))),
+        u64::from(I8042_BASE),
+        u64::from(I8042_LEN),
+    )?;
+    buses
+        .pio
+        .insert(Arc::new(Mutex::new(ExitPort::new(latch.clone()))), u64::from(EXIT_PORT), 1)?;
+    Ok(buses)
+}
+
+/// Where the guest's console goes and whether host stdin is forwarded to it.
+pub struct Console {
+    /// Guest console output.
+    pub out: ConsoleOut,
+    /// Forward the host's stdin to the guest's console.
+    pub forward_stdin: bool,
+}
+
+impl Default for Console {
+    fn default() -> Self {
+        Self {
+            out: Box::new(io::stdout()),
+            forward_stdin: true,
+        }
+    }
+}
+
+/// Boots the VM described by `cfg` and runs it until it ends; returns why it ended.
+pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
+    cfg.validate(config::host_ram_mib())?;
+    // Bad input files are reported before anything touches KVM.
+    loader::check_readable(&cfg.kernel)?;
+    if let Some(initrd) = &cfg.initrd {
+        loader::check_readable(initrd)?;
+    }
+    let kvm = open_kvm()?;
+    let host = HostKind::detect();
+    log::info!("host: {host}");
+    let max = kvm.get_max_vcpus();
+    if usize::from(cfg.cpus) > max {
+        return Err(VmmError::TooManyCpusForKvm { cpus: cfg.cpus, max });
+    }
+    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    setup_irqchip(&vm)?;
+    let mem = create_memory(&vm, cfg.memory_mib)?;
+    let boot = load_guest(cfg, host, &mem)?;
+
+    let latch = Arc::new(ExitLatch::new());
+    let buses = Arc::new(setup_devices(&vm, &latch, console.out, console.forward_stdin)?);
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
+    for index in 0..cfg.cpus {
+        let mut cpuid = base_cpuid.clone();
+        cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, host);
+        let v = Vcpu::new(&vm, index, &cpuid, host, buses.clone(), mem.clone(), latch.clone())?;
+        if index == 0 {
+            v.setup_boot(boot.entry, &boot.segments, boot.cr3)?;
+        }
+        vcpus.push(v);
+    }
+    vcpu::install_kick_handler().map_err(VmmError::Signal)?;
+    let mut threads = Vec::with_capacity(vcpus.len());
+    for v in vcpus {
+        match v.spawn() {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                latch.request(ExitReason::Fatal(e.to_string()));
+                stop_vcpus(threads);
+                return Err(e.into());
+            }
+        }
+    }
+    let reason = latch.wait();
+    stop_vcpus(threads);
+    report_memory(&mem);
+    Ok(reason)
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until it has seen the exit latch and ended.
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    for t in threads {
+        while !t.is_finished() {
+            // A failed kick means the thread is gone already.
+            let _ = t.kill(vcpu::kick_signal());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // The thread has finished; a panic in it was already reported on stderr.
+        let _ = t.join();
+    }
+}
+
+fn report_memory(mem: &GuestMemoryMmap) {
+    let starts: Vec<u64> = mem.iter().map(|r| r.as_ptr() as u64).collect();
+    match stats::memory_usage(&starts) {
+        Ok(u) => log::info!(
+            "memory: RSS {} KiB, guest memory resident {} KiB, VMM own {} KiB",
+            u.rss_kib,
+            u.guest_kib,
+            u.vmm_kib()
+        ),
+        Err(e) => log::debug!("cannot read memory usage: {e}"),
+    }
+}

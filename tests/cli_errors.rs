@@ -1,0 +1,157 @@
+//! Bad input gets one clear error line on stderr and hvlite's error status (125), never
+//! a panic. None of these cases boots Linux.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+const VMM_ERROR: i32 = 125;
+
+fn assert_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(VMM_ERROR), "stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr should mention {needle:?}: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+}
+
+/// A tiny valid guest kernel, so that only the case under test is wrong.
+fn good_kernel(dir: &std::path::Path) -> String {
+    let mut code = out_byte(EXIT_PORT, 0);
+    code.extend(HALT_FOREVER);
+    write_guest(dir, "k.elf", &code).to_string_lossy().into_owned()
+}
+
+#[test]
+fn missing_kernel() {
+    let out = run_hvlite(&["run", "--kernel", "/nonexistent/vmlinux"]);
+    assert_error(&out, "cannot open /nonexistent/vmlinux");
+}
+
+#[test]
+fn kernel_is_a_directory() {
+    let dir = scratch("kdir");
+    let out = run_hvlite(&["run", "--kernel", dir.to_str().unwrap()]);
+    assert_error(&out, "is not a regular file");
+}
+
+#[test]
+fn missing_initrd() {
+    let dir = scratch("noinitrd");
+    let k = good_kernel(&dir);
+    let out = run_hvlite(&["run", "--kernel", &k, "--initrd", "/nonexistent/initrd"]);
+    assert_error(&out, "cannot open /nonexistent/initrd");
+}
+
+#[test]
+fn not_a_kernel() {
+    let dir = scratch("notkernel");
+    let path = dir.join("README");
+    std::fs::write(&path, "this is not a kernel\n").unwrap();
+    if !kvm_available("not_a_kernel") {
+        return;
+    }
+    let out = run_hvlite(&["run", "--kernel", path.to_str().unwrap()]);
+    assert_error(&out, "is not a Linux kernel");
+}
+
+#[test]
+fn bad_cpu_counts() {
+    for n in ["0", "33", "-1", "many"] {
+        let flag = format!("--cpus={n}");
+        let out = run_hvlite(&["run", "--kernel", "/k", &flag]);
+        assert_error(&out, "--cpus");
+    }
+}
+
+#[test]
+fn bad_flags() {
+    let out = run_hvlite(&["run", "--kernel", "/k", "--no-such-flag"]);
+    assert_error(&out, "--no-such-flag");
+    let out = run_hvlite(&["run"]);
+    assert_error(&out, "--kernel");
+    let out = run_hvlite(&["run", "--kernel", "/k", "--memory", "0"]);
+    assert_error(&out, "--memory");
+}
+
+#[test]
+fn memory_larger_than_host() {
+    let dir = scratch("bigmem");
+    let k = good_kernel(&dir);
+    let out = run_hvlite(&["run", "--kernel", &k, "--memory", "100000000"]);
+    assert_error(&out, "more than this host's");
+}
+
+#[test]
+fn memory_too_small_for_kernel() {
+    if !kvm_available("memory_too_small_for_kernel") {
+        return;
+    }
+    let dir = scratch("smallmem");
+    let k = good_kernel(&dir);
+    // The guest loads at 16 MiB; 8 MiB cannot hold it.
+    let out = run_hvlite(&["run", "--kernel", &k, "--memory", "8"]);
+    assert_error(&out, "too small for kernel");
+    let out = run_hvlite(&["run", "--kernel", &k, "--memory", "20"]);
+    assert_error(&out, "too small for kernel");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn as_nobody(args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(hvlite())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn setpriv")
+}
+
+#[test]
+fn unreadable_kernel_and_no_kvm_permission() {
+    if !is_root() {
+        eprintln!("SKIPPED unreadable_kernel_and_no_kvm_permission: needs root to switch user");
+        return;
+    }
+    let dir = scratch("perm");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let k = good_kernel(&dir);
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = as_nobody(&["run", "--kernel", &k]);
+    assert_error(&out, "Permission denied");
+    // A readable kernel, but /dev/kvm (mode 0600, root) is not open to nobody.
+    std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let kvm_mode = std::fs::metadata("/dev/kvm").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    if kvm_mode.is_ok_and(|m| m & 0o006 == 0) {
+        let out = as_nobody(&["run", "--kernel", &k]);
+        assert_error(&out, "no permission to open /dev/kvm");
+    } else {
+        eprintln!("SKIPPED kvm permission half: /dev/kvm is open to everyone here");
+    }
+}
+
+#[test]
+fn no_kvm_device() {
+    if !is_root() {
+        eprintln!("SKIPPED no_kvm_device: needs root for a private mount namespace");
+        return;
+    }
+    let dir = scratch("nokvm");
+    let k = good_kernel(&dir);
+    // Hide /dev behind an empty tmpfs in a private mount namespace.
+    let script = format!("mount -t tmpfs none /dev && exec {} run --kernel {k}", hvlite().display());
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn unshare");
+    assert_error(&out, "/dev/kvm does not exist");
+}

@@ -1,0 +1,101 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// Path of the hvlite binary under test.
+pub fn hvlite() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hvlite"))
+}
+
+/// Whether /dev/kvm can be opened; prints a loud skip notice when not.
+pub fn kvm_available(test: &str) -> bool {
+    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIPPED {test}: /dev/kvm cannot be opened here ({e})");
+            false
+        }
+    }
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("hvlite-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// Runs hvlite with `args`, stdin closed, and returns its output.
+pub fn run_hvlite(args: &[&str]) -> Output {
+    Command::new(hvlite())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn hvlite")
+}
+
+/// Guest physical address where test guests are loaded and entered.
+pub const GUEST_BASE: u64 = 0x100_0000;
+
+/// Wraps `image` (loaded at [`GUEST_BASE`], entered at its first byte in 64-bit mode)
+/// in a minimal ELF64 executable with one PT_LOAD segment.
+pub fn elf_guest(image: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let off = (EHDR + PHDR) as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    f.extend_from_slice(&[0u8; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&GUEST_BASE.to_le_bytes()); // entry
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // phnum
+    f.extend_from_slice(&64u16.to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes());
+    f.extend_from_slice(&0u16.to_le_bytes());
+    assert_eq!(f.len(), EHDR);
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
+    f.extend_from_slice(&off.to_le_bytes());
+    f.extend_from_slice(&GUEST_BASE.to_le_bytes()); // vaddr
+    f.extend_from_slice(&GUEST_BASE.to_le_bytes()); // paddr
+    f.extend_from_slice(&(image.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(image.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(f.len(), EHDR + PHDR);
+    f.extend_from_slice(image);
+    f
+}
+
+/// Writes a test guest ELF into `dir` and returns its path.
+pub fn write_guest(dir: &Path, name: &str, image: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, elf_guest(image)).expect("write test guest");
+    path
+}
+
+/// Machine code: `mov dx, port; mov al, value; out dx, al`.
+pub fn out_byte(port: u16, value: u8) -> Vec<u8> {
+    let p = port.to_le_bytes();
+    vec![0x66, 0xba, p[0], p[1], 0xb0, value, 0xee]
+}
+
+/// Machine code: `hlt; jmp hlt`.
+pub const HALT_FOREVER: [u8; 3] = [0xf4, 0xeb, 0xfd];
+
+/// The exit port hvlite's guests report their status on.
+pub const EXIT_PORT: u16 = hvlite::initcmd::EXIT_PORT;
+
+/// Whether this host is PVM (guest kernel mode emulated).
+pub fn is_pvm() -> bool {
+    hvlite::host::HostKind::detect().is_pvm()
+}

@@ -1,0 +1,149 @@
+//! Small purpose-built guests that drive the VMM directly, without Linux: they boot in
+//! well under a second, even where guest kernel mode is emulated.
+
+mod common;
+
+use common::*;
+
+const MEM: &str = "64";
+
+#[test]
+fn serial_output_and_exit_port() {
+    if !kvm_available("serial_output_and_exit_port") {
+        return;
+    }
+    let dir = scratch("hello");
+    let mut code = Vec::new();
+    for b in b"hello from a test guest\n" {
+        code.extend(out_byte(0x3f8, *b));
+    }
+    code.extend(out_byte(EXIT_PORT, 42));
+    code.extend(HALT_FOREVER);
+    let guest = write_guest(&dir, "hello.elf", &code);
+    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("hello from a test guest"), "stdout: {stdout}");
+    assert_eq!(out.status.code(), Some(42), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn all_vcpus_stop_when_one_ends_the_vm() {
+    if !kvm_available("all_vcpus_stop_when_one_ends_the_vm") {
+        return;
+    }
+    // The boot vCPU reports at once; the others sit in the in-kernel wait for INIT/SIPI
+    // and must be kicked out of KVM_RUN for hvlite to exit.
+    let dir = scratch("smp-exit");
+    let mut code = out_byte(EXIT_PORT, 3);
+    code.extend(HALT_FOREVER);
+    let guest = write_guest(&dir, "exit.elf", &code);
+    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM, "--cpus", "4"]);
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn i8042_reset_ends_the_vm() {
+    if !kvm_available("i8042_reset_ends_the_vm") {
+        return;
+    }
+    let dir = scratch("reset");
+    let mut code = out_byte(0x64, 0xfe);
+    code.extend(HALT_FOREVER);
+    let guest = write_guest(&dir, "reset.elf", &code);
+    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn stac_and_clac_complete() {
+    if !kvm_available("stac_and_clac_complete") {
+        return;
+    }
+    let smap = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" smap"));
+    if !is_pvm() && !smap {
+        eprintln!("SKIPPED stac_and_clac_complete: hardware host without SMAP");
+        return;
+    }
+    // status = 0x10 | AC after stac | (AC after clac) << 1; expected 0x11.
+    let mut code = vec![
+        0x0f, 0x01, 0xcb, // stac
+        0x9c, 0x58, // pushfq; pop rax
+        0x48, 0xc1, 0xe8, 0x12, // shr rax, 18
+        0x24, 0x01, // and al, 1
+        0x88, 0xc3, // mov bl, al
+        0x0f, 0x01, 0xca, // clac
+        0x9c, 0x58, // pushfq; pop rax
+        0x48, 0xc1, 0xe8, 0x12, // shr rax, 18
+        0x24, 0x01, // and al, 1
+        0xd0, 0xe0, // shl al, 1
+        0x08, 0xd8, // or al, bl
+        0x0c, 0x10, // or al, 0x10
+        0x66, 0xba,
+    ];
+    code.extend(EXIT_PORT.to_le_bytes());
+    code.push(0xee); // out dx, al
+    code.extend(HALT_FOREVER);
+    let dir = scratch("ac");
+    let guest = write_guest(&dir, "ac.elf", &code);
+    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    assert_eq!(out.status.code(), Some(0x11), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn int3_reaches_the_guest_breakpoint_handler() {
+    if !kvm_available("int3_reaches_the_guest_breakpoint_handler") {
+        return;
+    }
+    // Layout (offsets from GUEST_BASE): 0x00 code, 0x40 #BP handler, 0xf0 IDTR, 0x100 IDT.
+    let mut image = vec![0x90u8; 0x140];
+    let idtr = GUEST_BASE + 0xf0;
+    let mut code = vec![0x0f, 0x01, 0x1c, 0x25]; // lidt [abs32]
+    code.extend((idtr as u32).to_le_bytes());
+    code.push(0xcc); // int3
+    code.extend(out_byte(EXIT_PORT, 1)); // not reached if the handler runs
+    code.extend(HALT_FOREVER);
+    image[..code.len()].copy_from_slice(&code);
+    let mut handler = out_byte(EXIT_PORT, 33);
+    handler.extend(HALT_FOREVER);
+    image[0x40..0x40 + handler.len()].copy_from_slice(&handler);
+    // IDTR: limit (4 gates of 16 bytes) and base.
+    image[0xf0..0xf2].copy_from_slice(&(4u16 * 16 - 1).to_le_bytes());
+    image[0xf2..0xfa].copy_from_slice(&(GUEST_BASE + 0x100).to_le_bytes());
+    // Gate 3: 64-bit interrupt gate to the handler, code selector 0x08.
+    let target = GUEST_BASE + 0x40;
+    let gate = &mut image[0x100 + 3 * 16..0x100 + 4 * 16];
+    gate[0..2].copy_from_slice(&(target as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&0x08u16.to_le_bytes());
+    gate[4] = 0;
+    gate[5] = 0x8e;
+    gate[6..8].copy_from_slice(&((target >> 16) as u16).to_le_bytes());
+    gate[8..12].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
+    gate[12..16].fill(0);
+    let dir = scratch("int3");
+    let guest = write_guest(&dir, "int3.elf", &image);
+    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    assert_eq!(out.status.code(), Some(33), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn unknown_emulation_failure_names_bytes_and_rip() {
+    if !kvm_available("unknown_emulation_failure_names_bytes_and_rip") {
+        return;
+    }
+    let mut code = vec![0xf3, 0x48, 0x0f, 0xb8, 0xc0]; // popcnt rax, rax
+    code.extend(out_byte(EXIT_PORT, 0));
+    code.extend(HALT_FOREVER);
+    let dir = scratch("popcnt");
+    let guest = write_guest(&dir, "popcnt.elf", &code);
+    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if is_pvm() {
+        // KVM's emulator on PVM lacks popcnt: hvlite must stop with a precise message.
+        assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+        assert!(stderr.contains("emulation failure"), "stderr: {stderr}");
+        assert!(stderr.contains("f3 48 0f b8 c0"), "stderr: {stderr}");
+        assert!(stderr.contains("0x1000000"), "stderr: {stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    }
+}
