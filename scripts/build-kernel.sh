@@ -33,7 +33,7 @@ SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 
 # --- Build dependencies (apt-get only if something is missing) --------------
 PKGS=(linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev
-      lz4 cpio xz-utils python3 kmod)
+      lz4 cpio xz-utils patch python3)
 missing=()
 for p in "${PKGS[@]}"; do
     status="$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)"

@@ -73,7 +73,13 @@ mod tests {
         let hw = hw.as_cstring().unwrap().into_string().unwrap();
         assert!(!hw.contains(cmdline::PVM_OPTIONS));
         let pvm = cmdline::build(HostKind::Pvm, None, None).unwrap();
-        assert!(pvm.as_cstring().unwrap().to_str().unwrap().contains(cmdline::PVM_OPTIONS));
+        assert!(
+            pvm.as_cstring()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains(cmdline::PVM_OPTIONS)
+        );
 
         let kvm_leaf = kvm_cpuid_entry2 {
             function: cpuid::KVM_CPUID_FEATURES,

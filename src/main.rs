@@ -16,7 +16,11 @@ use hvlite::vmm::{self, Console};
 const EXIT_VMM_ERROR: u8 = 125;
 
 #[derive(Parser)]
-#[command(name = "hvlite", version, about = "A hypervisor-lite microVM monitor on KVM")]
+#[command(
+    name = "hvlite",
+    version,
+    about = "A hypervisor-lite microVM monitor on KVM"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,11 @@ fn exit_code(reason: ExitReason, has_command: bool) -> ExitCode {
         ExitReason::Reset | ExitReason::Shutdown => {
             eprintln!(
                 "hvlite: error: the guest stopped ({}) without reporting the command's exit status",
-                if reason == ExitReason::Reset { "reset" } else { "shutdown" }
+                if reason == ExitReason::Reset {
+                    "reset"
+                } else {
+                    "shutdown"
+                }
             );
             ExitCode::from(EXIT_VMM_ERROR)
         }

@@ -23,7 +23,9 @@ fn assert_error(out: &Output, needle: &str) {
 fn good_kernel(dir: &std::path::Path) -> String {
     let mut code = out_byte(EXIT_PORT, 0);
     code.extend(HALT_FOREVER);
-    write_guest(dir, "k.elf", &code).to_string_lossy().into_owned()
+    write_guest(dir, "k.elf", &code)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[test]
@@ -129,7 +131,8 @@ fn unreadable_kernel_and_no_kvm_permission() {
     assert_error(&out, "Permission denied");
     // A readable kernel, but /dev/kvm (mode 0600, root) is not open to nobody.
     std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let kvm_mode = std::fs::metadata("/dev/kvm").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    let kvm_mode = std::fs::metadata("/dev/kvm")
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     if kvm_mode.is_ok_and(|m| m & 0o006 == 0) {
         let out = as_nobody(&["run", "--kernel", &k]);
         assert_error(&out, "no permission to open /dev/kvm");
@@ -147,7 +150,10 @@ fn no_kvm_device() {
     let dir = scratch("nokvm");
     let k = good_kernel(&dir);
     // Hide /dev behind an empty tmpfs in a private mount namespace.
-    let script = format!("mount -t tmpfs none /dev && exec {} run --kernel {k}", hvlite().display());
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} run --kernel {k}",
+        hvlite().display()
+    );
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .stdin(Stdio::null())

@@ -110,19 +110,40 @@ fn vmlinux_boots_to_init_on_two_cpus_and_returns_the_status() {
     let script = "echo CHECK-BEGIN; uname -s; grep -c ^processor /proc/cpuinfo; \
                   cat /proc/cmdline; echo CHECK-END; exit 7";
     let b = boot(&[
-        "run", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(),
-        "--cpus", "2", "--", "/bin/sh", "-c", script,
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--cpus",
+        "2",
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
     ]);
     let ctx = format!("stdout:\n{}\nstderr:\n{}", b.stdout, b.stderr);
     assert!(b.stdout.contains(INIT_MARKER), "no init marker; {ctx}");
     let (_, checks) = b.stdout.split_once("CHECK-BEGIN").expect(&ctx);
-    let lines: Vec<&str> = checks.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = checks
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(lines.first(), Some(&"Linux"), "{ctx}");
-    assert_eq!(lines.get(1), Some(&"2"), "the guest must see 2 vCPUs; {ctx}");
+    assert_eq!(
+        lines.get(1),
+        Some(&"2"),
+        "the guest must see 2 vCPUs; {ctx}"
+    );
     // The PVM measures are on the command line only where the host needs them.
     let cmdline = lines.get(2).copied().unwrap_or_default();
     assert_eq!(cmdline.contains("clearcpuid="), is_pvm(), "{ctx}");
-    assert_eq!(b.status, Some(7), "hvlite must exit with the command's status; {ctx}");
+    assert_eq!(
+        b.status,
+        Some(7),
+        "hvlite must exit with the command's status; {ctx}"
+    );
     assert!(b.stderr.contains("first KVM_RUN"), "{ctx}");
 }
 
@@ -133,8 +154,14 @@ fn bzimage_boots_too() {
     }
     let (k, i) = (bzimage(), initrd());
     let b = boot(&[
-        "run", "--kernel", k.to_str().unwrap(), "--initrd", i.to_str().unwrap(),
-        "--", "cat", "/proc/version",
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--",
+        "cat",
+        "/proc/version",
     ]);
     let ctx = format!("stdout:\n{}\nstderr:\n{}", b.stdout, b.stderr);
     assert!(b.stdout.contains(INIT_MARKER), "{ctx}");

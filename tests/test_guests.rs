@@ -22,8 +22,16 @@ fn serial_output_and_exit_port() {
     let guest = write_guest(&dir, "hello.elf", &code);
     let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("hello from a test guest"), "stdout: {stdout}");
-    assert_eq!(out.status.code(), Some(42), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("hello from a test guest"),
+        "stdout: {stdout}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -37,8 +45,21 @@ fn all_vcpus_stop_when_one_ends_the_vm() {
     let mut code = out_byte(EXIT_PORT, 3);
     code.extend(HALT_FOREVER);
     let guest = write_guest(&dir, "exit.elf", &code);
-    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM, "--cpus", "4"]);
-    assert_eq!(out.status.code(), Some(3), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let out = run_hvlite(&[
+        "run",
+        "--kernel",
+        guest.to_str().unwrap(),
+        "--memory",
+        MEM,
+        "--cpus",
+        "4",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -51,7 +72,12 @@ fn i8042_reset_ends_the_vm() {
     code.extend(HALT_FOREVER);
     let guest = write_guest(&dir, "reset.elf", &code);
     let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -86,7 +112,12 @@ fn stac_and_clac_complete() {
     let dir = scratch("ac");
     let guest = write_guest(&dir, "ac.elf", &code);
     let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
-    assert_eq!(out.status.code(), Some(0x11), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0x11),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -122,7 +153,12 @@ fn int3_reaches_the_guest_breakpoint_handler() {
     let dir = scratch("int3");
     let guest = write_guest(&dir, "int3.elf", &image);
     let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
-    assert_eq!(out.status.code(), Some(33), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(33),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

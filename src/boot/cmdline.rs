@@ -21,7 +21,7 @@ pub const DEFAULT_OPTIONS: &str =
 /// emulator there cannot do (CPUID masks on leaves 1 and 7 do not reach the guest, so the
 /// kernel is told on its command line): `noxsave` (xsave/xrstor) and
 /// `clearcpuid=` cx16 (141), movbe (150), popcnt (151), fsgsbase (288), smap (308).
-pub const PVM_OPTIONS: &str = "noxsave clearcpuid=141,150,151,288,308";
+pub const PVM_OPTIONS: &str = "noxsave clearcpuid=112,141,150,151,288,297,308,580";
 
 /// Errors assembling the command line.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +30,8 @@ pub enum CmdlineError {
     TooLong,
     #[error("invalid kernel command line: {0}")]
     Invalid(LinuxCmdlineError),
+    #[error("cannot pass the command to the guest")]
+    Command(#[from] initcmd::EncodeError),
     #[error(
         "--cmdline already passes arguments to init after `--`; give the command either there or after hvlite's `--`"
     )]
@@ -77,7 +79,7 @@ pub fn build(
     }
     match (command, user_init) {
         (Some(_), Some(init)) if !init.is_empty() => return Err(CmdlineError::InitArgsTwice),
-        (Some(cmd), _) => cl.insert_init_args(initcmd::encode(cmd))?,
+        (Some(cmd), _) => cl.insert_init_args(initcmd::encode_checked(cmd)?)?,
         (None, Some(init)) if !init.is_empty() => cl.insert_init_args(init)?,
         (None, _) => {}
     }
@@ -137,11 +139,13 @@ mod tests {
             build(HostKind::Hardware, Some(&long), None),
             Err(CmdlineError::TooLong)
         ));
-        let cmd = vec!["y".repeat(1500)];
+        let cmd = vec!["y".repeat(1000)];
         assert!(matches!(
             build(HostKind::Hardware, None, Some(&cmd)),
-            Err(CmdlineError::TooLong)
+            Err(CmdlineError::Command(initcmd::EncodeError::TooLong { .. }))
         ));
+        let empty = vec![String::new()];
+        assert!(build(HostKind::Hardware, None, Some(&empty)).is_err());
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! instructions that Linux uses. hvlite completes the ones it can:
 //! - `int3` (`cc`): advance RIP past it and inject #BP, as the CPU would (#BP is a trap).
 //! - `clac` (`0f 01 ca`) / `stac` (`0f 01 cb`): clear / set RFLAGS.AC, advance RIP by 3.
+//! - `fwait` (`9b`): advance RIP by 1. Linux runs it in `fpu__drop()` when a task exits,
+//!   only to discard x87 exceptions left pending by user space, and the kernel's x87
+//!   control word masks them all; so it has no effect to reproduce.
 //!
 //! The others seen there (popcnt, xrstor, cmpxchg16b) are kept away from the guest with
 //! kernel command-line options (see [`crate::boot::cmdline`]); any other failure ends the
@@ -30,6 +33,8 @@ pub enum Fixup {
     Clac,
     /// `stac`: set RFLAGS.AC.
     Stac,
+    /// `fwait`: wait for pending x87 exceptions; none are unmasked in the guest kernel.
+    Fwait,
 }
 
 impl Fixup {
@@ -39,6 +44,7 @@ impl Fixup {
             [0xcc, ..] => Some(Fixup::Int3),
             [0x0f, 0x01, 0xca, ..] => Some(Fixup::Clac),
             [0x0f, 0x01, 0xcb, ..] => Some(Fixup::Stac),
+            [0x9b, ..] => Some(Fixup::Fwait),
             _ => None,
         }
     }
@@ -46,7 +52,7 @@ impl Fixup {
     /// Length of the instruction in bytes.
     pub fn insn_len(self) -> u64 {
         match self {
-            Fixup::Int3 => 1,
+            Fixup::Int3 | Fixup::Fwait => 1,
             Fixup::Clac | Fixup::Stac => 3,
         }
     }
@@ -59,6 +65,7 @@ impl Fixup {
             Fixup::Int3 => return Some(BP_VECTOR),
             Fixup::Clac => regs.rflags &= !RFLAGS_AC,
             Fixup::Stac => regs.rflags |= RFLAGS_AC,
+            Fixup::Fwait => {}
         }
         None
     }
@@ -104,6 +111,7 @@ mod tests {
         assert_eq!(Fixup::decode(&[0xcc, 0x90]), Some(Fixup::Int3));
         assert_eq!(Fixup::decode(&[0x0f, 0x01, 0xca]), Some(Fixup::Clac));
         assert_eq!(Fixup::decode(&[0x0f, 0x01, 0xcb, 0x00]), Some(Fixup::Stac));
+        assert_eq!(Fixup::decode(&[0x9b, 0x65, 0x48]), Some(Fixup::Fwait));
         // popcnt, xrstor, lock cmpxchg16b: not completed by the VMM.
         assert_eq!(Fixup::decode(&[0xf3, 0x48, 0x0f, 0xb8]), None);
         assert_eq!(Fixup::decode(&[0x48, 0x0f, 0xae, 0x2f]), None);
@@ -125,6 +133,8 @@ mod tests {
         assert_eq!((regs.rip, regs.rflags), (0x1006, 0x2 | RFLAGS_AC));
         assert_eq!(Fixup::Int3.apply(&mut regs), Some(BP_VECTOR));
         assert_eq!(regs.rip, 0x1007);
+        assert_eq!(Fixup::Fwait.apply(&mut regs), None);
+        assert_eq!((regs.rip, regs.rflags), (0x1008, 0x2 | RFLAGS_AC));
         let ev = exception_event(kvm_vcpu_events::default(), BP_VECTOR);
         assert_eq!((ev.exception.injected, ev.exception.nr), (1, 3));
     }

@@ -101,7 +101,10 @@ mod tests {
         let mut c = VmConfig::new("k".into());
         assert_eq!(c.validate(1024), Ok(()));
         c.cpus = 0;
-        assert!(matches!(c.validate(1024), Err(ConfigError::Cpus { got: 0, .. })));
+        assert!(matches!(
+            c.validate(1024),
+            Err(ConfigError::Cpus { got: 0, .. })
+        ));
         c.cpus = MAX_CPUS + 1;
         assert!(c.validate(1024).is_err());
         c.cpus = MAX_CPUS;

@@ -21,7 +21,9 @@ use crate::boot::{cmdline, cpuid, gdt, layout, loader, mptable, paging, zeropage
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::exit_port::ExitPort;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
-use crate::devices::serial::{COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder};
+use crate::devices::serial::{
+    COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder,
+};
 use crate::host::HostKind;
 use crate::initcmd::EXIT_PORT;
 use crate::vcpu::{self, Vcpu, VcpuError};
@@ -99,7 +101,8 @@ fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, VmmError> {
         };
         // SAFETY: the region is a live mapping of `memory_size` bytes owned by `mem`,
         // which the caller keeps alive for as long as the VM runs.
-        unsafe { vm.set_user_memory_region(desc) }.map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+        unsafe { vm.set_user_memory_region(desc) }
+            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
     Ok(mem)
 }
@@ -114,7 +117,8 @@ fn setup_irqchip(vm: &VmFd) -> Result<(), VmmError> {
         .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
     vm.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
         .map_err(kvm_err("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
@@ -138,7 +142,11 @@ fn load_guest(
 ) -> Result<BootImage, VmmError> {
     let mem_size = cfg.mem_size();
     // Open the initrd first: a missing initrd is reported before the kernel is read.
-    let initrd = cfg.initrd.as_deref().map(loader::Initrd::open).transpose()?;
+    let initrd = cfg
+        .initrd
+        .as_deref()
+        .map(loader::Initrd::open)
+        .transpose()?;
     let kernel = loader::load_kernel(mem, mem_size, &cfg.kernel)?;
     let initrd_size = initrd.as_ref().map_or(0, |i| i.size);
     loader::check_fits(&kernel, initrd_size, mem_size, &cfg.kernel)?;
@@ -203,9 +211,11 @@ fn setup_devices(
         u64::from(I8042_BASE),
         u64::from(I8042_LEN),
     )?;
-    buses
-        .pio
-        .insert(Arc::new(Mutex::new(ExitPort::new(latch.clone()))), u64::from(EXIT_PORT), 1)?;
+    buses.pio.insert(
+        Arc::new(Mutex::new(ExitPort::new(latch.clone()))),
+        u64::from(EXIT_PORT),
+        1,
+    )?;
     Ok(buses)
 }
 
@@ -239,7 +249,10 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     log::info!("host: {host}");
     let max = kvm.get_max_vcpus();
     if usize::from(cfg.cpus) > max {
-        return Err(VmmError::TooManyCpusForKvm { cpus: cfg.cpus, max });
+        return Err(VmmError::TooManyCpusForKvm {
+            cpus: cfg.cpus,
+            max,
+        });
     }
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     setup_irqchip(&vm)?;
@@ -247,7 +260,12 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     let boot = load_guest(cfg, host, &mem)?;
 
     let latch = Arc::new(ExitLatch::new());
-    let buses = Arc::new(setup_devices(&vm, &latch, console.out, console.forward_stdin)?);
+    let buses = Arc::new(setup_devices(
+        &vm,
+        &latch,
+        console.out,
+        console.forward_stdin,
+    )?);
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -255,7 +273,15 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     for index in 0..cfg.cpus {
         let mut cpuid = base_cpuid.clone();
         cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, host);
-        let v = Vcpu::new(&vm, index, &cpuid, host, buses.clone(), mem.clone(), latch.clone())?;
+        let v = Vcpu::new(
+            &vm,
+            index,
+            &cpuid,
+            host,
+            buses.clone(),
+            mem.clone(),
+            latch.clone(),
+        )?;
         if index == 0 {
             v.setup_boot(boot.entry, &boot.segments, boot.cr3)?;
         }

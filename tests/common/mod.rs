@@ -11,7 +11,11 @@ pub fn hvlite() -> PathBuf {
 
 /// Whether /dev/kvm can be opened; prints a loud skip notice when not.
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIPPED {test}: /dev/kvm cannot be opened here ({e})");

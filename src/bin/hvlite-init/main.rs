@@ -67,20 +67,15 @@ fn run() -> u8 {
     say(INIT_MARKER);
 
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let (argv, tty) = match exec::encoded_command(&args) {
-        None => {
-            let tty = std::fs::read_to_string("/sys/class/tty/console/active")
-                .ok()
-                .and_then(|active| exec::console_tty_path(&active));
-            (vec![exec::SHELL.to_string()], tty)
-        }
+    let argv = match exec::encoded_command(&args) {
+        None => vec![exec::SHELL.to_string()],
         Some(encoded) => {
             let decoded = encoded
                 .to_str()
                 .ok_or_else(|| "not valid UTF-8".to_string())
                 .and_then(|s| initcmd::decode(s).map_err(|e| e.to_string()));
             match decoded {
-                Ok(argv) => (argv, None),
+                Ok(argv) => argv,
                 Err(e) => {
                     say(&format!(
                         "hvlite-init: cannot decode the command {encoded:?}: {e}"
@@ -90,6 +85,12 @@ fn run() -> u8 {
             }
         }
     };
+    // The command gets the console's real tty (e.g. /dev/ttyS0) rather than /dev/console,
+    // which cannot be a controlling terminal (no job control, no Ctrl-C) and whose
+    // inherited rootfs node makes ttyname(3) fail.
+    let tty = std::fs::read_to_string("/sys/class/tty/console/active")
+        .ok()
+        .and_then(|active| exec::console_tty_path(&active));
     let candidates = exec::candidates(argv.first().map_or("", String::as_str), exec::PATH);
     match Prepared::new(argv, candidates, &exec::ENVIRONMENT, tty) {
         Ok(cmd) => spawn_and_wait(&cmd),

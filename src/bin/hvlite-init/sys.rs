@@ -175,8 +175,8 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
 }
 
 impl Prepared {
-    /// Prepares `argv` (argv[0] is looked up in `path`) with environment `env`. With `tty`,
-    /// the child makes that device its stdin/stdout/stderr.
+    /// Prepares `argv`, to be run from the first of `candidates` that execs, with environment
+    /// `env`. With `tty`, the child makes that device its stdin/stdout/stderr.
     pub fn new(
         argv: Vec<String>,
         candidates: Vec<String>,
@@ -221,7 +221,8 @@ pub fn fork() -> io::Result<Forked> {
     })
 }
 
-/// In the child: becomes a session leader with the console as controlling terminal.
+/// In the child: becomes a session leader, moves fds 0-2 to the prepared tty (if any) and
+/// makes fd 0 its controlling terminal (best effort).
 pub fn child_session(cmd: &Prepared) {
     // SAFETY: setsid takes no arguments; the child is not a process group leader, so it works.
     unsafe { libc::setsid() };
@@ -242,8 +243,8 @@ pub fn child_session(cmd: &Prepared) {
     unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
 }
 
-/// In the child: tries each candidate path with execve; returns the errno of each failure,
-/// stopping early when `keep_going` says so.
+/// In the child: tries each candidate path with execve, handing the errno of each failure to
+/// `keep_going`, and stops early when it returns false. Only returns if nothing could be run.
 pub fn exec_candidates(cmd: &Prepared, mut keep_going: impl FnMut(i32) -> bool) {
     for path in &cmd.candidates {
         // SAFETY: `path` is NUL-terminated; argv_ptrs and envp_ptrs are null-terminated
