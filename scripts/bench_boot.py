@@ -87,7 +87,7 @@ def bench_hvlite(args):
 
 def bench_qemu(args):
     runs = []
-    append = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable"
+    append = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable rootfstype=ramfs"
     if args.cmdline:
         append += " " + args.cmdline
     append += " -- " + encode(COMMAND)

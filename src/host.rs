@@ -69,10 +69,10 @@ mod tests {
         use crate::vcpu::emulation::{Fixup, fixup_for};
         use kvm_bindings::{CpuId, kvm_cpuid_entry2};
 
-        let hw = cmdline::build(HostKind::Hardware, None, None).unwrap();
+        let hw = cmdline::build(&cmdline::CmdlineSpec::new(HostKind::Hardware)).unwrap();
         let hw = hw.as_cstring().unwrap().into_string().unwrap();
         assert!(!hw.contains(cmdline::PVM_OPTIONS));
-        let pvm = cmdline::build(HostKind::Pvm, None, None).unwrap();
+        let pvm = cmdline::build(&cmdline::CmdlineSpec::new(HostKind::Pvm)).unwrap();
         assert!(
             pvm.as_cstring()
                 .unwrap()

@@ -17,6 +17,11 @@ use crate::initcmd;
 pub const DEFAULT_OPTIONS: &str =
     "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable";
 
+/// Added when the guest boots from an initramfs: unpack it into ramfs rather than tmpfs.
+/// ramfs does less work per page, which saves about 4 s of an emulated boot on PVM hosts
+/// (and is harmless elsewhere). A user `rootfstype=` later on the line overrides it.
+pub const INITRAMFS_OPTIONS: &str = "rootfstype=ramfs";
+
 /// Options for PVM hosts only, keeping the guest kernel off instructions that KVM's
 /// emulator there cannot do (CPUID masks on leaves 1 and 7 do not reach the guest, so the
 /// kernel is told on its command line): `noxsave` (xsave/xrstor) and
@@ -62,14 +67,39 @@ fn split_init_args(user: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Builds the command line for `host`, with the user's options and the guest command.
-pub fn build(
-    host: HostKind,
-    user: Option<&str>,
-    command: Option<&[String]>,
-) -> Result<Cmdline, CmdlineError> {
+/// What the command line is built from.
+#[derive(Clone, Copy, Debug)]
+pub struct CmdlineSpec<'a> {
+    /// The kind of KVM host.
+    pub host: HostKind,
+    /// Whether an initramfs is loaded.
+    pub initrd: bool,
+    /// The user's `--cmdline`.
+    pub user: Option<&'a str>,
+    /// The command for the guest init.
+    pub command: Option<&'a [String]>,
+}
+
+impl<'a> CmdlineSpec<'a> {
+    /// hvlite's defaults for `host`: no initramfs, no user options, no command.
+    pub fn new(host: HostKind) -> Self {
+        Self {
+            host,
+            initrd: false,
+            user: None,
+            command: None,
+        }
+    }
+}
+
+/// Builds the command line described by `spec`.
+pub fn build(spec: &CmdlineSpec<'_>) -> Result<Cmdline, CmdlineError> {
+    let (host, user, command) = (spec.host, spec.user, spec.command);
     let mut cl = Cmdline::new(CMDLINE_MAX_SIZE)?;
     cl.insert_str(DEFAULT_OPTIONS)?;
+    if spec.initrd {
+        cl.insert_str(INITRAMFS_OPTIONS)?;
+    }
     if host.is_pvm() {
         cl.insert_str(PVM_OPTIONS)?;
     }
@@ -90,28 +120,51 @@ pub fn build(
 mod tests {
     use super::*;
 
+    fn build3(
+        host: HostKind,
+        user: Option<&str>,
+        command: Option<&[String]>,
+    ) -> Result<Cmdline, CmdlineError> {
+        build(&CmdlineSpec {
+            user,
+            command,
+            ..CmdlineSpec::new(host)
+        })
+    }
+
+    #[test]
+    fn initramfs_boots_unpack_into_ramfs() {
+        let spec = CmdlineSpec {
+            initrd: true,
+            ..CmdlineSpec::new(HostKind::Hardware)
+        };
+        let t = text(&build(&spec).unwrap());
+        assert_eq!(t, format!("{DEFAULT_OPTIONS} {INITRAMFS_OPTIONS}"));
+        assert!(!text(&build3(HostKind::Hardware, None, None).unwrap()).contains("rootfstype"));
+    }
+
     fn text(cl: &Cmdline) -> String {
         cl.as_cstring().unwrap().into_string().unwrap()
     }
 
     #[test]
     fn defaults_then_user_options() {
-        let cl = build(HostKind::Hardware, Some("loglevel=8 foo"), None).unwrap();
+        let cl = build3(HostKind::Hardware, Some("loglevel=8 foo"), None).unwrap();
         assert_eq!(text(&cl), format!("{DEFAULT_OPTIONS} loglevel=8 foo"));
     }
 
     #[test]
     fn pvm_measures_only_on_pvm() {
-        let hw = text(&build(HostKind::Hardware, None, None).unwrap());
+        let hw = text(&build3(HostKind::Hardware, None, None).unwrap());
         assert!(!hw.contains("clearcpuid") && !hw.contains("noxsave"));
-        let pvm = text(&build(HostKind::Pvm, None, None).unwrap());
+        let pvm = text(&build3(HostKind::Pvm, None, None).unwrap());
         assert_eq!(pvm, format!("{DEFAULT_OPTIONS} {PVM_OPTIONS}"));
     }
 
     #[test]
     fn command_goes_after_separator_encoded() {
         let cmd = vec!["sh".to_string(), "-c".to_string(), "exit 7".to_string()];
-        let t = text(&build(HostKind::Hardware, Some("quiet"), Some(&cmd)).unwrap());
+        let t = text(&build3(HostKind::Hardware, Some("quiet"), Some(&cmd)).unwrap());
         let (opts, init) = t.split_once(" -- ").unwrap();
         assert!(opts.ends_with(" quiet"));
         assert!(!init.contains(' '));
@@ -120,11 +173,11 @@ mod tests {
 
     #[test]
     fn user_init_args_pass_through_or_conflict() {
-        let t = text(&build(HostKind::Hardware, Some("quiet -- single"), None).unwrap());
+        let t = text(&build3(HostKind::Hardware, Some("quiet -- single"), None).unwrap());
         assert!(t.ends_with(" quiet -- single"), "{t}");
         let cmd = vec!["true".to_string()];
         assert!(matches!(
-            build(HostKind::Hardware, Some("quiet -- single"), Some(&cmd)),
+            build3(HostKind::Hardware, Some("quiet -- single"), Some(&cmd)),
             Err(CmdlineError::InitArgsTwice)
         ));
         assert_eq!(split_init_args("-- x"), ("", Some("x")));
@@ -136,20 +189,20 @@ mod tests {
     fn too_long_is_an_error() {
         let long = "x".repeat(CMDLINE_MAX_SIZE);
         assert!(matches!(
-            build(HostKind::Hardware, Some(&long), None),
+            build3(HostKind::Hardware, Some(&long), None),
             Err(CmdlineError::TooLong)
         ));
         let cmd = vec!["y".repeat(1000)];
         assert!(matches!(
-            build(HostKind::Hardware, None, Some(&cmd)),
+            build3(HostKind::Hardware, None, Some(&cmd)),
             Err(CmdlineError::Command(initcmd::EncodeError::TooLong { .. }))
         ));
         let empty = vec![String::new()];
-        assert!(build(HostKind::Hardware, None, Some(&empty)).is_err());
+        assert!(build3(HostKind::Hardware, None, Some(&empty)).is_err());
     }
 
     #[test]
     fn bad_characters_are_rejected() {
-        assert!(build(HostKind::Hardware, Some("a\nb"), None).is_err());
+        assert!(build3(HostKind::Hardware, Some("a\nb"), None).is_err());
     }
 }

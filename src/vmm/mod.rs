@@ -161,7 +161,12 @@ fn load_guest(
         kernel.end
     );
 
-    let cl = cmdline::build(host, cfg.cmdline.as_deref(), cfg.command.as_deref())?;
+    let cl = cmdline::build(&cmdline::CmdlineSpec {
+        host,
+        initrd: initrd.is_some(),
+        user: cfg.cmdline.as_deref(),
+        command: cfg.command.as_deref(),
+    })?;
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cl).map_err(VmmError::WriteCmdline)?;
     let cmdline_size = cl
         .as_cstring()
