@@ -13,6 +13,11 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
     apt-get install -y --no-install-recommends qemu-system-x86 >&2 \
         || { apt-get update >&2 && apt-get install -y --no-install-recommends qemu-system-x86 >&2; }
 fi
+# KVM's debugfs counters (emulated instructions, exits, injected IRQs) explain where an
+# emulated boot spends its time; mount debugfs if it is not there yet.
+if [ ! -d /sys/kernel/debug/kvm ] && [ "$(id -u)" = 0 ]; then
+    mount -t debugfs none /sys/kernel/debug 2>/dev/null || true
+fi
 KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
 INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
 cargo build --release --bin hvlite >&2

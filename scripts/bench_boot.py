@@ -56,6 +56,31 @@ def timed_run(cmd, env=None, timeout=900):
     return init_s, time.monotonic() - start, rc, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+KVM_STATS = "/sys/kernel/debug/kvm"
+STAT_NAMES = ["exits", "insn_emulation", "insn_emulation_fail", "io_exits", "mmio_exits",
+              "irq_injections", "irq_exits", "halt_exits", "pf_taken", "pf_guest", "signal_exits"]
+
+
+def kvm_stats():
+    """Host-wide KVM counters from debugfs (None where unavailable)."""
+    if not os.path.isdir(KVM_STATS):
+        return None
+    out = {}
+    for name in STAT_NAMES:
+        try:
+            with open(os.path.join(KVM_STATS, name)) as f:
+                out[name] = int(f.read().strip())
+        except OSError:
+            pass
+    return out or None
+
+
+def stats_delta(before, after):
+    if before is None or after is None:
+        return None
+    return {k: after[k] - before[k] for k in after if k in before}
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -70,14 +95,17 @@ def bench_hvlite(args):
         if args.cmdline:
             cmd += ["--cmdline", args.cmdline]
         cmd += ["--"] + COMMAND
+        before = kvm_stats()
         init_s, exit_s, rc, out, err = timed_run(cmd, env)
+        kvm = stats_delta(before, kvm_stats())
         first = re.search(r"first KVM_RUN ([0-9.]+) ms", err)
         own = re.search(r"VMM own (\d+) KiB", err)
         rss = re.search(r"RSS (\d+) KiB", err)
         run = {"init_s": init_s, "exit_s": exit_s, "status": rc,
                "first_kvm_run_ms": float(first.group(1)) if first else None,
                "rss_kib": int(rss.group(1)) if rss else None,
-               "vmm_rss_kib": int(own.group(1)) if own else None}
+               "vmm_rss_kib": int(own.group(1)) if own else None,
+               "kvm_counters": kvm}
         print(f"hvlite run {i + 1}: {run}", file=sys.stderr)
         if rc != 0 or init_s is None:
             print(out[-3000:], err[-3000:], file=sys.stderr)
@@ -104,6 +132,13 @@ def bench_qemu(args):
     return runs
 
 
+def median_counters(runs):
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--hvlite", required=True)
@@ -128,7 +163,8 @@ def main():
         "hvlite": {"runs": hv, "median_init_s": hv_init,
                    "median_exit_s": median(r["exit_s"] for r in hv),
                    "median_first_kvm_run_ms": median(r["first_kvm_run_ms"] for r in hv),
-                   "median_vmm_rss_kib": median(r["vmm_rss_kib"] for r in hv)},
+                   "median_vmm_rss_kib": median(r["vmm_rss_kib"] for r in hv),
+                   "median_kvm_counters": median_counters([r["kvm_counters"] for r in hv])},
         "qemu_tcg": {"runs": qe, "median_init_s": qe_init,
                      "median_exit_s": median(r["exit_s"] for r in qe)},
         "ratio_init_hvlite_over_qemu": (hv_init / qe_init) if hv_init and qe_init else None,
