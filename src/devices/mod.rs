@@ -4,3 +4,4 @@ pub mod bus;
 pub mod exit_port;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
