@@ -19,6 +19,9 @@ import sys
 import time
 
 MARKER = b"hvlite-init: started"
+# Console milestones timed on the host, from process start.
+MILESTONES = {"kernel_banner_s": b"Linux version", "unpack_start_s": b"Unpacking initramfs",
+              "unpack_done_s": b"Freeing initrd memory", "run_init_s": b"Run /init as init process"}
 COMMAND = ["/bin/true"]
 
 
@@ -27,7 +30,7 @@ def encode(args):
 
 
 def timed_run(cmd, env=None, timeout=900):
-    """Runs cmd; returns (init_s, exit_s, returncode, stdout, stderr)."""
+    """Runs cmd; returns (init_s, exit_s, returncode, stdout, stderr, milestones)."""
     start = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env)
@@ -35,6 +38,7 @@ def timed_run(cmd, env=None, timeout=900):
     sel.register(p.stdout, selectors.EVENT_READ, "out")
     sel.register(p.stderr, selectors.EVENT_READ, "err")
     out, err, init_s = b"", b"", None
+    seen = {}
     open_streams = 2
     while open_streams:
         if time.monotonic() - start > timeout:
@@ -48,12 +52,17 @@ def timed_run(cmd, env=None, timeout=900):
                 continue
             if key.data == "out":
                 out += chunk
+                now = time.monotonic() - start
                 if init_s is None and MARKER in out:
-                    init_s = time.monotonic() - start
+                    init_s = now
+                for name, text in MILESTONES.items():
+                    if name not in seen and text in out:
+                        seen[name] = now
             else:
                 err += chunk
     rc = p.wait()
-    return init_s, time.monotonic() - start, rc, out.decode(errors="replace"), err.decode(errors="replace")
+    return (init_s, time.monotonic() - start, rc, out.decode(errors="replace"),
+            err.decode(errors="replace"), seen)
 
 
 KVM_STATS = "/sys/kernel/debug/kvm"
@@ -96,7 +105,7 @@ def bench_hvlite(args):
             cmd += ["--cmdline", args.cmdline]
         cmd += ["--"] + COMMAND
         before = kvm_stats()
-        init_s, exit_s, rc, out, err = timed_run(cmd, env)
+        init_s, exit_s, rc, out, err, seen = timed_run(cmd, env)
         kvm = stats_delta(before, kvm_stats())
         first = re.search(r"first KVM_RUN ([0-9.]+) ms", err)
         own = re.search(r"VMM own (\d+) KiB", err)
@@ -105,7 +114,7 @@ def bench_hvlite(args):
                "first_kvm_run_ms": float(first.group(1)) if first else None,
                "rss_kib": int(rss.group(1)) if rss else None,
                "vmm_rss_kib": int(own.group(1)) if own else None,
-               "kvm_counters": kvm}
+               "kvm_counters": kvm, "milestones": seen}
         print(f"hvlite run {i + 1}: {run}", file=sys.stderr)
         if rc != 0 or init_s is None:
             print(out[-3000:], err[-3000:], file=sys.stderr)
@@ -123,8 +132,8 @@ def bench_qemu(args):
         cmd = [args.qemu, "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", str(args.memory),
                "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
                "-kernel", args.kernel, "-initrd", args.initrd, "-append", append]
-        init_s, exit_s, rc, out, err = timed_run(cmd)
-        run = {"init_s": init_s, "exit_s": exit_s, "status": rc}
+        init_s, exit_s, rc, out, err, seen = timed_run(cmd)
+        run = {"init_s": init_s, "exit_s": exit_s, "status": rc, "milestones": seen}
         print(f"qemu-tcg run {i + 1}: {run}", file=sys.stderr)
         if init_s is None:
             print(out[-3000:], err[-3000:], file=sys.stderr)
@@ -136,7 +145,8 @@ def median_counters(runs):
     runs = [r for r in runs if r]
     if not runs:
         return None
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    keys = set().union(*runs)
+    return {k: statistics.median(r[k] for r in runs if k in r) for k in sorted(keys)}
 
 
 def main():
@@ -164,8 +174,10 @@ def main():
                    "median_exit_s": median(r["exit_s"] for r in hv),
                    "median_first_kvm_run_ms": median(r["first_kvm_run_ms"] for r in hv),
                    "median_vmm_rss_kib": median(r["vmm_rss_kib"] for r in hv),
-                   "median_kvm_counters": median_counters([r["kvm_counters"] for r in hv])},
+                   "median_kvm_counters": median_counters([r["kvm_counters"] for r in hv]),
+                   "median_milestones": median_counters([r["milestones"] for r in hv])},
         "qemu_tcg": {"runs": qe, "median_init_s": qe_init,
+                     "median_milestones": median_counters([r["milestones"] for r in qe]),
                      "median_exit_s": median(r["exit_s"] for r in qe)},
         "ratio_init_hvlite_over_qemu": (hv_init / qe_init) if hv_init and qe_init else None,
     }

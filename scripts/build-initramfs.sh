@@ -12,7 +12,18 @@
 #
 # Uncompressed on purpose: the guest kernel runs emulated on the target hosts and inflating
 # even a small gzip archive there takes more than a minute.
+#
+# With `--ext4` it writes the same root as an ext4 disk image instead
+# (.../initramfs/<key>/rootfs.ext4, with /sbin/init -> /init so that a kernel booted with
+# root=/dev/vda finds the init), for booting from a virtio-blk disk.
 set -euo pipefail
+
+FORMAT=cpio
+case "${1:-}" in
+    "") ;;
+    --ext4) FORMAT=ext4 ;;
+    *) printf 'usage: %s [--ext4]\n' "$0" >&2; exit 2 ;;
+esac
 
 log() { printf 'build-initramfs: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -40,7 +51,7 @@ install_missing() {
     apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
         || { apt-get update >&2 && apt-get install -y --no-install-recommends "${missing[@]}" >&2; }
 }
-install_missing busybox-static cpio file binutils
+install_missing busybox-static cpio file binutils e2fsprogs
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing after installing busybox-static"
 
 # --- the init ---------------------------------------------------------------------------
@@ -85,7 +96,7 @@ KEY="$(printf '%s\n' "$KEY" \
     "$(sha256sum <"$BUSYBOX" | cut -c1-64)" \
     "$(sha256sum <"$SCRIPT_PATH" | cut -c1-64)" | sha256sum | cut -c1-16)"
 OUT_DIR="$CACHE/$KEY"
-OUT="$OUT_DIR/initramfs.cpio"
+if [ "$FORMAT" = ext4 ]; then OUT="$OUT_DIR/rootfs.ext4"; else OUT="$OUT_DIR/initramfs.cpio"; fi
 if [ -s "$OUT" ]; then
     log "up to date: $OUT"
     echo "$OUT"
@@ -127,9 +138,25 @@ else
 fi
 
 # --- archive ------------------------------------------------------------------------------
-log "writing cpio"
 find "$ROOT" -exec touch -h -d "@$EPOCH" {} +
 mkdir -p "$OUT_DIR"
+if [ "$FORMAT" = ext4 ]; then
+    log "writing ext4 image"
+    ln -sfn /init "$ROOT/sbin/init" # replaces busybox's init applet
+    TMP_OUT="$(mktemp "$OUT_DIR/.rootfs.ext4.XXXXXX")"
+    rm -f "$TMP_OUT"
+    # 64 MiB, sparse; fixed UUID and hash seed so the image depends only on its content.
+    E2FSPROGS_FAKE_TIME="$EPOCH" mkfs.ext4 -q -F -L hvlite-root -b 4096 \
+        -U 6876c174-0000-4000-8000-000000000001 \
+        -E hash_seed=6876c174-0000-4000-8000-000000000002,root_owner=0:0 \
+        -d "$ROOT" "$TMP_OUT" 64M >&2 || { rm -f "$TMP_OUT"; die "mkfs.ext4 failed"; }
+    chmod 0644 "$TMP_OUT"
+    mv -f "$TMP_OUT" "$OUT"
+    log "done: $OUT"
+    echo "$OUT"
+    exit 0
+fi
+log "writing cpio"
 TMP_OUT="$(mktemp "$OUT_DIR/.initramfs.cpio.XXXXXX")"
 (
     cd "$ROOT"

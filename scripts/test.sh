@@ -31,4 +31,4 @@ for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE"; do
 done
 
 log "cargo test (unit and integration tests)"
-cargo test --all-targets 2>&1
+cargo test 2>&1

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use hvlite::vcpu::PROCESS_START;
-use hvlite::vmm::config::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, VmConfig};
+use hvlite::vmm::config::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, VmConfig};
 use hvlite::vmm::exit::ExitReason;
 use hvlite::vmm::{self, Console};
 
@@ -51,6 +51,9 @@ struct RunArgs {
     #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB,
           value_parser = clap::value_parser!(u64).range(1..))]
     memory: u64,
+    /// A disk image for the guest, PATH[,ro]; repeatable: /dev/vda, /dev/vdb, ...
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskConfig>,
     /// Command for the guest init to run.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -65,6 +68,7 @@ impl RunArgs {
             cpus: self.cpus,
             memory_mib: self.memory,
             command: (!self.command.is_empty()).then_some(self.command),
+            disks: self.disks,
         }
     }
 }

@@ -161,3 +161,41 @@ fn no_kvm_device() {
         .expect("spawn unshare");
     assert_error(&out, "/dev/kvm does not exist");
 }
+
+#[test]
+fn bad_disks_fail_before_the_guest_starts() {
+    let dir = scratch("disks");
+    let k = good_kernel(&dir);
+    let out = run_hvlite(&["run", "--kernel", &k, "--disk", "/nonexistent/disk.img"]);
+    assert_error(&out, "/nonexistent/disk.img");
+    let out = run_hvlite(&["run", "--kernel", &k, "--disk", dir.to_str().unwrap()]);
+    assert_error(&out, dir.to_str().unwrap());
+    let odd = dir.join("odd.img");
+    std::fs::write(&odd, vec![0u8; 1000]).unwrap();
+    let out = run_hvlite(&["run", "--kernel", &k, "--disk", odd.to_str().unwrap()]);
+    assert_error(&out, "512");
+    let out = run_hvlite(&["run", "--kernel", &k, "--disk", "x.img,fast"]);
+    assert_error(&out, "unknown disk option");
+}
+
+#[test]
+fn disk_without_permission() {
+    if !is_root() {
+        eprintln!("SKIPPED disk_without_permission: needs root to switch user");
+        return;
+    }
+    let dir = scratch("diskperm");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let k = good_kernel(&dir);
+    let disk = dir.join("root-only.img");
+    std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+    std::fs::set_permissions(&disk, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    // Readable by others but not writable: a read-write disk is refused, read-only is fine
+    // as far as the disk goes (nobody then fails on /dev/kvm instead).
+    let out = as_nobody(&["run", "--kernel", &k, "--disk", disk.to_str().unwrap()]);
+    assert_error(&out, "Permission denied");
+    let ro = format!("{},ro", disk.display());
+    let out = as_nobody(&["run", "--kernel", &k, "--disk", &ro]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("root-only.img"), "stderr: {stderr}");
+}

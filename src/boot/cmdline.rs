@@ -2,6 +2,7 @@
 //! the user's `--cmdline`, and the command for the guest init.
 
 use linux_loader::cmdline::{Cmdline, Error as LinuxCmdlineError};
+use vm_memory::GuestAddress;
 
 use super::layout::CMDLINE_MAX_SIZE;
 use crate::host::HostKind;
@@ -67,6 +68,17 @@ fn split_init_args(user: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// A virtio-mmio device announced to the guest (`virtio_mmio.device=SIZE@BASE:IRQ`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioEntry {
+    /// Guest physical address of the device's register window.
+    pub base: u64,
+    /// Size of the window.
+    pub size: u64,
+    /// The device's IRQ line.
+    pub irq: u32,
+}
+
 /// What the command line is built from.
 #[derive(Clone, Copy, Debug)]
 pub struct CmdlineSpec<'a> {
@@ -78,6 +90,8 @@ pub struct CmdlineSpec<'a> {
     pub user: Option<&'a str>,
     /// The command for the guest init.
     pub command: Option<&'a [String]>,
+    /// The virtio-mmio devices, in the order the guest should number them.
+    pub virtio_devices: &'a [VirtioMmioEntry],
 }
 
 impl<'a> CmdlineSpec<'a> {
@@ -88,6 +102,7 @@ impl<'a> CmdlineSpec<'a> {
             initrd: false,
             user: None,
             command: None,
+            virtio_devices: &[],
         }
     }
 }
@@ -102,6 +117,9 @@ pub fn build(spec: &CmdlineSpec<'_>) -> Result<Cmdline, CmdlineError> {
     }
     if host.is_pvm() {
         cl.insert_str(PVM_OPTIONS)?;
+    }
+    for dev in spec.virtio_devices {
+        cl.add_virtio_mmio_device(dev.size, GuestAddress(dev.base), dev.irq, None)?;
     }
     let (user_opts, user_init) = user.map_or(("", None), split_init_args);
     if !user_opts.trim().is_empty() {
@@ -130,6 +148,31 @@ mod tests {
             command,
             ..CmdlineSpec::new(host)
         })
+    }
+
+    #[test]
+    fn virtio_devices_are_announced_in_order() {
+        let devs = [
+            VirtioMmioEntry {
+                base: 0xd000_0000,
+                size: 0x1000,
+                irq: 5,
+            },
+            VirtioMmioEntry {
+                base: 0xd000_1000,
+                size: 0x1000,
+                irq: 6,
+            },
+        ];
+        let spec = CmdlineSpec {
+            virtio_devices: &devs,
+            ..CmdlineSpec::new(HostKind::Hardware)
+        };
+        let t = text(&build(&spec).unwrap());
+        assert!(
+            t.ends_with("virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -10,6 +10,40 @@ pub const DEFAULT_CPUS: u8 = 1;
 /// Default guest memory in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 
+/// A disk: a host file the guest sees as a virtio-blk device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Host file backing the disk.
+    pub path: PathBuf,
+    /// The guest may only read it.
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// Parses `PATH[,ro]` (also `,rw`, the default).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(',');
+        let path = parts
+            .next()
+            .filter(|p| !p.is_empty())
+            .ok_or("empty disk path")?;
+        let mut read_only = false;
+        for opt in parts {
+            match opt {
+                "ro" => read_only = true,
+                "rw" => read_only = false,
+                other => return Err(format!("unknown disk option {other:?} (expected ro or rw)")),
+            }
+        }
+        Ok(Self {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
 /// What to boot and with which resources.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -25,6 +59,8 @@ pub struct VmConfig {
     pub memory_mib: u64,
     /// Command for the guest init to run; hvlite then exits with its status.
     pub command: Option<Vec<String>>,
+    /// Disks, in order: the first is /dev/vda in the guest.
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Errors in a [`VmConfig`].
@@ -50,6 +86,7 @@ impl VmConfig {
             cpus: DEFAULT_CPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             command: None,
+            disks: Vec::new(),
         }
     }
 
@@ -122,6 +159,18 @@ mod tests {
         c.memory_mib = 64;
         c.command = Some(vec![]);
         assert_eq!(c.validate(1024), Err(ConfigError::EmptyCommand));
+    }
+
+    #[test]
+    fn disk_options() {
+        let d: DiskConfig = "a.img".parse().unwrap();
+        assert_eq!((d.path, d.read_only), (PathBuf::from("a.img"), false));
+        let d: DiskConfig = "/x/b.img,ro".parse().unwrap();
+        assert_eq!((d.path, d.read_only), (PathBuf::from("/x/b.img"), true));
+        assert!("b.img,rw".parse::<DiskConfig>().is_ok_and(|d| !d.read_only));
+        assert!("b.img,readonly".parse::<DiskConfig>().is_err());
+        assert!(",ro".parse::<DiskConfig>().is_err());
+        assert!("".parse::<DiskConfig>().is_err());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! for its end and stops every vCPU.
 
 pub mod config;
+pub mod devices;
+pub mod event_loop;
 pub mod exit;
 pub mod stats;
 
@@ -27,7 +29,10 @@ use crate::devices::serial::{
 use crate::host::HostKind;
 use crate::initcmd::EXIT_PORT;
 use crate::vcpu::{self, Vcpu, VcpuError};
+use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use config::{ConfigError, VmConfig};
+use devices::VirtioMmioSlots;
+use event_loop::EventLoop;
 use exit::{ExitLatch, ExitReason};
 
 /// Errors building or running a VM.
@@ -69,6 +74,12 @@ pub enum VmmError {
     Stdin(#[source] io::Error),
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Disk(DiskError),
+    #[error(transparent)]
+    Device(#[from] devices::DeviceError),
+    #[error(transparent)]
+    EventLoop(#[from] event_loop::EventLoopError),
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
 }
@@ -139,6 +150,7 @@ fn load_guest(
     cfg: &VmConfig,
     host: HostKind,
     mem: &GuestMemoryMmap,
+    virtio_devices: &[cmdline::VirtioMmioEntry],
 ) -> Result<BootImage, VmmError> {
     let mem_size = cfg.mem_size();
     // Open the initrd first: a missing initrd is reported before the kernel is read.
@@ -166,6 +178,7 @@ fn load_guest(
         initrd: initrd.is_some(),
         user: cfg.cmdline.as_deref(),
         command: cfg.command.as_deref(),
+        virtio_devices,
     })?;
     load_cmdline(mem, GuestAddress(layout::CMDLINE_START), &cl).map_err(VmmError::WriteCmdline)?;
     let cmdline_size = cl
@@ -249,6 +262,7 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     if let Some(initrd) = &cfg.initrd {
         loader::check_readable(initrd)?;
     }
+    let disks = open_disks(cfg)?;
     let kvm = open_kvm()?;
     let host = HostKind::detect();
     log::info!("host: {host}");
@@ -262,15 +276,45 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     setup_irqchip(&vm)?;
     let mem = create_memory(&vm, cfg.memory_mib)?;
-    let boot = load_guest(cfg, host, &mem)?;
 
     let latch = Arc::new(ExitLatch::new());
-    let buses = Arc::new(setup_devices(
-        &vm,
-        &latch,
-        console.out,
-        console.forward_stdin,
-    )?);
+    let events = EventLoop::start(latch.clone())?;
+    let mut buses = setup_devices(&vm, &latch, console.out, console.forward_stdin)?;
+    let mut slots = VirtioMmioSlots::new();
+    for disk in disks {
+        let device = Block::new(disk, events.handle());
+        slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+    }
+    let buses = Arc::new(buses);
+    let boot = load_guest(cfg, host, &mem, slots.entries())?;
+
+    let result = run_vcpus(&kvm, &vm, cfg, host, &boot, &buses, &mem, &latch);
+    events.stop();
+    let reason = result?;
+    report_memory(&mem);
+    Ok(reason)
+}
+
+/// Opens every disk of `cfg`, so that a bad disk is reported before the guest starts.
+fn open_disks(cfg: &VmConfig) -> Result<Vec<DiskImage>, VmmError> {
+    cfg.disks
+        .iter()
+        .map(|d| DiskImage::open(&d.path, d.read_only).map_err(VmmError::Disk))
+        .collect()
+}
+
+/// Creates the vCPUs, runs them until the VM ends and stops them all.
+#[allow(clippy::too_many_arguments)]
+fn run_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    cfg: &VmConfig,
+    host: HostKind,
+    boot: &BootImage,
+    buses: &Arc<Buses>,
+    mem: &GuestMemoryMmap,
+    latch: &Arc<ExitLatch>,
+) -> Result<ExitReason, VmmError> {
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -279,7 +323,7 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
         let mut cpuid = base_cpuid.clone();
         cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, host);
         let v = Vcpu::new(
-            &vm,
+            vm,
             index,
             &cpuid,
             host,
@@ -306,7 +350,6 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     }
     let reason = latch.wait();
     stop_vcpus(threads);
-    report_memory(&mem);
     Ok(reason)
 }
 

@@ -103,3 +103,4 @@ pub const EXIT_PORT: u16 = hvlite::initcmd::EXIT_PORT;
 pub fn is_pvm() -> bool {
     hvlite::host::HostKind::detect().is_pvm()
 }
+pub mod linux;

@@ -1,0 +1,186 @@
+//! Booting the project's Linux kernel in tests. Linux boots are slow on PVM hosts (guest
+//! kernel mode is emulated), so each boot checks several things and boots run one at a
+//! time. Guest artefacts come from `HVLITE_KERNEL`, `HVLITE_BZIMAGE`, `HVLITE_INITRD` and
+//! `HVLITE_ROOTFS` (set by `scripts/test.sh`), or are built (and cached) by the scripts.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, mpsc};
+use std::time::{Duration, Instant};
+
+use super::hvlite;
+
+/// One Linux boot at a time: the hosts have 2 cores.
+static BOOT: Mutex<()> = Mutex::new(());
+/// A boot that takes longer than this has hung.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn artefact(var: &str, script: &str, args: &[&str]) -> PathBuf {
+    if let Ok(p) = std::env::var(var) {
+        return PathBuf::from(p);
+    }
+    let out = Command::new("bash")
+        .arg(format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().expect("script printed a path").trim())
+}
+
+/// The project's vmlinux.
+pub fn kernel() -> PathBuf {
+    artefact("HVLITE_KERNEL", "build-kernel.sh", &[])
+}
+
+/// The project's bzImage.
+pub fn bzimage() -> PathBuf {
+    std::env::var("HVLITE_BZIMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| kernel().with_file_name("bzImage"))
+}
+
+/// The project's initramfs.
+pub fn initrd() -> PathBuf {
+    artefact("HVLITE_INITRD", "build-initramfs.sh", &[])
+}
+
+/// The project's ext4 root image (shared and cached: copy it before writing to it).
+pub fn rootfs() -> PathBuf {
+    artefact("HVLITE_ROOTFS", "build-initramfs.sh", &["--ext4"])
+}
+
+/// A finished boot.
+pub struct Boot {
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Boot {
+    /// Everything printed, for assertion messages.
+    pub fn context(&self) -> String {
+        format!("stdout:\n{}\nstderr:\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A running hvlite whose output is collected in the background.
+pub struct Running {
+    child: Child,
+    out_rx: mpsc::Receiver<Vec<u8>>,
+    stdout: Vec<u8>,
+    err_reader: std::thread::JoinHandle<Vec<u8>>,
+    start: Instant,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+/// Starts hvlite with `args` (stdin closed).
+pub fn start(args: &[&str]) -> Running {
+    let guard = BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    let mut child = Command::new(hvlite())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hvlite");
+    let mut out_pipe = child.stdout.take().expect("stdout pipe");
+    let mut err_pipe = child.stderr.take().expect("stderr pipe");
+    let (tx, out_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out_pipe.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err_pipe.read_to_end(&mut s);
+        s
+    });
+    Running {
+        child,
+        out_rx,
+        stdout: Vec::new(),
+        err_reader,
+        start: Instant::now(),
+        _one_at_a_time: guard,
+    }
+}
+
+impl Running {
+    fn pump(&mut self, wait: Duration) {
+        if let Ok(chunk) = self.out_rx.recv_timeout(wait) {
+            self.stdout.extend(chunk);
+        }
+        while let Ok(chunk) = self.out_rx.try_recv() {
+            self.stdout.extend(chunk);
+        }
+    }
+
+    /// Waits until `text` appears on the guest console; panics on timeout or exit.
+    pub fn wait_for(&mut self, text: &str) {
+        loop {
+            if String::from_utf8_lossy(&self.stdout).contains(text) {
+                return;
+            }
+            if self.start.elapsed() > BOOT_TIMEOUT {
+                let _ = self.child.kill();
+                panic!("{text:?} not seen in time; console:\n{}", String::from_utf8_lossy(&self.stdout));
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                self.pump(Duration::from_millis(200));
+                if String::from_utf8_lossy(&self.stdout).contains(text) {
+                    return;
+                }
+                panic!("hvlite exited ({st}) before {text:?}; console:\n{}", String::from_utf8_lossy(&self.stdout));
+            }
+            self.pump(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills hvlite with SIGKILL and collects what it printed.
+    pub fn kill(mut self) -> Boot {
+        let _ = self.child.kill();
+        self.finish()
+    }
+
+    /// Waits for hvlite to exit (killing it after [`BOOT_TIMEOUT`]).
+    pub fn finish(mut self) -> Boot {
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait for hvlite") {
+                break st;
+            }
+            if self.start.elapsed() > BOOT_TIMEOUT {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "hvlite did not finish within {BOOT_TIMEOUT:?}; console so far:\n{}",
+                    String::from_utf8_lossy(&self.stdout)
+                );
+            }
+            self.pump(Duration::from_millis(50));
+        };
+        // The reader thread ends at EOF; collect the rest.
+        while let Ok(chunk) = self.out_rx.recv_timeout(Duration::from_secs(5)) {
+            self.stdout.extend(chunk);
+        }
+        let stderr = self.err_reader.join().unwrap_or_default();
+        eprintln!("hvlite ran {:.1} s", self.start.elapsed().as_secs_f64());
+        Boot {
+            status: status.code(),
+            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs hvlite with `args` to the end.
+pub fn boot(args: &[&str]) -> Boot {
+    start(args).finish()
+}
