@@ -24,9 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
-use hvlite::devices::virtio::block::{
-    BlockCounters, BlockHandler, BlockQueue, DiskImage,
-};
+use hvlite::devices::virtio::block::{BlockCounters, BlockHandler, BlockQueue, DiskImage};
 use hvlite::devices::virtio::{IrqTrigger, Subscriber};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -113,7 +111,11 @@ impl<'m> Rig<'m> {
             hdrs.extend_from_slice(&kind.to_le_bytes());
             hdrs.extend_from_slice(&[0; 4]);
             hdrs.extend_from_slice(&sector.to_le_bytes());
-            let flag = if kind == VIRTIO_BLK_T_IN { VRING_DESC_F_WRITE } else { 0 };
+            let flag = if kind == VIRTIO_BLK_T_IN {
+                VRING_DESC_F_WRITE
+            } else {
+                0
+            };
             heads.push(push(HDR_BASE + r as u64 * 16, 16, 0, true));
             let data = DATA_BASE + (r * len) as u64;
             for s in 0..len / seg {
@@ -142,7 +144,8 @@ impl<'m> Rig<'m> {
         }
         self.irq.eventfd().read()?;
         let mut status = vec![0xffu8; reqs.len()];
-        self.mem.read_slice(&mut status, GuestAddress(STATUS_BASE))?;
+        self.mem
+            .read_slice(&mut status, GuestAddress(STATUS_BASE))?;
         if status.iter().any(|&s| s != 0) {
             return Err(format!("request failed: status {status:?}").into());
         }
@@ -227,7 +230,11 @@ fn raw_io(file: &File, buf: *mut libc::c_void, len: usize, off: u64, write: bool
         unsafe { libc::pread(file.as_raw_fd(), buf, len, off as libc::off_t) }
     };
     if ret != len as isize {
-        return Err(format!("raw I/O at {off}: {ret}: {}", std::io::Error::last_os_error()).into());
+        return Err(format!(
+            "raw I/O at {off}: {ret}: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
     }
     Ok(())
 }

@@ -24,11 +24,22 @@ log "guest kernel (scripts/build-kernel.sh)"
 HVLITE_KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
 log "guest initramfs (scripts/build-initramfs.sh)"
 HVLITE_INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
+log "guest root disk image (scripts/build-initramfs.sh --ext4)"
+HVLITE_ROOTFS="$(bash scripts/build-initramfs.sh --ext4 | tail -n 1)"
 HVLITE_BZIMAGE="$(dirname "$HVLITE_KERNEL")/bzImage"
-export HVLITE_KERNEL HVLITE_INITRD HVLITE_BZIMAGE
-for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE"; do
+export HVLITE_KERNEL HVLITE_INITRD HVLITE_BZIMAGE HVLITE_ROOTFS
+for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE" "$HVLITE_ROOTFS"; do
     [ -f "$f" ] || { echo "test.sh: missing guest artefact $f" >&2; exit 1; }
 done
+
+log "fuzz smoke run: virtio-blk request parser (fuzz/README.md has the long run)"
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+mkdir -p fuzz/corpus/blk_request
+# cargo-fuzz passes -Z flags to rustc; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+RUSTC_BOOTSTRAP=1 cargo fuzz run blk_request fuzz/corpus/blk_request fuzz/seeds/blk_request \
+    -- -max_total_time=20 2>&1 | tail -n 5
 
 log "cargo test (unit and integration tests)"
 cargo test 2>&1

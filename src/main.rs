@@ -69,6 +69,7 @@ impl RunArgs {
             memory_mib: self.memory,
             command: (!self.command.is_empty()).then_some(self.command),
             disks: self.disks,
+            guest_profile: std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from),
         }
     }
 }

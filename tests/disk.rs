@@ -28,7 +28,10 @@ fn ext4_cat(image: &str, path: &str) -> String {
 }
 
 fn sha256(path: &Path) -> String {
-    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum");
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
     String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .next()
@@ -73,21 +76,34 @@ fn root_disk_writes_persist_and_a_read_only_disk_stays_untouched() {
         script,
     ]);
     let ctx = b.context();
-    assert!(b.stdout.contains(INIT_MARKER), "booted from the disk; {ctx}");
+    assert!(
+        b.stdout.contains(INIT_MARKER),
+        "booted from the disk; {ctx}"
+    );
     assert!(b.stdout.contains("wrote"), "{ctx}");
-    assert!(b.stdout.contains("ro=1 size=2048"), "vdb is read-only, 1 MiB; {ctx}");
+    assert!(
+        b.stdout.contains("ro=1 size=2048"),
+        "vdb is read-only, 1 MiB; {ctx}"
+    );
     assert!(
         b.stdout
             .lines()
             .any(|l| l.split_whitespace().eq(["0", "1", "2", "3"])),
         "vdb data readable; {ctx}"
     );
-    assert!(b.stdout.contains("serial=hvl-"), "get-id serves a serial; {ctx}");
+    assert!(
+        b.stdout.contains("serial=hvl-"),
+        "get-id serves a serial; {ctx}"
+    );
     assert!(b.stdout.contains("ro-write-failed"), "{ctx}");
     assert!(!b.stdout.contains("ro-write-succeeded"), "{ctx}");
     assert_eq!(b.status, Some(3), "{ctx}");
     assert_eq!(ext4_cat(&root, "/hello.txt"), "persisted\n", "{ctx}");
-    assert_eq!(sha256(&data), data_hash, "read-only disk must stay byte for byte");
+    assert_eq!(
+        sha256(&data),
+        data_hash,
+        "read-only disk must stay byte for byte"
+    );
 }
 
 #[test]

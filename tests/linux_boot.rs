@@ -36,7 +36,11 @@ fn vmlinux_boots_to_init_on_two_cpus_and_returns_the_status() {
         .filter(|l| !l.is_empty())
         .collect();
     assert_eq!(lines.first(), Some(&"Linux"), "{ctx}");
-    assert_eq!(lines.get(1), Some(&"2"), "the guest must see 2 vCPUs; {ctx}");
+    assert_eq!(
+        lines.get(1),
+        Some(&"2"),
+        "the guest must see 2 vCPUs; {ctx}"
+    );
     // The PVM measures are on the command line only where the host needs them.
     let cmdline = lines.get(2).copied().unwrap_or_default();
     assert_eq!(cmdline.contains("clearcpuid="), is_pvm(), "{ctx}");

@@ -76,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
     let config = ConfigSpace::new(DISK_BYTES as u64 / 512);
     let mut buf = [0u8; 64];
     let len = usize::from(head[12]) % buf.len();
-    config.read(u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]])), &mut buf[..len]);
+    config.read(
+        u64::from(u32::from_le_bytes([head[8], head[9], head[10], head[11]])),
+        &mut buf[..len],
+    );
 
     let mem = GuestMemoryMmap::<()>::from_ranges(&[
         (GuestAddress(0), 0x8000),

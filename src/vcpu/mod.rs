@@ -2,6 +2,7 @@
 
 pub mod emulation;
 pub mod exits;
+pub mod profile;
 pub mod regs;
 
 use std::sync::{Arc, OnceLock};
@@ -54,6 +55,7 @@ pub struct Vcpu {
     buses: Arc<Buses>,
     mem: GuestMemoryMmap,
     latch: Arc<ExitLatch>,
+    profile: Option<profile::Profile>,
 }
 
 impl Vcpu {
@@ -81,7 +83,14 @@ impl Vcpu {
             buses,
             mem,
             latch,
+            profile: None,
         })
+    }
+
+    /// Records this vCPU's RIP whenever it is kicked, into a histogram saved at `path`
+    /// when the vCPU stops (see [`profile`]).
+    pub fn enable_profile(&mut self, path: &std::path::Path) {
+        self.profile = Some(profile::Profile::new(path));
     }
 
     /// Makes this the boot vCPU: 64-bit mode at `entry`.
@@ -119,7 +128,10 @@ impl Vcpu {
                 Ok(exit) => dispatch(exit, &self.buses),
                 // A kick (EINTR) or an AP waiting for INIT/SIPI (EAGAIN): look at the
                 // latch and go again.
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Action::Continue,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.sample_rip();
+                    Action::Continue
+                }
                 Err(e) => Action::Stop(ExitReason::Fatal(format!(
                     "KVM_RUN on vCPU {} failed: {e}",
                     self.index
@@ -133,6 +145,24 @@ impl Vcpu {
                 self.latch.request(reason);
                 break;
             }
+        }
+        if let Some(p) = &self.profile {
+            match p.save() {
+                Ok(()) => log::info!(
+                    "guest profile: {} samples in {}",
+                    p.samples.total(),
+                    p.path.display()
+                ),
+                Err(e) => log::warn!("cannot write guest profile {}: {e}", p.path.display()),
+            }
+        }
+    }
+
+    fn sample_rip(&mut self) {
+        if let Some(p) = &mut self.profile
+            && let Ok(regs) = self.fd.get_regs()
+        {
+            p.samples.record(regs.rip);
         }
     }
 

@@ -61,6 +61,8 @@ pub struct VmConfig {
     pub command: Option<Vec<String>>,
     /// Disks, in order: the first is /dev/vda in the guest.
     pub disks: Vec<DiskConfig>,
+    /// Sample the boot vCPU's guest RIP into this file (a developer aid).
+    pub guest_profile: Option<PathBuf>,
 }
 
 /// Errors in a [`VmConfig`].
@@ -87,6 +89,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             command: None,
             disks: Vec::new(),
+            guest_profile: None,
         }
     }
 

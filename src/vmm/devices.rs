@@ -18,7 +18,10 @@ use crate::devices::virtio::{IrqTrigger, VirtioDevice};
 /// Errors attaching a device.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("too many virtio devices (at most {})", layout::MAX_VIRTIO_MMIO_DEVICES)]
+    #[error(
+        "too many virtio devices (at most {})",
+        layout::MAX_VIRTIO_MMIO_DEVICES
+    )]
     TooMany,
     #[error("cannot create an eventfd")]
     EventFd(#[source] std::io::Error),
@@ -68,12 +71,20 @@ impl VirtioMmioSlots {
         for queue in 0..device.queue_max_sizes().len() {
             let kick = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
             let queue = u32::try_from(queue).map_err(|_| DeviceError::TooMany)?;
-            vm.register_ioevent(&kick, &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET), queue)
-                .map_err(DeviceError::Ioeventfd)?;
+            vm.register_ioevent(
+                &kick,
+                &IoEventAddress::Mmio(base + NOTIFY_REG_OFFSET),
+                queue,
+            )
+            .map_err(DeviceError::Ioeventfd)?;
             kicks.push(kick);
         }
-        let transport =
-            MmioTransport::new(device, mem.clone(), Arc::new(IrqTrigger::new(irq_evt)), kicks)?;
+        let transport = MmioTransport::new(
+            device,
+            mem.clone(),
+            Arc::new(IrqTrigger::new(irq_evt)),
+            kicks,
+        )?;
         buses
             .mmio
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;

@@ -26,10 +26,10 @@ use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{
     COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder,
 };
+use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::host::HostKind;
 use crate::initcmd::EXIT_PORT;
 use crate::vcpu::{self, Vcpu, VcpuError};
-use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use config::{ConfigError, VmConfig};
 use devices::VirtioMmioSlots;
 use event_loop::EventLoop;
@@ -83,6 +83,9 @@ pub enum VmmError {
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
 }
+
+/// Sampling period of the guest profiler (HVLITE_GUEST_PROFILE).
+const PROFILE_PERIOD: Duration = Duration::from_millis(2);
 
 /// Opens /dev/kvm, telling a missing device from a permission problem.
 fn open_kvm() -> Result<Kvm, VmmError> {
@@ -322,7 +325,7 @@ fn run_vcpus(
     for index in 0..cfg.cpus {
         let mut cpuid = base_cpuid.clone();
         cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, host);
-        let v = Vcpu::new(
+        let mut v = Vcpu::new(
             vm,
             index,
             &cpuid,
@@ -333,6 +336,9 @@ fn run_vcpus(
         )?;
         if index == 0 {
             v.setup_boot(boot.entry, &boot.segments, boot.cr3)?;
+            if let Some(path) = &cfg.guest_profile {
+                v.enable_profile(path);
+            }
         }
         vcpus.push(v);
     }
@@ -348,7 +354,23 @@ fn run_vcpus(
             }
         }
     }
+    let sampler = match (&cfg.guest_profile, threads.first()) {
+        (Some(_), Some(boot_cpu)) => {
+            let s = vcpu::profile::spawn_sampler(
+                boot_cpu,
+                vcpu::kick_signal(),
+                PROFILE_PERIOD,
+                latch.clone(),
+            );
+            s.inspect_err(|e| log::warn!("guest profiler not started: {e}"))
+                .ok()
+        }
+        _ => None,
+    };
     let reason = latch.wait();
+    if let Some(s) = sampler {
+        let _ = s.join();
+    }
     stop_vcpus(threads);
     Ok(reason)
 }

@@ -131,14 +131,20 @@ impl Running {
             }
             if self.start.elapsed() > BOOT_TIMEOUT {
                 let _ = self.child.kill();
-                panic!("{text:?} not seen in time; console:\n{}", String::from_utf8_lossy(&self.stdout));
+                panic!(
+                    "{text:?} not seen in time; console:\n{}",
+                    String::from_utf8_lossy(&self.stdout)
+                );
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 self.pump(Duration::from_millis(200));
                 if String::from_utf8_lossy(&self.stdout).contains(text) {
                     return;
                 }
-                panic!("hvlite exited ({st}) before {text:?}; console:\n{}", String::from_utf8_lossy(&self.stdout));
+                panic!(
+                    "hvlite exited ({st}) before {text:?}; console:\n{}",
+                    String::from_utf8_lossy(&self.stdout)
+                );
             }
             self.pump(Duration::from_millis(100));
         }
