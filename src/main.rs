@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use hvlite::vcpu::PROCESS_START;
-use hvlite::vmm::config::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, VmConfig};
+use hvlite::vmm::config::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, NetConfig, VmConfig};
 use hvlite::vmm::exit::ExitReason;
 use hvlite::vmm::{self, Console};
 
@@ -54,6 +54,9 @@ struct RunArgs {
     /// A disk image for the guest, PATH[,ro]; repeatable: /dev/vda, /dev/vdb, ...
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
+    /// A network interface on a host TAP device, tap=NAME[,mac=MAC]; repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Command for the guest init to run.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -69,6 +72,7 @@ impl RunArgs {
             memory_mib: self.memory,
             command: (!self.command.is_empty()).then_some(self.command),
             disks: self.disks,
+            nets: self.nets,
             guest_profile: std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from),
         }
     }

@@ -199,3 +199,31 @@ fn disk_without_permission() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("root-only.img"), "stderr: {stderr}");
 }
+
+#[test]
+fn bad_network_options() {
+    let dir = scratch("netopts");
+    let k = good_kernel(&dir);
+    let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=t0,mac=01:00:00:00:00:01"]);
+    assert_error(&out, "multicast");
+    let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=t0,mac=zz"]);
+    assert_error(&out, "bad MAC address");
+    let out = run_hvlite(&["run", "--kernel", &k, "--net", "mac=02:00:00:00:00:01"]);
+    assert_error(&out, "tap=NAME");
+    let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=this-name-is-far-too-long"]);
+    assert_error(&out, "this-name-is-far-too-long");
+}
+
+#[test]
+fn tap_that_cannot_be_created() {
+    if !is_root() || !std::path::Path::new("/dev/net/tun").exists() {
+        eprintln!("SKIPPED tap_that_cannot_be_created: needs root and /dev/net/tun");
+        return;
+    }
+    let dir = scratch("tapperm");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let k = good_kernel(&dir);
+    // nobody may neither open an existing TAP it does not own nor create one.
+    let out = as_nobody(&["run", "--kernel", &k, "--net", "tap=hvl-nope0"]);
+    assert_error(&out, "hvl-nope0");
+}

@@ -44,6 +44,59 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A network interface: a host TAP device the guest sees as a virtio-net device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Name of the host TAP device.
+    pub tap: String,
+    /// The guest's MAC address; a stable locally administered one when not given.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// Parses `tap=NAME[,mac=MAC]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut tap, mut mac) = (None, None);
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
+                Some(("mac", m)) => mac = Some(parse_mac(m)?),
+                _ => {
+                    return Err(format!(
+                        "unknown network option {opt:?} (expected tap=NAME or mac=MAC)"
+                    ));
+                }
+            }
+        }
+        let tap = tap.ok_or("missing tap=NAME")?;
+        Ok(Self { tap, mac })
+    }
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff`; rejects multicast addresses, which no
+/// interface can own.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("bad MAC address {s:?} (expected six hex bytes like 02:00:00:00:00:01)");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 == 1 {
+        return Err(format!("MAC address {s:?} is a multicast address"));
+    }
+    Ok(mac)
+}
+
 /// What to boot and with which resources.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -61,6 +114,8 @@ pub struct VmConfig {
     pub command: Option<Vec<String>>,
     /// Disks, in order: the first is /dev/vda in the guest.
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces, in order: the first is eth0 in the guest.
+    pub nets: Vec<NetConfig>,
     /// Sample the boot vCPU's guest RIP into this file (a developer aid).
     pub guest_profile: Option<PathBuf>,
 }
@@ -89,6 +144,7 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             command: None,
             disks: Vec::new(),
+            nets: Vec::new(),
             guest_profile: None,
         }
     }
@@ -174,6 +230,30 @@ mod tests {
         assert!("b.img,readonly".parse::<DiskConfig>().is_err());
         assert!(",ro".parse::<DiskConfig>().is_err());
         assert!("".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn net_options() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!((n.tap.as_str(), n.mac), ("tap0", None));
+        let n: NetConfig = "tap=t1,mac=02:00:00:00:00:0a".parse().unwrap();
+        assert_eq!(n.mac, Some([2, 0, 0, 0, 0, 0x0a]));
+        assert!("mac=02:00:00:00:00:01".parse::<NetConfig>().is_err());
+        assert!("tap=".parse::<NetConfig>().is_err());
+        assert!("tap=t,speed=10".parse::<NetConfig>().is_err());
+        for bad in [
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "0g:00:00:00:00:01",
+            "2:0:0:0:0:1",
+        ] {
+            assert!(parse_mac(bad).is_err(), "{bad}");
+        }
+        assert!(
+            parse_mac("03:00:00:00:00:01")
+                .unwrap_err()
+                .contains("multicast")
+        );
     }
 
     #[test]

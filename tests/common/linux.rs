@@ -79,8 +79,25 @@ pub struct Running {
 
 /// Starts hvlite with `args` (stdin closed).
 pub fn start(args: &[&str]) -> Running {
+    start_with(&[], args)
+}
+
+/// Starts hvlite with `args` under a wrapper command (`prefix`, e.g. `ip netns exec NS`).
+pub fn start_with(prefix: &[&str], args: &[&str]) -> Running {
     let guard = BOOT.lock().unwrap_or_else(|p| p.into_inner());
-    let mut child = Command::new(hvlite())
+    let hv = hvlite();
+    let (program, rest): (&std::ffi::OsStr, Vec<&std::ffi::OsStr>) = match prefix.split_first() {
+        Some((p, more)) => (
+            p.as_ref(),
+            more.iter()
+                .map(|s| s.as_ref())
+                .chain([hv.as_os_str()])
+                .collect(),
+        ),
+        None => (hv.as_os_str(), Vec::new()),
+    };
+    let mut child = Command::new(program)
+        .args(rest)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
