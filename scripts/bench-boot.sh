@@ -20,6 +20,7 @@ if [ ! -d /sys/kernel/debug/kvm ] && [ "$(id -u)" = 0 ]; then
 fi
 KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
 INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
+ROOTFS="$(bash scripts/build-initramfs.sh --ext4 | tail -n 1)"
 cargo build --release --bin hvlite >&2
 exec python3 scripts/bench_boot.py --hvlite target/release/hvlite --kernel "$KERNEL" \
-    --initrd "$INITRD" --runs "$RUNS" --out "$OUT" ${CMDLINE:+--cmdline "$CMDLINE"}
+    --initrd "$INITRD" --rootfs "$ROOTFS" --runs "$RUNS" --out "$OUT" ${CMDLINE:+--cmdline "$CMDLINE"}

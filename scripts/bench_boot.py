@@ -95,13 +95,19 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def bench_hvlite(args):
+def bench_hvlite(args, rootfs=None):
     runs = []
     env = dict(os.environ, HVLITE_LOG="info")
     for i in range(args.runs):
-        cmd = [args.hvlite, "run", "--kernel", args.kernel, "--initrd", args.initrd,
-               "--memory", str(args.memory)]
-        if args.cmdline:
+        cmd = [args.hvlite, "run", "--kernel", args.kernel, "--memory", str(args.memory)]
+        if rootfs:
+            disk = os.path.join(os.path.dirname(os.path.abspath(args.out)), ".bench-root.ext4")
+            with open(rootfs, "rb") as src, open(disk, "wb") as dst:
+                dst.write(src.read())
+            cmd += ["--disk", disk, "--cmdline", "root=/dev/vda"]
+        else:
+            cmd += ["--initrd", args.initrd]
+        if args.cmdline and not rootfs:
             cmd += ["--cmdline", args.cmdline]
         cmd += ["--"] + COMMAND
         before = kvm_stats()
@@ -115,7 +121,7 @@ def bench_hvlite(args):
                "rss_kib": int(rss.group(1)) if rss else None,
                "vmm_rss_kib": int(own.group(1)) if own else None,
                "kvm_counters": kvm, "milestones": seen}
-        print(f"hvlite run {i + 1}: {run}", file=sys.stderr)
+        print(f"hvlite{' (disk root)' if rootfs else ''} run {i + 1}: {run}", file=sys.stderr)
         if rc != 0 or init_s is None:
             print(out[-3000:], err[-3000:], file=sys.stderr)
         runs.append(run)
@@ -158,10 +164,12 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--memory", type=int, default=128)
     ap.add_argument("--cmdline", default="")
+    ap.add_argument("--rootfs", help="also boot hvlite from this ext4 root image on virtio-blk")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
     hv = bench_hvlite(args)
+    hv_disk = bench_hvlite(args, args.rootfs) if args.rootfs else []
     qe = bench_qemu(args)
     hv_init, qe_init = median(r["init_s"] for r in hv), median(r["init_s"] for r in qe)
     result = {
@@ -181,6 +189,11 @@ def main():
                      "median_exit_s": median(r["exit_s"] for r in qe)},
         "ratio_init_hvlite_over_qemu": (hv_init / qe_init) if hv_init and qe_init else None,
     }
+    if hv_disk:
+        result["hvlite_disk_root"] = {
+            "runs": hv_disk, "median_init_s": median(r["init_s"] for r in hv_disk),
+            "median_exit_s": median(r["exit_s"] for r in hv_disk),
+            "median_milestones": median_counters([r["milestones"] for r in hv_disk])}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
@@ -188,8 +201,11 @@ def main():
     summary = {k: result[k] for k in ("ratio_init_hvlite_over_qemu",)}
     summary["hvlite"] = {k: v for k, v in result["hvlite"].items() if k != "runs"}
     summary["qemu_tcg"] = {k: v for k, v in result["qemu_tcg"].items() if k != "runs"}
+    if hv_disk:
+        summary["hvlite_disk_root"] = {k: v for k, v in result["hvlite_disk_root"].items()
+                                       if k != "runs"}
     print(json.dumps(summary, indent=2))
-    ok = all(r["status"] == 0 and r["init_s"] is not None for r in hv) and \
+    ok = all(r["status"] == 0 and r["init_s"] is not None for r in hv + hv_disk) and \
         all(r["init_s"] is not None for r in qe)
     return 0 if ok else 1
 

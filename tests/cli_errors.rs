@@ -204,13 +204,25 @@ fn disk_without_permission() {
 fn bad_network_options() {
     let dir = scratch("netopts");
     let k = good_kernel(&dir);
-    let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=t0,mac=01:00:00:00:00:01"]);
+    let out = run_hvlite(&[
+        "run",
+        "--kernel",
+        &k,
+        "--net",
+        "tap=t0,mac=01:00:00:00:00:01",
+    ]);
     assert_error(&out, "multicast");
     let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=t0,mac=zz"]);
     assert_error(&out, "bad MAC address");
     let out = run_hvlite(&["run", "--kernel", &k, "--net", "mac=02:00:00:00:00:01"]);
     assert_error(&out, "tap=NAME");
-    let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=this-name-is-far-too-long"]);
+    let out = run_hvlite(&[
+        "run",
+        "--kernel",
+        &k,
+        "--net",
+        "tap=this-name-is-far-too-long",
+    ]);
     assert_error(&out, "this-name-is-far-too-long");
 }
 

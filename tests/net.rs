@@ -42,8 +42,19 @@ impl Netns {
         must(&["ip", "netns", "add", &name]);
         let ns = Netns(name);
         must(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        must(&["ip", "-n", &ns.0, "tuntap", "add", "dev", TAP, "mode", "tap"]);
-        must(&["ip", "-n", &ns.0, "addr", "add", &format!("{HOST_IP}/24"), "dev", TAP]);
+        must(&[
+            "ip", "-n", &ns.0, "tuntap", "add", "dev", TAP, "mode", "tap",
+        ]);
+        must(&[
+            "ip",
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{HOST_IP}/24"),
+            "dev",
+            TAP,
+        ]);
         must(&["ip", "-n", &ns.0, "link", "set", TAP, "up"]);
         ns
     }
@@ -67,7 +78,9 @@ fn can_use_tap(test: &str) -> bool {
     let tun = Path::new("/dev/net/tun").exists();
     let ip = Command::new("ip").arg("-V").output().is_ok();
     if !(root && tun && ip) {
-        eprintln!("SKIPPED {test}: needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip})");
+        eprintln!(
+            "SKIPPED {test}: needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip})"
+        );
     }
     root && tun && ip
 }
@@ -172,14 +185,20 @@ fn guest_and_host_talk_tcp_ip_over_a_tap() {
         payload_path.to_str().unwrap(),
         reply_path.to_str().unwrap(),
     ]));
-    eprintln!("host->guest 1 MiB echo took {:.1} s", start.elapsed().as_secs_f64());
+    eprintln!(
+        "host->guest 1 MiB echo took {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     let b = vm.finish();
     let mut server = server;
     let _ = server.kill();
     let _ = server.wait();
     let ctx = b.context();
     assert!(b.stdout.contains(INIT_MARKER), "{ctx}");
-    assert!(b.stdout.contains("GUEST-PING-OK"), "guest pings host; {ctx}");
+    assert!(
+        b.stdout.contains("GUEST-PING-OK"),
+        "guest pings host; {ctx}"
+    );
     assert!(
         b.stdout.contains("GUEST-ECHO-OK 1048576"),
         "guest's 1 MiB came back intact; {ctx}"

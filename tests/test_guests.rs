@@ -7,20 +7,30 @@ use common::*;
 
 const MEM: &str = "64";
 
+/// Boots `image` as a test guest with `extra` hvlite options; None (after a loud skip
+/// notice) where /dev/kvm is missing.
+fn run_guest(test: &str, image: &[u8], extra: &[&str]) -> Option<std::process::Output> {
+    if !kvm_available(test) {
+        return None;
+    }
+    let dir = scratch(test);
+    let guest = write_guest(&dir, "guest.elf", image);
+    let mut args = vec!["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM];
+    args.extend_from_slice(extra);
+    Some(run_hvlite(&args))
+}
+
 #[test]
 fn serial_output_and_exit_port() {
-    if !kvm_available("serial_output_and_exit_port") {
-        return;
-    }
-    let dir = scratch("hello");
     let mut code = Vec::new();
     for b in b"hello from a test guest\n" {
         code.extend(out_byte(0x3f8, *b));
     }
     code.extend(out_byte(EXIT_PORT, 42));
     code.extend(HALT_FOREVER);
-    let guest = write_guest(&dir, "hello.elf", &code);
-    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let Some(out) = run_guest("serial_output_and_exit_port", &code, &[]) else {
+        return;
+    };
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("hello from a test guest"),
@@ -36,24 +46,17 @@ fn serial_output_and_exit_port() {
 
 #[test]
 fn all_vcpus_stop_when_one_ends_the_vm() {
-    if !kvm_available("all_vcpus_stop_when_one_ends_the_vm") {
-        return;
-    }
     // The boot vCPU reports at once; the others sit in the in-kernel wait for INIT/SIPI
     // and must be kicked out of KVM_RUN for hvlite to exit.
-    let dir = scratch("smp-exit");
     let mut code = out_byte(EXIT_PORT, 3);
     code.extend(HALT_FOREVER);
-    let guest = write_guest(&dir, "exit.elf", &code);
-    let out = run_hvlite(&[
-        "run",
-        "--kernel",
-        guest.to_str().unwrap(),
-        "--memory",
-        MEM,
-        "--cpus",
-        "4",
-    ]);
+    let Some(out) = run_guest(
+        "all_vcpus_stop_when_one_ends_the_vm",
+        &code,
+        &["--cpus", "4"],
+    ) else {
+        return;
+    };
     assert_eq!(
         out.status.code(),
         Some(3),
@@ -64,14 +67,11 @@ fn all_vcpus_stop_when_one_ends_the_vm() {
 
 #[test]
 fn i8042_reset_ends_the_vm() {
-    if !kvm_available("i8042_reset_ends_the_vm") {
-        return;
-    }
-    let dir = scratch("reset");
     let mut code = out_byte(0x64, 0xfe);
     code.extend(HALT_FOREVER);
-    let guest = write_guest(&dir, "reset.elf", &code);
-    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let Some(out) = run_guest("i8042_reset_ends_the_vm", &code, &[]) else {
+        return;
+    };
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -82,9 +82,6 @@ fn i8042_reset_ends_the_vm() {
 
 #[test]
 fn stac_and_clac_complete() {
-    if !kvm_available("stac_and_clac_complete") {
-        return;
-    }
     let smap = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains(" smap"));
     if !is_pvm() && !smap {
         eprintln!("SKIPPED stac_and_clac_complete: hardware host without SMAP");
@@ -109,9 +106,9 @@ fn stac_and_clac_complete() {
     code.extend(EXIT_PORT.to_le_bytes());
     code.push(0xee); // out dx, al
     code.extend(HALT_FOREVER);
-    let dir = scratch("ac");
-    let guest = write_guest(&dir, "ac.elf", &code);
-    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let Some(out) = run_guest("stac_and_clac_complete", &code, &[]) else {
+        return;
+    };
     assert_eq!(
         out.status.code(),
         Some(0x11),
@@ -122,9 +119,6 @@ fn stac_and_clac_complete() {
 
 #[test]
 fn int3_reaches_the_guest_breakpoint_handler() {
-    if !kvm_available("int3_reaches_the_guest_breakpoint_handler") {
-        return;
-    }
     // Layout (offsets from GUEST_BASE): 0x00 code, 0x40 #BP handler, 0xf0 IDTR, 0x100 IDT.
     let mut image = vec![0x90u8; 0x140];
     let idtr = GUEST_BASE + 0xf0;
@@ -150,9 +144,9 @@ fn int3_reaches_the_guest_breakpoint_handler() {
     gate[6..8].copy_from_slice(&((target >> 16) as u16).to_le_bytes());
     gate[8..12].copy_from_slice(&((target >> 32) as u32).to_le_bytes());
     gate[12..16].fill(0);
-    let dir = scratch("int3");
-    let guest = write_guest(&dir, "int3.elf", &image);
-    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let Some(out) = run_guest("int3_reaches_the_guest_breakpoint_handler", &image, &[]) else {
+        return;
+    };
     assert_eq!(
         out.status.code(),
         Some(33),
@@ -163,15 +157,12 @@ fn int3_reaches_the_guest_breakpoint_handler() {
 
 #[test]
 fn unknown_emulation_failure_names_bytes_and_rip() {
-    if !kvm_available("unknown_emulation_failure_names_bytes_and_rip") {
-        return;
-    }
     let mut code = vec![0xf3, 0x48, 0x0f, 0xb8, 0xc0]; // popcnt rax, rax
     code.extend(out_byte(EXIT_PORT, 0));
     code.extend(HALT_FOREVER);
-    let dir = scratch("popcnt");
-    let guest = write_guest(&dir, "popcnt.elf", &code);
-    let out = run_hvlite(&["run", "--kernel", guest.to_str().unwrap(), "--memory", MEM]);
+    let Some(out) = run_guest("unknown_emulation_failure_names_bytes_and_rip", &code, &[]) else {
+        return;
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     if is_pvm() {
         // KVM's emulator on PVM lacks popcnt: hvlite must stop with a precise message.
