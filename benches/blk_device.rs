@@ -13,6 +13,7 @@
 //! Run: `cargo bench --bench blk_device`. Environment:
 //! - `HVLITE_BENCH_OUT=path`: also write the JSON there;
 //! - `HVLITE_BENCH_MIB=n`: file size in MiB (default 256);
+//! - `HVLITE_BENCH_ONLY=rand`: only the random-read comparison (for profiling);
 //! - `TMPDIR`: where the scratch file goes (default /tmp); it is removed afterwards.
 
 use std::fs::{File, OpenOptions};
@@ -318,6 +319,7 @@ fn run(path: &std::path::Path, file: &File, bytes: u64) -> Result<String> {
     // Sequential: 128 KiB requests, first with the data in one guest buffer (what a
     // guest with contiguous memory sends), then split into 32 page-sized segments (the
     // worst case for a fragmented guest; raw side: the same 128 KiB per pread).
+    let only_rand = std::env::var("HVLITE_BENCH_ONLY").is_ok_and(|v| v == "rand");
     let mut seq = Vec::new();
     for (name, kind, seg) in [
         ("seq_read", VIRTIO_BLK_T_IN, SEQ_REQ),
@@ -325,6 +327,9 @@ fn run(path: &std::path::Path, file: &File, bytes: u64) -> Result<String> {
         ("seq_read_4k_segments", VIRTIO_BLK_T_IN, 4096),
         ("seq_write_4k_segments", VIRTIO_BLK_T_OUT, 4096),
     ] {
+        if only_rand {
+            break;
+        }
         let write = kind == VIRTIO_BLK_T_OUT;
         let times = compare(
             || device_seq(&mut rig, kind, bytes, seg),
@@ -345,8 +350,8 @@ fn run(path: &std::path::Path, file: &File, bytes: u64) -> Result<String> {
     let ops = RAND_OPS as f64;
     let (di, ri) = (ops / rand.0.as_secs_f64(), ops / rand.1.as_secs_f64());
     Ok(format!(
-        "{{ {}, \"rand_read_4k\": {{\"device_iops\": {di:.0}, \"raw_iops\": {ri:.0}, \"ratio\": {:.3}}}, \"file_mib\": {}, \"cache\": \"warm\" }}",
-        seq.join(", "),
+        "{{ {}\"rand_read_4k\": {{\"device_iops\": {di:.0}, \"raw_iops\": {ri:.0}, \"ratio\": {:.3}}}, \"file_mib\": {}, \"cache\": \"warm\" }}",
+        seq.iter().map(|s| format!("{s}, ")).collect::<String>(),
         di / ri,
         bytes >> 20,
     ))

@@ -27,6 +27,7 @@ use crate::devices::serial::{
     COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder,
 };
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
+use crate::devices::virtio::net::{self, Net, Tap, TapError};
 use crate::host::HostKind;
 use crate::initcmd::EXIT_PORT;
 use crate::vcpu::{self, Vcpu, VcpuError};
@@ -76,6 +77,8 @@ pub enum VmmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Disk(DiskError),
+    #[error(transparent)]
+    Tap(TapError),
     #[error(transparent)]
     Device(#[from] devices::DeviceError),
     #[error(transparent)]
@@ -266,6 +269,7 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
         loader::check_readable(initrd)?;
     }
     let disks = open_disks(cfg)?;
+    let taps = open_taps(cfg)?;
     let kvm = open_kvm()?;
     let host = HostKind::detect();
     log::info!("host: {host}");
@@ -288,6 +292,20 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
         let device = Block::new(disk, events.handle());
         slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
     }
+    for (tap, mac) in taps {
+        log::info!(
+            "net: {} (mac {}{})",
+            tap.name(),
+            net::format_mac(&mac),
+            if tap.created() {
+                ", created by hvlite"
+            } else {
+                ""
+            }
+        );
+        let device = Net::new(tap, mac, events.handle());
+        slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+    }
     let buses = Arc::new(buses);
     let boot = load_guest(cfg, host, &mem, slots.entries())?;
 
@@ -303,6 +321,18 @@ fn open_disks(cfg: &VmConfig) -> Result<Vec<DiskImage>, VmmError> {
     cfg.disks
         .iter()
         .map(|d| DiskImage::open(&d.path, d.read_only).map_err(VmmError::Disk))
+        .collect()
+}
+
+/// Opens (or creates) every TAP device of `cfg`, so that a bad one is reported before the
+/// guest starts; picks each interface's MAC address.
+fn open_taps(cfg: &VmConfig) -> Result<Vec<(Tap, [u8; 6])>, VmmError> {
+    cfg.nets
+        .iter()
+        .map(|n| {
+            let tap = Tap::open(&n.tap).map_err(VmmError::Tap)?;
+            Ok((tap, n.mac.unwrap_or_else(|| net::default_mac(&n.tap))))
+        })
         .collect()
 }
 

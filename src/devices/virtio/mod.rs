@@ -14,6 +14,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 
 use std::io;
 use std::sync::Arc;

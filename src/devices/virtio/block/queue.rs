@@ -99,6 +99,64 @@ impl BlockCounters {
     }
 }
 
+/// Counter increments gathered over one [`BlockQueue::process`] call and added to the
+/// shared [`BlockCounters`] once, instead of a few atomic operations per request.
+#[derive(Debug, Default)]
+struct Tally {
+    requests: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+    errors: u64,
+    unsupported: u64,
+    dropped: u64,
+}
+
+impl Tally {
+    fn record(&mut self, completion: &super::request::Completion) {
+        self.requests += 1;
+        self.bytes_read += completion.bytes_read;
+        self.bytes_written += completion.bytes_written;
+        match &completion.outcome {
+            Outcome::Ok => {}
+            Outcome::Unsupported(raw) => {
+                log::debug!("virtio-blk: unsupported request type {raw}");
+                self.unsupported += 1;
+            }
+            Outcome::Failed(e) => {
+                log::debug!("virtio-blk: request failed: {e}");
+                self.errors += 1;
+            }
+            Outcome::Dropped(e) => {
+                log::debug!("virtio-blk: request dropped: {e}");
+                self.dropped += 1;
+            }
+        }
+    }
+
+    fn flush(&self, counters: &BlockCounters) {
+        for (counter, n) in [
+            (&counters.requests, self.requests),
+            (&counters.bytes_read, self.bytes_read),
+            (&counters.bytes_written, self.bytes_written),
+            (&counters.errors, self.errors),
+            (&counters.unsupported, self.unsupported),
+            (&counters.dropped, self.dropped),
+        ] {
+            if n != 0 {
+                BlockCounters::add(counter, n);
+            }
+        }
+    }
+}
+
+/// A completed chain waiting for its used-ring entry.
+#[derive(Debug, Clone, Copy)]
+struct Used {
+    head: u16,
+    len: u32,
+    dropped: bool,
+}
+
 /// The request queue of one activated device.
 #[derive(Debug)]
 pub struct BlockQueue {
@@ -107,6 +165,8 @@ pub struct BlockQueue {
     disk: Arc<DiskImage>,
     counters: Arc<BlockCounters>,
     broken: bool,
+    /// Completions of the current round, reused across rounds (no allocation per round).
+    used: Vec<Used>,
 }
 
 impl BlockQueue {
@@ -117,12 +177,14 @@ impl BlockQueue {
         disk: Arc<DiskImage>,
         counters: Arc<BlockCounters>,
     ) -> Self {
+        let used = Vec::with_capacity(usize::from(queue.size()));
         Self {
             mem,
             queue,
             disk,
             counters,
             broken: false,
+            used,
         }
     }
 
@@ -143,7 +205,10 @@ impl BlockQueue {
         if self.broken {
             return Ok(0);
         }
-        match self.drain(signal) {
+        let mut tally = Tally::default();
+        let result = self.drain(signal, &mut tally);
+        tally.flush(&self.counters);
+        match result {
             Ok(handled) => Ok(handled),
             Err(e) => {
                 self.broken = true;
@@ -155,14 +220,18 @@ impl BlockQueue {
         }
     }
 
-    fn drain(&mut self, signal: &dyn QueueSignal) -> Result<usize, QueueError> {
+    fn drain(&mut self, signal: &dyn QueueSignal, tally: &mut Tally) -> Result<usize, QueueError> {
         let mut handled = 0;
         loop {
             self.queue
                 .disable_notification(&self.mem)
                 .map_err(QueueError::Notification)?;
-            while self.handle_one()? {
-                handled += 1;
+            loop {
+                let n = self.serve_round(tally)?;
+                if n == 0 {
+                    break;
+                }
+                handled += n;
             }
             // Re-enable notifications; if the driver added chains meanwhile, go again.
             let more = self
@@ -173,6 +242,8 @@ impl BlockQueue {
                 break;
             }
         }
+        // One interrupt for everything used above, if the driver asked for one (with
+        // EVENT_IDX: if the used index went past its used_event since the last check).
         if handled > 0
             && self
                 .queue
@@ -185,47 +256,34 @@ impl BlockQueue {
         Ok(handled)
     }
 
-    /// Handles the next available chain; `false` when there is none.
-    fn handle_one(&mut self) -> Result<bool, QueueError> {
+    /// Handles the chains available when called (one read of the avail index, at most a
+    /// queue's worth), then returns them all through the used ring. Returns how many.
+    fn serve_round(&mut self, tally: &mut Tally) -> Result<usize, QueueError> {
         let mem = &self.mem;
-        let chain = match self.queue.iter(mem) {
-            Ok(mut avail) => avail.next(),
-            Err(e) => return Err(QueueError::AvailRing(e)),
-        };
-        let Some(chain) = chain else {
-            return Ok(false);
-        };
-        let head = chain.head_index();
-        let completion = process_request(mem, chain, &self.disk);
-        let c = &self.counters;
-        BlockCounters::add(&c.requests, 1);
-        BlockCounters::add(&c.bytes_read, completion.bytes_read);
-        BlockCounters::add(&c.bytes_written, completion.bytes_written);
-        match &completion.outcome {
-            Outcome::Ok => {}
-            Outcome::Unsupported(raw) => {
-                log::debug!("virtio-blk: unsupported request type {raw}");
-                BlockCounters::add(&c.unsupported, 1);
-            }
-            Outcome::Failed(e) => {
-                log::debug!("virtio-blk: request failed: {e}");
-                BlockCounters::add(&c.errors, 1);
-            }
-            Outcome::Dropped(e) => {
-                log::debug!("virtio-blk: request dropped: {e}");
-                BlockCounters::add(&c.dropped, 1);
-            }
+        self.used.clear();
+        let avail = self.queue.iter(mem).map_err(QueueError::AvailRing)?;
+        for chain in avail {
+            let head = chain.head_index();
+            let completion = process_request(mem, chain, &self.disk);
+            tally.record(&completion);
+            self.used.push(Used {
+                head,
+                len: completion.used_len,
+                dropped: matches!(completion.outcome, Outcome::Dropped(_)),
+            });
         }
-        match self.queue.add_used(mem, head, completion.used_len) {
-            Ok(()) => Ok(true),
-            // A head index beyond the queue size: nothing to return it to.
-            Err(virtio_queue::Error::InvalidDescriptorIndex) => {
-                if !matches!(completion.outcome, Outcome::Dropped(_)) {
-                    BlockCounters::add(&c.dropped, 1);
+        for used in &self.used {
+            match self.queue.add_used(mem, used.head, used.len) {
+                Ok(()) => {}
+                // A head index beyond the queue size: nothing to return it to.
+                Err(virtio_queue::Error::InvalidDescriptorIndex) => {
+                    if !used.dropped {
+                        tally.dropped += 1;
+                    }
                 }
-                Ok(true)
+                Err(e) => return Err(QueueError::UsedRing(e)),
             }
-            Err(e) => Err(QueueError::UsedRing(e)),
         }
+        Ok(self.used.len())
     }
 }

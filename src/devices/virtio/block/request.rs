@@ -12,6 +12,8 @@
 //! unless the request was valid), or — when there is no writable status byte — a dropped
 //! request that touched neither guest memory nor the disk.
 
+use std::sync::atomic::Ordering;
+
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -19,7 +21,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{
-    Address, Bytes, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, VolatileSlice,
+    Address, Bytes, GuestMemoryBackend, GuestMemoryError, GuestMemoryMmap, VolatileMemory,
+    VolatileSlice,
 };
 
 use super::config::{MAX_REQUEST_BYTES, SECTOR_SHIFT, SECTOR_SIZE, SEG_MAX};
@@ -149,9 +152,45 @@ pub struct Request<'a> {
     /// The first sector (IN and OUT).
     pub sector: u64,
     /// The data buffers, in order, in guest memory (empty for FLUSH and unsupported types).
-    data: Vec<VolatileSlice<'a>>,
+    data: DataBuffers<'a>,
     /// Total data length in bytes.
     data_len: u64,
+}
+
+/// The data buffers of a request. One buffer (the common case: a 4 KiB page, or a
+/// contiguous multi-page buffer) needs no heap allocation.
+#[derive(Debug, Default)]
+enum DataBuffers<'a> {
+    #[default]
+    Empty,
+    One(VolatileSlice<'a>),
+    Many(Vec<VolatileSlice<'a>>),
+}
+
+impl<'a> DataBuffers<'a> {
+    fn push(&mut self, slice: VolatileSlice<'a>) {
+        *self = match std::mem::take(self) {
+            Self::Empty => Self::One(slice),
+            Self::One(first) => {
+                let mut all = Vec::with_capacity(8);
+                all.push(first);
+                all.push(slice);
+                Self::Many(all)
+            }
+            Self::Many(mut all) => {
+                all.push(slice);
+                Self::Many(all)
+            }
+        };
+    }
+
+    fn as_slice(&self) -> &[VolatileSlice<'a>] {
+        match self {
+            Self::Empty => &[],
+            Self::One(one) => std::slice::from_ref(one),
+            Self::Many(all) => all,
+        }
+    }
 }
 
 /// Where the status byte goes; found first, so that later errors can be reported.
@@ -180,37 +219,38 @@ pub fn process_request(
         _ => VIRTIO_BLK_S_IOERR,
     };
     // The status byte was mapped during parsing; the guest cannot unmap memory.
-    if let Err(e) = status.0.write_obj(code as u8, 0) {
+    // A single-byte store: the slice is exactly the status byte.
+    if let Err(e) = status.0.store(code as u8, 0, Ordering::Relaxed) {
         return Completion::new(0, Outcome::Dropped(RequestError::StatusWrite(e.into())));
     }
     completion.used_len = completion.used_len.saturating_add(1);
     completion
 }
 
-/// Splits the chain into header, data and status, and validates it. The outer error means
-/// there is no usable status byte (drop the request); the inner one is reported through it.
+/// Splits the chain into header, data and status, and validates it, in one walk over the
+/// chain: the header is read first, then every data descriptor is checked and mapped as
+/// it goes by (nothing is collected: the status descriptor is only known at the end of
+/// the chain). The outer error means there is no usable status byte (drop the request);
+/// the inner one is reported through it.
 fn parse<'a>(
     mem: &'a GuestMemoryMmap,
     mut chain: DescriptorChain<&GuestMemoryMmap>,
     disk: &DiskImage,
 ) -> Result<(StatusByte<'a>, Result<Request<'a>, RequestError>), RequestError> {
     let header = chain.next().ok_or(RequestError::EmptyChain)?;
-    // Keep at most SEG_MAX + 1 data descriptors (enough to detect too many), but walk the
-    // whole chain (bounded by virtio-queue) to find the last one, the status descriptor.
-    let mut data: Vec<Descriptor> = Vec::new();
-    let mut segments = 0usize;
+    let header = read_header(mem, &header);
+    let mut data = DataChecker::new(mem, header.as_ref().ok().copied());
+    // Walk the whole chain (bounded by virtio-queue) to find the last descriptor, the
+    // status descriptor; every one before it is data.
     let mut last: Option<Descriptor> = None;
     for desc in chain {
         if let Some(prev) = last.replace(desc) {
-            segments += 1;
-            if data.len() <= SEG_MAX as usize {
-                data.push(prev);
-            }
+            data.add(&prev);
         }
     }
     let status_desc = last.ok_or(RequestError::NoStatusDescriptor)?;
     let status = status_byte(mem, &status_desc)?;
-    let request = parse_request(mem, &header, &data, segments, disk);
+    let request = header.and_then(|(request_type, sector)| data.finish(request_type, sector, disk));
     Ok((status, request))
 }
 
@@ -229,13 +269,11 @@ fn status_byte<'a>(
         .ok_or(RequestError::StatusOutOfMemory(desc.addr().0))
 }
 
-fn parse_request<'a>(
-    mem: &'a GuestMemoryMmap,
+/// Checks the header descriptor and reads the request type and sector.
+fn read_header(
+    mem: &GuestMemoryMmap,
     header: &Descriptor,
-    data: &[Descriptor],
-    segments: usize,
-    disk: &DiskImage,
-) -> Result<Request<'a>, RequestError> {
+) -> Result<(RequestType, u64), RequestError> {
     if header.is_write_only() {
         return Err(RequestError::HeaderWriteOnly);
     }
@@ -244,10 +282,12 @@ fn parse_request<'a>(
     }
     let mut raw = [0u8; HEADER_LEN as usize];
     // Fast path: the header in one region; else the generic (region-crossing) read.
-    match mem.get_slice(header.addr(), raw.len()) {
-        Ok(slice) => {
-            slice.copy_to(&mut raw[..]);
-        }
+    // (`get_ref` of a byte array needs no alignment; `load` is one 16-byte volatile read.)
+    match mem
+        .get_slice(header.addr(), raw.len())
+        .and_then(|slice| Ok(slice.get_ref::<[u8; HEADER_LEN as usize]>(0)?.load()))
+    {
+        Ok(bytes) => raw = bytes,
         Err(_) => mem
             .read_slice(&mut raw, header.addr())
             .map_err(RequestError::HeaderRead)?,
@@ -255,35 +295,117 @@ fn parse_request<'a>(
     let [t0, t1, t2, t3, _, _, _, _, s0, s1, s2, s3, s4, s5, s6, s7] = raw;
     let request_type = RequestType::from_raw(u32::from_le_bytes([t0, t1, t2, t3]));
     let sector = u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]);
+    Ok((request_type, sector))
+}
 
-    let mut request = Request {
-        request_type,
-        sector,
-        data: Vec::new(),
-        data_len: 0,
-    };
-    let device_writes = match request_type {
-        RequestType::In | RequestType::GetId => true,
-        RequestType::Out => false,
-        // No data expected; any data descriptors are ignored.
-        RequestType::Flush | RequestType::Unsupported(_) => return Ok(request),
-    };
-    if data.iter().any(|d| d.is_write_only() != device_writes) {
-        return Err(RequestError::DataDirection(request_type.name()));
-    }
-    if segments > SEG_MAX as usize {
-        return Err(RequestError::TooManySegments(segments));
-    }
-    let data_len: u64 = data.iter().map(|d| u64::from(d.len())).sum();
-    if request_type != RequestType::GetId {
-        check_extent(sector, data_len, disk)?;
-        if request_type == RequestType::Out && disk.read_only() {
-            return Err(RequestError::ReadOnly);
+/// Validates and maps the data descriptors one at a time. Errors are recorded, not
+/// returned at once, so that [`DataChecker::finish`] reports them in a fixed order
+/// (direction, segment count, extent, read-only, guest memory) whatever the order of the
+/// descriptors.
+struct DataChecker<'a> {
+    mem: &'a GuestMemoryMmap,
+    /// Whether the data descriptors must be device-writable; `None` when they are not
+    /// looked at (no valid header, or a request type without data).
+    device_writes: Option<bool>,
+    segments: usize,
+    len: u64,
+    wrong_direction: bool,
+    out_of_memory: Option<RequestError>,
+    buffers: DataBuffers<'a>,
+}
+
+impl<'a> DataChecker<'a> {
+    fn new(mem: &'a GuestMemoryMmap, header: Option<(RequestType, u64)>) -> Self {
+        let device_writes = match header.map(|(request_type, _)| request_type) {
+            Some(RequestType::In | RequestType::GetId) => Some(true),
+            Some(RequestType::Out) => Some(false),
+            // No data expected; any data descriptors are ignored.
+            Some(RequestType::Flush | RequestType::Unsupported(_)) | None => None,
+        };
+        Self {
+            mem,
+            device_writes,
+            segments: 0,
+            len: 0,
+            wrong_direction: false,
+            out_of_memory: None,
+            buffers: DataBuffers::Empty,
         }
     }
-    request.data = guest_slices(mem, data)?;
-    request.data_len = data_len;
-    Ok(request)
+
+    fn add(&mut self, desc: &Descriptor) {
+        let Some(device_writes) = self.device_writes else {
+            return;
+        };
+        self.segments += 1;
+        self.wrong_direction |= desc.is_write_only() != device_writes;
+        self.len += u64::from(desc.len());
+        // Map only what a valid request can use: the request fails otherwise.
+        if self.wrong_direction
+            || self.out_of_memory.is_some()
+            || self.segments > SEG_MAX as usize
+            || self.len > MAX_REQUEST_BYTES
+            || desc.len() == 0
+        {
+            return;
+        }
+        if let Err(e) = self.map(desc) {
+            self.out_of_memory = Some(e);
+        }
+    }
+
+    /// Maps one data descriptor to host memory (it may span several regions).
+    fn map(&mut self, desc: &Descriptor) -> Result<(), RequestError> {
+        let out_of_memory = || RequestError::DataOutOfMemory {
+            addr: desc.addr().0,
+            len: desc.len(),
+        };
+        let len = usize::try_from(desc.len()).map_err(|_| out_of_memory())?;
+        // Fast path: the buffer in one region.
+        if let Ok(slice) = self.mem.get_slice(desc.addr(), len) {
+            self.buffers.push(slice);
+            return Ok(());
+        }
+        for slice in GuestMemoryBackend::get_slices(self.mem, desc.addr(), len) {
+            self.buffers.push(slice.map_err(|_| out_of_memory())?);
+        }
+        Ok(())
+    }
+
+    fn finish(
+        self,
+        request_type: RequestType,
+        sector: u64,
+        disk: &DiskImage,
+    ) -> Result<Request<'a>, RequestError> {
+        let mut request = Request {
+            request_type,
+            sector,
+            data: DataBuffers::Empty,
+            data_len: 0,
+        };
+        if self.device_writes.is_none() {
+            return Ok(request);
+        }
+        if self.wrong_direction {
+            return Err(RequestError::DataDirection(request_type.name()));
+        }
+        if self.segments > SEG_MAX as usize {
+            return Err(RequestError::TooManySegments(self.segments));
+        }
+        if request_type != RequestType::GetId {
+            check_extent(sector, self.len, disk)?;
+            if request_type == RequestType::Out && disk.read_only() {
+                return Err(RequestError::ReadOnly);
+            }
+        }
+        if let Some(e) = self.out_of_memory {
+            return Err(e);
+        }
+        request.data = self.buffers;
+        request.data_len = self.len;
+        Ok(request)
+    }
 }
 
 /// Checks the length and position of an IN or OUT transfer.
@@ -304,30 +426,6 @@ fn check_extent(sector: u64, len: u64, disk: &DiskImage) -> Result<(), RequestEr
     Ok(())
 }
 
-/// Maps the data descriptors to host memory (a descriptor may span several regions).
-fn guest_slices<'a>(
-    mem: &'a GuestMemoryMmap,
-    data: &[Descriptor],
-) -> Result<Vec<VolatileSlice<'a>>, RequestError> {
-    let mut slices = Vec::with_capacity(data.len());
-    for desc in data.iter().filter(|d| d.len() > 0) {
-        let out_of_memory = || RequestError::DataOutOfMemory {
-            addr: desc.addr().0,
-            len: desc.len(),
-        };
-        let len = usize::try_from(desc.len()).map_err(|_| out_of_memory())?;
-        // Fast path: the buffer in one region.
-        if let Ok(slice) = mem.get_slice(desc.addr(), len) {
-            slices.push(slice);
-            continue;
-        }
-        for slice in GuestMemoryBackend::get_slices(mem, desc.addr(), len) {
-            slices.push(slice.map_err(|_| out_of_memory())?);
-        }
-    }
-    Ok(slices)
-}
-
 impl Request<'_> {
     /// Runs the request against `disk`. The data buffers are filled (IN, GET_ID) or
     /// written out (OUT); the status byte is left to the caller.
@@ -336,13 +434,13 @@ impl Request<'_> {
         let offset = self.sector << SECTOR_SHIFT;
         match self.request_type {
             RequestType::In => {
-                disk.read_into(offset, &self.data)
+                disk.read_into(offset, self.data.as_slice())
                     .map_err(RequestError::Disk)?;
                 completion.bytes_read = self.data_len;
                 completion.used_len = self.used_data_len();
             }
             RequestType::Out => {
-                disk.write_from(offset, &self.data)
+                disk.write_from(offset, self.data.as_slice())
                     .map_err(RequestError::Disk)?;
                 completion.bytes_written = self.data_len;
             }
@@ -350,7 +448,7 @@ impl Request<'_> {
             RequestType::GetId => {
                 let mut id: &[u8] = disk.device_id();
                 let mut copied = 0usize;
-                for slice in &self.data {
+                for slice in self.data.as_slice() {
                     if id.is_empty() {
                         break;
                     }

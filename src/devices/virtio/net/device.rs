@@ -1,0 +1,211 @@
+//! The virtio-net device as its transport sees it ([`VirtioDevice`]).
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::SubscriberId;
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::config::{
+    ConfigSpace, QUEUE_SIZE, avail_features, has, rx_frame_capacity, tap_offloads,
+};
+use super::handler::NetHandler;
+use super::queue::{NetCounters, NetStats};
+use super::rx::{RxConfig, RxQueue};
+use super::tap::Tap;
+use super::tx::TxQueue;
+use crate::devices::virtio::{
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
+};
+
+/// MTU assumed when the TAP's cannot be read.
+const DEFAULT_MTU: usize = 1500;
+
+/// A virtio-net device with one RX and one TX queue over a TAP.
+pub struct Net {
+    tap: Arc<Tap>,
+    mac: [u8; 6],
+    config: ConfigSpace,
+    avail_features: u64,
+    acked_features: u64,
+    queue_sizes: [u16; 2],
+    events: EventLoopHandle,
+    handler: Option<SubscriberId>,
+    counters: Arc<NetCounters>,
+}
+
+impl Net {
+    /// A device on `tap` with address `mac`; its queues are served on the event loop
+    /// behind `events`.
+    pub fn new(tap: Tap, mac: [u8; 6], events: EventLoopHandle) -> Self {
+        Self {
+            tap: Arc::new(tap),
+            mac,
+            config: ConfigSpace::new(mac),
+            avail_features: avail_features(),
+            acked_features: 0,
+            queue_sizes: [QUEUE_SIZE; 2],
+            events,
+            handler: None,
+            counters: Arc::new(NetCounters::default()),
+        }
+    }
+
+    /// The TAP.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
+    }
+
+    /// The guest's MAC address.
+    pub fn mac(&self) -> [u8; 6] {
+        self.mac
+    }
+
+    /// The device counters so far (they survive resets).
+    pub fn stats(&self) -> NetStats {
+        self.counters.snapshot()
+    }
+
+    /// The live counters, for a metrics reader that outlives this borrow.
+    pub fn counters(&self) -> Arc<NetCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// Whether the queue handler is on the event loop.
+    pub fn is_active(&self) -> bool {
+        self.handler.is_some()
+    }
+
+    fn remove_handler(&mut self) {
+        let Some(id) = self.handler.take() else {
+            return;
+        };
+        let removed = self
+            .events
+            .call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
+        if let Err(e) = removed {
+            log::error!("virtio-net: cannot remove the queue handler from the event loop: {e}");
+        }
+    }
+
+    fn prepare(&self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<(), ActivateError> {
+        queue.set_event_idx(has(self.acked_features, VIRTIO_RING_F_EVENT_IDX));
+        if !queue.is_valid(mem) {
+            return Err(ActivateError::Device(
+                "a queue is not valid in guest memory".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Net")
+            .field("tap", &self.tap)
+            .field("mac", &super::config::format_mac(&self.mac))
+            .field("acked_features", &self.acked_features)
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.acked_features = features & self.avail_features;
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.config.read(offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "virtio-net: ignoring a {}-byte config write at {offset:#x}",
+            data.len()
+        );
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        if self.handler.is_some() {
+            return Err(ActivateError::Device("already active".into()));
+        }
+        let ActivateContext {
+            mem,
+            queues,
+            kicks,
+            interrupt,
+        } = ctx;
+        let want = self.queue_sizes.len();
+        let got = queues.len().min(kicks.len());
+        let (Ok([mut rxq, mut txq]), Ok([rx_kick, tx_kick])) = (
+            <[Queue; 2]>::try_from(queues),
+            <[vmm_sys_util::eventfd::EventFd; 2]>::try_from(kicks),
+        ) else {
+            return Err(ActivateError::QueueCount { got, want });
+        };
+        self.prepare(&mem, &mut rxq)?;
+        self.prepare(&mem, &mut txq)?;
+        let acked = self.acked_features;
+        self.tap
+            .set_offloads(tap_offloads(acked))
+            .map_err(|e| ActivateError::Device(e.to_string()))?;
+        let mtu = self.tap.mtu().unwrap_or_else(|e| {
+            log::warn!("virtio-net: {e}; assuming MTU {DEFAULT_MTU}");
+            DEFAULT_MTU
+        });
+        let rx_config = RxConfig {
+            mergeable: has(acked, VIRTIO_NET_F_MRG_RXBUF),
+            guest_csum: has(acked, VIRTIO_NET_F_GUEST_CSUM),
+            frame_capacity: rx_frame_capacity(acked, mtu),
+        };
+        let rx = RxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
+        let tx = TxQueue::new(mem, txq, Arc::clone(&self.counters));
+        let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);
+        let handler: Subscriber = Arc::new(Mutex::new(handler));
+        let id = self
+            .events
+            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(handler)))
+            .map_err(|e| ActivateError::EventLoop(e.to_string()))?;
+        self.handler = Some(id);
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.remove_handler();
+        self.acked_features = 0;
+        if let Err(e) = self.tap.set_offloads(0) {
+            log::warn!("virtio-net: {e}");
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Do not wait: the event loop may already be gone or stopped at shutdown.
+        if let Some(id) = self.handler.take() {
+            let _ = self.events.fire(move |ops| {
+                let _ = ops.remove_subscriber(id);
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "device_tests.rs"]
+mod tests;
