@@ -109,12 +109,19 @@ while True:
     except OSError:
         if time.time() > deadline: raise
         time.sleep(0.5)
-c.settimeout(300); c.sendall(data); c.shutdown(socket.SHUT_WR)
+c.settimeout(300)
+# Send from a thread while reading the echo here: an echo peer stops reading when its
+# replies are not read, so sending everything first would deadlock on full buffers.
+def send():
+    c.sendall(data); c.shutdown(socket.SHUT_WR)
+import threading
+sender = threading.Thread(target=send); sender.start()
 got = bytearray()
 while True:
     d = c.recv(65536)
     if not d: break
     got += d
+sender.join()
 open(sys.argv[4], "wb").write(got)
 "#;
 
@@ -174,7 +181,8 @@ fn guest_and_host_talk_tcp_ip_over_a_tap() {
     );
     vm.wait_for("GUEST-LISTENING");
     // Host → guest ping, then a 1 MiB echo through the guest's server.
-    let ping = run(&ns.exec(&["ping", "-c", "2", "-W", "10", GUEST_IP]));
+    // busybox (a dependency of the guest build) provides ping on the host as well.
+    let ping = run(&ns.exec(&["busybox", "ping", "-c", "2", "-W", "10", GUEST_IP]));
     let reply_path = dir.join("reply.bin");
     let start = Instant::now();
     let client = run(&ns.exec(&[

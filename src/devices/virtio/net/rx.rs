@@ -165,7 +165,6 @@ impl RxQueue {
     /// Takes chains from the available ring until the stash is ready; `false` when the
     /// ring ran out first (notifications are then enabled, so the next kick resumes).
     fn fill(&mut self) -> Result<bool, QueueError> {
-        let mut rechecked = false;
         while !self.ready() {
             let chain = self
                 .queue
@@ -174,16 +173,17 @@ impl RxQueue {
                 .next();
             let Some(chain) = chain else {
                 // (Re-)arm the kick (with EVENT_IDX: avail_event = next_avail), then look
-                // once more for chains the driver added meanwhile.
+                // again for chains the driver added meanwhile: those came with no kick, so
+                // returning now would wait forever for one. Each round either takes a
+                // chain or returns, so this ends.
                 self.notify_enabled = true;
                 let more = self
                     .queue
                     .enable_notification(&self.mem)
                     .map_err(QueueError::Notification)?;
-                if !more || rechecked {
+                if !more {
                     return Ok(false);
                 }
-                rechecked = true;
                 continue;
             };
             if self.notify_enabled {
