@@ -13,7 +13,9 @@ fn vmlinux_boots_to_init_on_two_cpus_and_returns_the_status() {
     }
     let (k, i) = (kernel(), initrd());
     let script = "echo CHECK-BEGIN; uname -s; grep -c ^processor /proc/cpuinfo; \
-                  cat /proc/cmdline; echo CHECK-END; exit 7";
+                  cat /proc/cmdline; echo CHECK-END; \
+                  for i in 1 2 3 4 5 6; do cat /proc/cpuinfo | grep -c ^processor; done; \
+                  echo PIPES-END; exit 7";
     let b = boot(&[
         "run",
         "--kernel",
@@ -50,6 +52,21 @@ fn vmlinux_boots_to_init_on_two_cpus_and_returns_the_status() {
         "hvlite must exit with the command's status; {ctx}"
     );
     assert!(b.stderr.contains("first KVM_RUN"), "{ctx}");
+    // Concurrent processes (pipelines) must not see each other's memory: on PVM hosts
+    // this needs `nopcid` (see boot::cmdline::PVM_OPTIONS).
+    let (_, pipes) = checks.split_once("CHECK-END").expect(&ctx);
+    let (pipes, _) = pipes.split_once("PIPES-END").expect(&ctx);
+    let counts: Vec<&str> = pipes
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        counts,
+        vec!["2"; 6],
+        "six pipelines, each seeing 2 CPUs; {ctx}"
+    );
+    assert!(!b.stdout.contains("segfault"), "{ctx}");
 }
 
 #[test]

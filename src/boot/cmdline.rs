@@ -23,11 +23,18 @@ pub const DEFAULT_OPTIONS: &str =
 /// (and is harmless elsewhere). A user `rootfstype=` later on the line overrides it.
 pub const INITRAMFS_OPTIONS: &str = "rootfstype=ramfs";
 
-/// Options for PVM hosts only, keeping the guest kernel off instructions that KVM's
-/// emulator there cannot do (CPUID masks on leaves 1 and 7 do not reach the guest, so the
-/// kernel is told on its command line): `noxsave` (xsave/xrstor) and
-/// `clearcpuid=` cx16 (141), movbe (150), popcnt (151), fsgsbase (288), smap (308).
-pub const PVM_OPTIONS: &str = "noxsave clearcpuid=112,141,150,151,288,297,308,580";
+/// Options for PVM hosts only, keeping the guest kernel off what KVM's emulator and
+/// shadow MMU there get wrong (CPUID masks on leaves 1 and 7 do not reach the guest, so
+/// the kernel is told on its command line):
+/// - `noxsave`: xsave/xrstor;
+/// - `clearcpuid=`: rep_good (112), cx16 (141), movbe (150), popcnt (151), fsgsbase (288),
+///   erms (297), smap (308), fsrm (580). rep_good/erms/fsrm make the kernel use byte-wise
+///   `rep movsb`/`rep stosb` copies, which the emulator runs one iteration at a time;
+/// - `nopcid`: with PCIDs, user processes that run concurrently (a shell pipeline) were
+///   seen reading another address space's data (busybox segfaulting on a NULL TLS pointer
+///   in about half of `cat | grep` runs); without PCIDs every address-space switch flushes
+///   and the failures are gone.
+pub const PVM_OPTIONS: &str = "noxsave nopcid clearcpuid=112,141,150,151,288,297,308,580";
 
 /// Errors assembling the command line.
 #[derive(Debug, thiserror::Error)]
