@@ -222,23 +222,34 @@ impl BlockQueue {
 
     fn drain(&mut self, signal: &dyn QueueSignal, tally: &mut Tally) -> Result<usize, QueueError> {
         let mut handled = 0;
+        let mut after_more = false;
         loop {
             self.queue
                 .disable_notification(&self.mem)
                 .map_err(QueueError::Notification)?;
+            let mut served = 0;
             loop {
                 let n = self.serve_round(tally)?;
                 if n == 0 {
                     break;
                 }
-                handled += n;
+                served += n;
+            }
+            handled += served;
+            if after_more && served == 0 {
+                // The ring said more chains were there, yet none could be taken: its next
+                // entry is one the iterator refuses (head index out of range). Going round
+                // again would spin forever.
+                return Err(QueueError::AvailRing(
+                    virtio_queue::Error::InvalidDescriptorIndex,
+                ));
             }
             // Re-enable notifications; if the driver added chains meanwhile, go again.
-            let more = self
+            after_more = self
                 .queue
                 .enable_notification(&self.mem)
                 .map_err(QueueError::Notification)?;
-            if !more {
+            if !after_more {
                 break;
             }
         }

@@ -165,6 +165,7 @@ impl RxQueue {
     /// Takes chains from the available ring until the stash is ready; `false` when the
     /// ring ran out first (notifications are then enabled, so the next kick resumes).
     fn fill(&mut self) -> Result<bool, QueueError> {
+        let mut after_more = false;
         while !self.ready() {
             let chain = self
                 .queue
@@ -172,20 +173,27 @@ impl RxQueue {
                 .map_err(QueueError::AvailRing)?
                 .next();
             let Some(chain) = chain else {
+                if after_more {
+                    // The ring said a chain was there, yet the iterator refuses it (head
+                    // index out of range): asking again would spin forever.
+                    return Err(QueueError::AvailRing(
+                        virtio_queue::Error::InvalidDescriptorIndex,
+                    ));
+                }
                 // (Re-)arm the kick (with EVENT_IDX: avail_event = next_avail), then look
                 // again for chains the driver added meanwhile: those came with no kick, so
-                // returning now would wait forever for one. Each round either takes a
-                // chain or returns, so this ends.
+                // returning now would wait forever for one.
                 self.notify_enabled = true;
-                let more = self
+                after_more = self
                     .queue
                     .enable_notification(&self.mem)
                     .map_err(QueueError::Notification)?;
-                if !more {
+                if !after_more {
                     return Ok(false);
                 }
                 continue;
             };
+            after_more = false;
             if self.notify_enabled {
                 self.notify_enabled = false;
                 self.queue

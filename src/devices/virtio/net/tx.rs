@@ -75,23 +75,34 @@ impl TxQueue {
     fn drain(&mut self, io: &dyn FrameIo, signal: &dyn QueueSignal) -> Result<usize, QueueError> {
         let mut handled = 0;
         let mut tally = Tally::default();
+        let mut after_more = false;
         loop {
             self.queue
                 .disable_notification(&self.mem)
                 .map_err(QueueError::Notification)?;
+            let mut served = 0;
             loop {
                 let n = self.send_batch(io, &mut tally)?;
-                handled += n;
+                served += n;
                 if n == 0 {
                     break;
                 }
             }
+            handled += served;
+            if after_more && served == 0 {
+                // The ring said more chains were there, yet none could be taken (a head
+                // index out of range): going round again would spin forever.
+                tally.add_to(&self.counters);
+                return Err(QueueError::AvailRing(
+                    virtio_queue::Error::InvalidDescriptorIndex,
+                ));
+            }
             // Re-enable notifications; if the driver added chains meanwhile, go again.
-            let more = self
+            after_more = self
                 .queue
                 .enable_notification(&self.mem)
                 .map_err(QueueError::Notification)?;
-            if !more {
+            if !after_more {
                 break;
             }
         }
