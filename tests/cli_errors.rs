@@ -193,7 +193,7 @@ fn disk_without_permission() {
     // Readable by others but not writable: a read-write disk is refused, read-only is fine
     // as far as the disk goes (nobody then fails on /dev/kvm instead).
     let out = as_nobody(&["run", "--kernel", &k, "--disk", disk.to_str().unwrap()]);
-    assert_error(&out, "Permission denied");
+    assert_error(&out, "permission denied (add ',ro'");
     let ro = format!("{},ro", disk.display());
     let out = as_nobody(&["run", "--kernel", &k, "--disk", &ro]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -213,7 +213,7 @@ fn bad_network_options() {
     ]);
     assert_error(&out, "multicast");
     let out = run_hvlite(&["run", "--kernel", &k, "--net", "tap=t0,mac=zz"]);
-    assert_error(&out, "bad MAC address");
+    assert_error(&out, "not six hexadecimal bytes");
     let out = run_hvlite(&["run", "--kernel", &k, "--net", "mac=02:00:00:00:00:01"]);
     assert_error(&out, "tap=NAME");
     let out = run_hvlite(&[
