@@ -286,30 +286,32 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
 
     let latch = Arc::new(ExitLatch::new());
     let events = EventLoop::start(latch.clone())?;
-    let mut buses = setup_devices(&vm, &latch, console.out, console.forward_stdin)?;
-    let mut slots = VirtioMmioSlots::new();
-    for disk in disks {
-        let device = Block::new(disk, events.handle());
-        slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
-    }
-    for (tap, mac) in taps {
-        log::info!(
-            "net: {} (mac {}{})",
-            tap.name(),
-            net::format_mac(&mac),
-            if tap.created() {
-                ", created by hvlite"
-            } else {
-                ""
-            }
-        );
-        let device = Net::new(tap, mac, events.handle());
-        slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
-    }
-    let buses = Arc::new(buses);
-    let boot = load_guest(cfg, host, &mem, slots.entries())?;
-
-    let result = run_vcpus(&kvm, &vm, cfg, host, &boot, &buses, &mem, &latch);
+    // Whatever happens from here on, the event loop thread is stopped before returning.
+    let result = (|| {
+        let mut buses = setup_devices(&vm, &latch, console.out, console.forward_stdin)?;
+        let mut slots = VirtioMmioSlots::new();
+        for disk in disks {
+            let device = Block::new(disk, events.handle());
+            slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+        }
+        for (tap, mac) in taps {
+            log::info!(
+                "net: {} (mac {}{})",
+                tap.name(),
+                net::format_mac(&mac),
+                if tap.created() {
+                    ", created by hvlite"
+                } else {
+                    ""
+                }
+            );
+            let device = Net::new(tap, mac, events.handle());
+            slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+        }
+        let buses = Arc::new(buses);
+        let boot = load_guest(cfg, host, &mem, slots.entries())?;
+        run_vcpus(&kvm, &vm, cfg, host, &boot, &buses, &mem, &latch)
+    })();
     events.stop();
     let reason = result?;
     report_memory(&mem);
