@@ -111,6 +111,60 @@ impl IrqTrigger {
     }
 }
 
+/// How [`drain_queue`] stopped early.
+#[derive(Debug)]
+pub enum DrainError<E> {
+    /// Serving the chains failed.
+    Serve(E),
+    /// Reading or writing the notification-suppression fields failed.
+    Notification(virtio_queue::Error),
+    /// The ring said chains were available, yet a whole pass took none: its next entry is
+    /// one the queue iterator refuses (a head index out of range). Serving again would spin
+    /// forever, so the ring counts as malformed.
+    Stuck,
+}
+
+/// Serves a queue until the driver has nothing more for it: with notifications off,
+/// `serve` is called until it takes no chain (it returns how many it took); then
+/// notifications are re-enabled and, if the driver added chains meanwhile, it goes round
+/// again. `ring` gives the queue and guest memory out of `state`. Returns the number of
+/// chains served.
+pub fn drain_queue<S, E>(
+    state: &mut S,
+    ring: fn(&mut S) -> (&mut Queue, &GuestMemoryMmap),
+    mut serve: impl FnMut(&mut S) -> Result<usize, E>,
+) -> Result<usize, DrainError<E>> {
+    use virtio_queue::QueueT;
+
+    let mut handled = 0;
+    let mut after_more = false;
+    loop {
+        let (queue, mem) = ring(state);
+        queue
+            .disable_notification(mem)
+            .map_err(DrainError::Notification)?;
+        let mut served = 0;
+        loop {
+            let n = serve(state).map_err(DrainError::Serve)?;
+            if n == 0 {
+                break;
+            }
+            served += n;
+        }
+        handled += served;
+        if after_more && served == 0 {
+            return Err(DrainError::Stuck);
+        }
+        let (queue, mem) = ring(state);
+        after_more = queue
+            .enable_notification(mem)
+            .map_err(DrainError::Notification)?;
+        if !after_more {
+            return Ok(handled);
+        }
+    }
+}
+
 /// What a device needs to start serving its queues once the driver set DRIVER_OK.
 pub struct ActivateContext {
     /// Guest memory, where the queues and buffers live.

@@ -11,7 +11,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::disk::DiskImage;
 use super::request::{Outcome, process_request};
-use crate::devices::virtio::IrqTrigger;
+use crate::devices::virtio::{DrainError, IrqTrigger, drain_queue};
 
 /// How queue processing reaches the driver.
 pub trait QueueSignal {
@@ -42,6 +42,16 @@ pub enum QueueError {
     Notification(#[source] virtio_queue::Error),
     #[error("cannot signal the driver")]
     Signal(#[source] io::Error),
+}
+
+impl From<DrainError<QueueError>> for QueueError {
+    fn from(e: DrainError<QueueError>) -> Self {
+        match e {
+            DrainError::Serve(e) => e,
+            DrainError::Notification(e) => QueueError::Notification(e),
+            DrainError::Stuck => QueueError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex),
+        }
+    }
 }
 
 /// Device counters, shared between the queue (on the event loop) and whoever reads them.
@@ -221,38 +231,8 @@ impl BlockQueue {
     }
 
     fn drain(&mut self, signal: &dyn QueueSignal, tally: &mut Tally) -> Result<usize, QueueError> {
-        let mut handled = 0;
-        let mut after_more = false;
-        loop {
-            self.queue
-                .disable_notification(&self.mem)
-                .map_err(QueueError::Notification)?;
-            let mut served = 0;
-            loop {
-                let n = self.serve_round(tally)?;
-                if n == 0 {
-                    break;
-                }
-                served += n;
-            }
-            handled += served;
-            if after_more && served == 0 {
-                // The ring said more chains were there, yet none could be taken: its next
-                // entry is one the iterator refuses (head index out of range). Going round
-                // again would spin forever.
-                return Err(QueueError::AvailRing(
-                    virtio_queue::Error::InvalidDescriptorIndex,
-                ));
-            }
-            // Re-enable notifications; if the driver added chains meanwhile, go again.
-            after_more = self
-                .queue
-                .enable_notification(&self.mem)
-                .map_err(QueueError::Notification)?;
-            if !after_more {
-                break;
-            }
-        }
+        let handled = drain_queue(self, |q| (&mut q.queue, &q.mem), |q| q.serve_round(tally))
+            .map_err(QueueError::from)?;
         // One interrupt for everything used above, if the driver asked for one (with
         // EVENT_IDX: if the used index went past its used_event since the last check).
         if handled > 0

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueT};
+
+use crate::devices::virtio::DrainError;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::config::MAX_IOVECS;
@@ -20,6 +22,16 @@ pub enum QueueError {
     UsedRing(#[source] virtio_queue::Error),
     #[error("cannot update the notification suppression fields")]
     Notification(#[source] virtio_queue::Error),
+}
+
+impl From<DrainError<QueueError>> for QueueError {
+    fn from(e: DrainError<QueueError>) -> Self {
+        match e {
+            DrainError::Serve(e) => e,
+            DrainError::Notification(e) => QueueError::Notification(e),
+            DrainError::Stuck => QueueError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex),
+        }
+    }
 }
 
 /// Why one descriptor chain was refused (the chain is returned with used length 0).

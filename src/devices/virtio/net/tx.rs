@@ -16,6 +16,7 @@ use super::config::{HDR_LEN, MAX_FRAME_LEN, MAX_IOVECS, MIN_FRAME_LEN};
 use super::queue::{ChainError, NetCounters, Notifier, QueueError, map_desc, publish_used};
 use super::tap::FrameIo;
 use crate::devices::virtio::block::QueueSignal;
+use crate::devices::virtio::drain_queue;
 
 /// The transmit queue of one activated device.
 #[derive(Debug)]
@@ -73,40 +74,14 @@ impl TxQueue {
     }
 
     fn drain(&mut self, io: &dyn FrameIo, signal: &dyn QueueSignal) -> Result<usize, QueueError> {
-        let mut handled = 0;
         let mut tally = Tally::default();
-        let mut after_more = false;
-        loop {
-            self.queue
-                .disable_notification(&self.mem)
-                .map_err(QueueError::Notification)?;
-            let mut served = 0;
-            loop {
-                let n = self.send_batch(io, &mut tally)?;
-                served += n;
-                if n == 0 {
-                    break;
-                }
-            }
-            handled += served;
-            if after_more && served == 0 {
-                // The ring said more chains were there, yet none could be taken (a head
-                // index out of range): going round again would spin forever.
-                tally.add_to(&self.counters);
-                return Err(QueueError::AvailRing(
-                    virtio_queue::Error::InvalidDescriptorIndex,
-                ));
-            }
-            // Re-enable notifications; if the driver added chains meanwhile, go again.
-            after_more = self
-                .queue
-                .enable_notification(&self.mem)
-                .map_err(QueueError::Notification)?;
-            if !after_more {
-                break;
-            }
-        }
+        let drained = drain_queue(
+            self,
+            |q| (&mut q.queue, &q.mem),
+            |q| q.send_batch(io, &mut tally),
+        );
         tally.add_to(&self.counters);
+        let handled = drained.map_err(QueueError::from)?;
         let wanted = self
             .notifier
             .needs_interrupt(&self.mem, &self.queue)
