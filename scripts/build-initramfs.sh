@@ -16,13 +16,20 @@
 # With `--ext4` it writes the same root as an ext4 disk image instead
 # (.../initramfs/<key>/rootfs.ext4, with /sbin/init -> /init so that a kernel booted with
 # root=/dev/vda finds the init), for booting from a virtio-blk disk.
+# With `--dir` it writes the root as a plain directory (.../initramfs/<key>/rootfs/), a
+# container root filesystem for `hvlite run --rootfs DIR`: no /init, but the vsock tool
+# of hvlite-init as /usr/bin/hvlite-vsock (tests and benchmarks use it in the guest).
+# With `--agent` it prints the path of the stripped static hvlite-init, the guest agent
+# that `hvlite run --rootfs` puts into its VMs (.../initramfs/<key>/hvlite-agent).
 set -euo pipefail
 
 FORMAT=cpio
 case "${1:-}" in
     "") ;;
     --ext4) FORMAT=ext4 ;;
-    *) printf 'usage: %s [--ext4]\n' "$0" >&2; exit 2 ;;
+    --dir) FORMAT=dir ;;
+    --agent) FORMAT=agent ;;
+    *) printf 'usage: %s [--ext4|--dir|--agent]\n' "$0" >&2; exit 2 ;;
 esac
 
 log() { printf 'build-initramfs: %s\n' "$*" >&2; }
@@ -96,8 +103,22 @@ KEY="$(printf '%s\n' "$KEY" \
     "$(sha256sum <"$BUSYBOX" | cut -c1-64)" \
     "$(sha256sum <"$SCRIPT_PATH" | cut -c1-64)" | sha256sum | cut -c1-16)"
 OUT_DIR="$CACHE/$KEY"
-if [ "$FORMAT" = ext4 ]; then OUT="$OUT_DIR/rootfs.ext4"; else OUT="$OUT_DIR/initramfs.cpio"; fi
-if [ -s "$OUT" ]; then
+case "$FORMAT" in
+    ext4) OUT="$OUT_DIR/rootfs.ext4" ;;
+    dir) OUT="$OUT_DIR/rootfs" ;;
+    agent) OUT="$OUT_DIR/hvlite-agent" ;;
+    *) OUT="$OUT_DIR/initramfs.cpio" ;;
+esac
+if [ "$FORMAT" = agent ]; then
+    mkdir -p "$OUT_DIR"
+    if [ ! -s "$OUT" ]; then
+        cp "$ROOT/init" "$OUT.tmp.$$" && mv -f "$OUT.tmp.$$" "$OUT"
+    fi
+    log "agent: $OUT"
+    echo "$OUT"
+    exit 0
+fi
+if [ -s "$OUT" ] || [ -d "$OUT" ]; then
     log "up to date: $OUT"
     echo "$OUT"
     exit 0
@@ -140,6 +161,18 @@ fi
 # --- archive ------------------------------------------------------------------------------
 find "$ROOT" -exec touch -h -d "@$EPOCH" {} +
 mkdir -p "$OUT_DIR"
+if [ "$FORMAT" = dir ]; then
+    log "writing root directory"
+    mkdir -p "$ROOT/usr/bin"
+    mv "$ROOT/init" "$ROOT/usr/bin/hvlite-vsock"
+    TMP_OUT="$(mktemp -d "$OUT_DIR/.rootfs.XXXXXX")"
+    cp -a "$ROOT/." "$TMP_OUT/"
+    chmod 0755 "$TMP_OUT"
+    mv -T "$TMP_OUT" "$OUT" 2>/dev/null || { rm -rf "$TMP_OUT"; [ -d "$OUT" ] || die "cannot move $OUT into place"; }
+    log "done: $OUT"
+    echo "$OUT"
+    exit 0
+fi
 if [ "$FORMAT" = ext4 ]; then
     log "writing ext4 image"
     ln -sfn /init "$ROOT/sbin/init" # replaces busybox's init applet

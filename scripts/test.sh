@@ -26,11 +26,15 @@ log "guest initramfs (scripts/build-initramfs.sh)"
 HVLITE_INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
 log "guest root disk image (scripts/build-initramfs.sh --ext4)"
 HVLITE_ROOTFS="$(bash scripts/build-initramfs.sh --ext4 | tail -n 1)"
+log "guest agent and container root directory (scripts/build-initramfs.sh --agent / --dir)"
+HVLITE_AGENT="$(bash scripts/build-initramfs.sh --agent | tail -n 1)"
+HVLITE_ROOTFS_DIR="$(bash scripts/build-initramfs.sh --dir | tail -n 1)"
 HVLITE_BZIMAGE="$(dirname "$HVLITE_KERNEL")/bzImage"
-export HVLITE_KERNEL HVLITE_INITRD HVLITE_BZIMAGE HVLITE_ROOTFS
-for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE" "$HVLITE_ROOTFS"; do
+export HVLITE_KERNEL HVLITE_INITRD HVLITE_BZIMAGE HVLITE_ROOTFS HVLITE_AGENT HVLITE_ROOTFS_DIR
+for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE" "$HVLITE_ROOTFS" "$HVLITE_AGENT"; do
     [ -f "$f" ] || { echo "test.sh: missing guest artefact $f" >&2; exit 1; }
 done
+[ -d "$HVLITE_ROOTFS_DIR" ] || { echo "test.sh: missing $HVLITE_ROOTFS_DIR" >&2; exit 1; }
 
 log "fuzz smoke run: virtio-blk request parser (fuzz/README.md has the long run)"
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -7,9 +7,13 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use hvlite::vcpu::PROCESS_START;
-use hvlite::vmm::config::{DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, NetConfig, VmConfig};
+use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
+use hvlite::container::{self, ContainerConfig, Outcome, paths};
+use hvlite::vmm::config::{
+    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, NetConfig, VmConfig, VsockConfig,
+};
 use hvlite::vmm::exit::ExitReason;
-use hvlite::vmm::{self, Console};
+use hvlite::vmm::{self, Console, RunEnv};
 
 /// Exit status for hvlite's own failures (bad input, KVM errors), as `docker run` does;
 /// a guest command's status is passed through unchanged.
@@ -34,12 +38,40 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
-    /// Guest kernel: an uncompressed ELF vmlinux or a bzImage.
+    /// Guest kernel: an uncompressed ELF vmlinux or a bzImage [default: $HVLITE_KERNEL, else
+    /// the kernel scripts/setup.sh installed].
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Initramfs (uncompressed cpio recommended: decompression runs in the guest).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "rootfs")]
     initrd: Option<PathBuf>,
+    /// Run the command as a container: DIR is its root filesystem (changes are discarded at
+    /// exit), or an ext4 image file used read-write (changes persist). hvlite's guest agent
+    /// runs the command with its own stdout, stderr and exit status.
+    #[arg(long, value_name = "DIR|IMAGE")]
+    rootfs: Option<PathBuf>,
+    /// Environment variable for the container's process, KEY=VALUE (or KEY to pass the
+    /// host's value); repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", requires = "rootfs")]
+    env: Vec<EnvVar>,
+    /// Working directory of the container's process [default: /].
+    #[arg(short = 'w', long, value_name = "DIR", requires = "rootfs",
+          value_parser = spec::parse_workdir)]
+    workdir: Option<String>,
+    /// User of the container's process, UID[:GID] [default: 0:0].
+    #[arg(short = 'u', long, value_name = "UID[:GID]", requires = "rootfs")]
+    user: Option<UserSpec>,
+    /// Forward hvlite's stdin to the container's process (otherwise it reads /dev/null).
+    #[arg(short = 'i', long, requires = "rootfs")]
+    interactive: bool,
+    /// Show the guest kernel's console on stderr (container runs keep it quiet).
+    #[arg(long, requires = "rootfs")]
+    console: bool,
+    /// A virtio-vsock device, cid=N[,uds=PATH]: host programs connect to PATH and send
+    /// `CONNECT <port>` to reach a guest listener; guest connections to the host (CID 2)
+    /// port P go to PATH_P.
+    #[arg(long, value_name = "cid=N[,uds=PATH]")]
+    vsock: Option<VsockConfig>,
     /// Extra kernel command-line options, appended to hvlite's defaults.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
@@ -62,19 +94,53 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+/// What `hvlite run` was asked to do.
+enum Job {
+    /// Boot a VM (with the command for hvlite-init, if any).
+    Vm(VmConfig),
+    /// Run a container's process in a VM.
+    Container(ContainerConfig),
+}
+
 impl RunArgs {
-    fn into_config(self) -> VmConfig {
-        VmConfig {
-            kernel: self.kernel,
+    fn into_job(self) -> Result<Job, Box<dyn std::error::Error>> {
+        let kernel = match self.kernel {
+            Some(k) => k,
+            None => paths::default_kernel()?,
+        };
+        let vm = VmConfig {
+            kernel,
             initrd: self.initrd,
             cmdline: self.cmdline,
             cpus: self.cpus,
             memory_mib: self.memory,
-            command: (!self.command.is_empty()).then_some(self.command),
+            command: None,
             disks: self.disks,
             nets: self.nets,
+            vsock: self.vsock,
             guest_profile: std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from),
+        };
+        let Some(rootfs) = self.rootfs else {
+            return Ok(Job::Vm(VmConfig {
+                command: (!self.command.is_empty()).then_some(self.command),
+                ..vm
+            }));
+        };
+        if self.command.is_empty() {
+            return Err("--rootfs needs the command to run after `--`".into());
         }
+        Ok(Job::Container(ContainerConfig {
+            vm,
+            rootfs,
+            process: ProcessOptions {
+                args: self.command,
+                env: self.env,
+                workdir: self.workdir,
+                user: self.user,
+                stdin: self.interactive,
+            },
+            console: self.console,
+        }))
     }
 }
 
@@ -114,6 +180,29 @@ fn exit_code(reason: ExitReason, has_command: bool) -> ExitCode {
     }
 }
 
+/// Maps how a container run ended to hvlite's exit status; a failure shows the tail of
+/// the (otherwise hidden) guest console.
+fn container_exit_code(outcome: Outcome) -> ExitCode {
+    let msg = match outcome.reason {
+        ExitReason::GuestStatus(status) => return ExitCode::from(status),
+        ExitReason::Reset | ExitReason::Shutdown => {
+            "the guest stopped before its agent reported the command's exit status".to_string()
+        }
+        ExitReason::Fatal(msg) => msg,
+    };
+    eprintln!("hvlite: error: {msg}");
+    let tail = outcome.console_tail.trim_end();
+    if !tail.is_empty() {
+        let lines: Vec<&str> = tail.lines().collect();
+        let start = lines.len().saturating_sub(20);
+        eprintln!("hvlite: last guest console lines:");
+        for line in &lines[start..] {
+            eprintln!("  {line}");
+        }
+    }
+    ExitCode::from(EXIT_VMM_ERROR)
+}
+
 fn main() -> ExitCode {
     let _ = PROCESS_START.set(Instant::now());
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("HVLITE_LOG", "info"))
@@ -131,13 +220,16 @@ fn main() -> ExitCode {
             };
         }
     };
-    match cli.command {
-        Command::Run(args) => {
-            let cfg = args.into_config();
-            match vmm::run(&cfg, Console::default()) {
-                Ok(reason) => exit_code(reason, cfg.command.is_some()),
-                Err(e) => fail(&e),
-            }
-        }
+    let Command::Run(args) = cli.command;
+    match args.into_job() {
+        Ok(Job::Vm(cfg)) => match vmm::run(&cfg, RunEnv::new(Console::default())) {
+            Ok(reason) => exit_code(reason, cfg.command.is_some()),
+            Err(e) => fail(&e),
+        },
+        Ok(Job::Container(cfg)) => match container::run(cfg) {
+            Ok(outcome) => container_exit_code(outcome),
+            Err(e) => fail(&e),
+        },
+        Err(e) => fail(e.as_ref()),
     }
 }

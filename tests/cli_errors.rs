@@ -239,3 +239,59 @@ fn tap_that_cannot_be_created() {
     let out = as_nobody(&["run", "--kernel", &k, "--net", "tap=hvl-nope0"]);
     assert_error(&out, "hvl-nope0");
 }
+
+#[test]
+fn bad_container_options() {
+    let dir = scratch("container-opts");
+    let k = good_kernel(&dir);
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let r = root.to_str().unwrap();
+    let cases: [(&[&str], &str); 9] = [
+        (&["--rootfs", "/nonexistent/root", "--", "true"], "--rootfs /nonexistent/root: no such file"),
+        (&["--rootfs", "/dev/null", "--", "true"], "not a directory, an ext4 image file"),
+        (&["--rootfs", r], "--rootfs needs the command"),
+        (&["--env", "A=1", "--", "true"], "--rootfs"),
+        (&["--rootfs", r, "--user", "root", "--", "true"], "must be a number"),
+        (&["--rootfs", r, "--workdir", "tmp", "--", "true"], "not an absolute path"),
+        (&["--rootfs", r, "--env", "=x", "--", "true"], "variable name is empty"),
+        (&["--rootfs", r, "--initrd", "/x", "--", "true"], "cannot be used with"),
+        (&["--vsock", "cid=2", "--", "true"], "cid"),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["run", "--kernel", &k];
+        all.extend_from_slice(args);
+        let out = run_hvlite(&all);
+        assert_error(&out, needle);
+    }
+}
+
+#[test]
+fn container_without_agent_or_kernel() {
+    let dir = scratch("container-noagent");
+    let k = good_kernel(&dir);
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let r = root.to_str().unwrap();
+    let out = Command::new(hvlite())
+        .args(["run", "--kernel", &k, "--rootfs", r, "--", "true"])
+        .env("HVLITE_AGENT", "/nonexistent/agent")
+        .env("HVLITE_CACHE", dir.join("cache"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&out.stderr).contains("mkfs.ext4 not found") {
+        eprintln!("SKIPPED container_without_agent_or_kernel: no mkfs.ext4");
+        return;
+    }
+    assert_error(&out, "cannot read the guest agent /nonexistent/agent");
+    // No --kernel, no HVLITE_KERNEL and nothing installed: the error says what to do.
+    let out = Command::new(hvlite())
+        .args(["run", "--rootfs", r, "--", "true"])
+        .env_remove("HVLITE_KERNEL")
+        .env("HVLITE_HOME", dir.join("empty-home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_error(&out, "no kernel given and none installed");
+}

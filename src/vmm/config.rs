@@ -76,6 +76,43 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// A virtio-vsock device: the guest's CID and the host-side Unix socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+    /// Host processes connect here (`CONNECT <port>`); guest connections to host port P
+    /// go to `<uds>_P`. `None`: only hvlite's own services are reachable.
+    pub uds: Option<PathBuf>,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// Parses `cid=N[,uds=PATH]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (mut cid, mut uds) = (None, None);
+        for opt in s.split(',') {
+            match opt.split_once('=') {
+                Some(("cid", n)) => {
+                    let n: u64 = n
+                        .parse()
+                        .map_err(|_| format!("cid={n}: not a number"))?;
+                    cid = Some(crate::devices::virtio::vsock::validate_cid(n).map_err(|e| e.to_string())?);
+                }
+                Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
+                _ => {
+                    return Err(format!(
+                        "unknown vsock option {opt:?} (expected cid=N or uds=PATH)"
+                    ));
+                }
+            }
+        }
+        let cid = cid.ok_or("missing cid=N")?;
+        Ok(Self { cid, uds })
+    }
+}
+
 /// What to boot and with which resources.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -95,6 +132,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// Network interfaces, in order: the first is eth0 in the guest.
     pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
     /// Sample the boot vCPU's guest RIP into this file (a developer aid).
     pub guest_profile: Option<PathBuf>,
 }
@@ -124,6 +163,7 @@ impl VmConfig {
             command: None,
             disks: Vec::new(),
             nets: Vec::new(),
+            vsock: None,
             guest_profile: None,
         }
     }
@@ -225,6 +265,18 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("multicast"), "{err}");
         assert!("tap=t,mac=0g:00:00:00:00:01".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
+    fn vsock_options() {
+        let v: VsockConfig = "cid=3,uds=/run/v.sock".parse().unwrap();
+        assert_eq!(v.cid, 3);
+        assert_eq!(v.uds, Some(PathBuf::from("/run/v.sock")));
+        let v: VsockConfig = "cid=42".parse().unwrap();
+        assert_eq!((v.cid, v.uds), (42, None));
+        for bad in ["", "uds=/x", "cid=2", "cid=x", "cid=3,uds=", "cid=3,port=1"] {
+            assert!(bad.parse::<VsockConfig>().is_err(), "{bad}");
+        }
     }
 
     #[test]

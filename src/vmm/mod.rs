@@ -8,7 +8,8 @@ pub mod exit;
 pub mod stats;
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -27,7 +28,9 @@ use crate::devices::serial::{
     COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder,
 };
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
+use crate::devices::virtio::EventLoopHandle;
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
+use crate::devices::virtio::vsock::{Vsock, VsockBackendConfig, VsockError};
 use crate::host::HostKind;
 use crate::initcmd::EXIT_PORT;
 use crate::vcpu::{self, Vcpu, VcpuError};
@@ -83,6 +86,10 @@ pub enum VmmError {
     Device(#[from] devices::DeviceError),
     #[error(transparent)]
     EventLoop(#[from] event_loop::EventLoopError),
+    #[error(transparent)]
+    Vsock(VsockError),
+    #[error("in-process vsock services need a vsock device")]
+    VsockNeeded,
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
 }
@@ -260,8 +267,35 @@ impl Default for Console {
     }
 }
 
+/// What a VM run gets from its caller besides the configuration.
+pub struct RunEnv {
+    /// The guest console.
+    pub console: Console,
+    /// Ends the VM when requested; the caller may keep a clone to end it from outside.
+    pub latch: Arc<ExitLatch>,
+    /// vsock host ports served in-process: each guest connection to such a port (on
+    /// CID 2) arrives on the channel as one end of a socket pair.
+    pub vsock_ports: Vec<(u32, mpsc::Sender<UnixStream>)>,
+}
+
+impl RunEnv {
+    /// A run with this console, its own latch and no in-process vsock services.
+    pub fn new(console: Console) -> Self {
+        Self {
+            console,
+            latch: Arc::new(ExitLatch::new()),
+            vsock_ports: Vec::new(),
+        }
+    }
+}
+
 /// Boots the VM described by `cfg` and runs it until it ends; returns why it ended.
-pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
+pub fn run(cfg: &VmConfig, env: RunEnv) -> Result<ExitReason, VmmError> {
+    let RunEnv {
+        console,
+        latch,
+        vsock_ports,
+    } = env;
     cfg.validate(config::host_ram_mib())?;
     // Bad input files are reported before anything touches KVM.
     loader::check_readable(&cfg.kernel)?;
@@ -270,6 +304,7 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     }
     let disks = open_disks(cfg)?;
     let taps = open_taps(cfg)?;
+    let vsock = open_vsock(cfg, vsock_ports)?;
     let kvm = open_kvm()?;
     let host = HostKind::detect();
     log::info!("host: {host}");
@@ -284,7 +319,6 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
     setup_irqchip(&vm)?;
     let mem = create_memory(&vm, cfg.memory_mib)?;
 
-    let latch = Arc::new(ExitLatch::new());
     let events = EventLoop::start(latch.clone())?;
     // Whatever happens from here on, the event loop thread is stopped before returning.
     let result = (|| {
@@ -306,6 +340,10 @@ pub fn run(cfg: &VmConfig, console: Console) -> Result<ExitReason, VmmError> {
                 }
             );
             let device = Net::new(tap, mac, events.handle());
+            slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+        }
+        if let Some(vsock) = vsock {
+            let device = vsock.build(events.handle()).map_err(VmmError::Vsock)?;
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
         }
         let buses = Arc::new(buses);
@@ -336,6 +374,53 @@ fn open_taps(cfg: &VmConfig) -> Result<Vec<(Tap, [u8; 6])>, VmmError> {
             Ok((tap, n.mac.unwrap_or_else(|| net::default_mac(&n.tap))))
         })
         .collect()
+}
+
+/// A vsock device checked before the guest starts, built once the event loop runs.
+struct PendingVsock {
+    cid: u64,
+    uds: Option<std::path::PathBuf>,
+    ports: Vec<(u32, mpsc::Sender<UnixStream>)>,
+}
+
+impl PendingVsock {
+    fn build(self, events: EventLoopHandle) -> Result<Vsock, VsockError> {
+        log::info!(
+            "vsock: guest cid {}{}",
+            self.cid,
+            self.uds
+                .as_ref()
+                .map(|p| format!(", host socket {}", p.display()))
+                .unwrap_or_default()
+        );
+        let mut device = Vsock::new(
+            self.cid,
+            VsockBackendConfig {
+                uds_path: self.uds,
+            },
+            events,
+        )?;
+        for (port, tx) in self.ports {
+            device.register_host_port(port, tx);
+        }
+        Ok(device)
+    }
+}
+
+/// The vsock device of `cfg`, if any (in-process ports need one).
+fn open_vsock(
+    cfg: &VmConfig,
+    ports: Vec<(u32, mpsc::Sender<UnixStream>)>,
+) -> Result<Option<PendingVsock>, VmmError> {
+    match &cfg.vsock {
+        Some(v) => Ok(Some(PendingVsock {
+            cid: v.cid,
+            uds: v.uds.clone(),
+            ports,
+        })),
+        None if ports.is_empty() => Ok(None),
+        None => Err(VmmError::VsockNeeded),
+    }
 }
 
 /// Creates the vCPUs, runs them until the VM ends and stops them all.

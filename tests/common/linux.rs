@@ -53,6 +53,16 @@ pub fn rootfs() -> PathBuf {
     artefact("HVLITE_ROOTFS", "build-initramfs.sh", &["--ext4"])
 }
 
+/// The static guest agent (`hvlite run --rootfs` puts it into its VMs).
+pub fn agent() -> PathBuf {
+    artefact("HVLITE_AGENT", "build-initramfs.sh", &["--agent"])
+}
+
+/// The busybox container root directory (shared and cached: never write to it).
+pub fn rootfs_dir() -> PathBuf {
+    artefact("HVLITE_ROOTFS_DIR", "build-initramfs.sh", &["--dir"])
+}
+
 /// A finished boot.
 pub struct Boot {
     pub status: Option<i32>,
@@ -84,6 +94,17 @@ pub fn start(args: &[&str]) -> Running {
 
 /// Starts hvlite with `args` under a wrapper command (`prefix`, e.g. `ip netns exec NS`).
 pub fn start_with(prefix: &[&str], args: &[&str]) -> Running {
+    start_full(prefix, args, &[], None)
+}
+
+/// Starts hvlite with `args` under `prefix`, with extra environment variables `envs`, and
+/// `stdin` written to its stdin (then closed) or a closed stdin.
+pub fn start_full(
+    prefix: &[&str],
+    args: &[&str],
+    envs: &[(&str, &std::ffi::OsStr)],
+    stdin: Option<Vec<u8>>,
+) -> Running {
     let guard = BOOT.lock().unwrap_or_else(|p| p.into_inner());
     let hv = hvlite();
     let (program, rest): (&std::ffi::OsStr, Vec<&std::ffi::OsStr>) = match prefix.split_first() {
@@ -99,11 +120,22 @@ pub fn start_with(prefix: &[&str], args: &[&str]) -> Running {
     let mut child = Command::new(program)
         .args(rest)
         .args(args)
-        .stdin(Stdio::null())
+        .envs(envs.iter().copied())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn hvlite");
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&data);
+        });
+    }
     let mut out_pipe = child.stdout.take().expect("stdout pipe");
     let mut err_pipe = child.stderr.take().expect("stderr pipe");
     let (tx, out_rx) = mpsc::channel();
@@ -165,6 +197,14 @@ impl Running {
             }
             self.pump(Duration::from_millis(100));
         }
+    }
+
+    /// Sends signal `sig` to hvlite.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill(2) on the child's pid has no memory-safety preconditions.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "kill({pid}, {sig})");
     }
 
     /// Kills hvlite with SIGKILL and collects what it printed.

@@ -1,0 +1,205 @@
+//! Running a container's process in a microVM (`hvlite run --rootfs DIR -- CMD`).
+//!
+//! hvlite supplies the guest side itself: the guest kernel boots from a tiny read-only
+//! "agent disk" holding hvlite's guest agent as init ([`agent_disk`]); the container's root
+//! filesystem is the second disk ([`rootfs`]). The agent connects back over virtio-vsock
+//! and receives the process to run ([`session`], protocol in [`crate::agent::protocol`]);
+//! the process's stdout and stderr come back separately, hvlite's stdin is forwarded with
+//! `-i`, SIGINT/SIGTERM/SIGHUP are forwarded ([`signals`]), and hvlite exits with the
+//! process's status (128+N when signal N killed it). The kernel console stays quiet unless
+//! `--console` asks for it; its tail is shown when the guest fails ([`console`]).
+
+pub mod agent_disk;
+pub mod console;
+pub mod image;
+pub mod paths;
+pub mod rootfs;
+pub mod session;
+pub mod signals;
+pub mod spec;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use crate::agent::protocol::{AGENT_VSOCK_PORT, ProtocolError};
+use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
+use crate::vmm::exit::{ExitLatch, ExitReason};
+use crate::vmm::{self, Console, RunEnv, VmmError};
+use console::ConsoleTail;
+use rootfs::RootMode;
+use spec::ProcessOptions;
+
+/// The guest CID a container VM gets when `--vsock` does not set one.
+pub const DEFAULT_GUEST_CID: u64 = 3;
+
+/// A container run: the VM's resources, the root filesystem and the process.
+#[derive(Clone, Debug)]
+pub struct ContainerConfig {
+    /// Kernel, memory, vCPUs, extra disks, network, vsock, extra kernel options. Its
+    /// `initrd` and `command` must be empty.
+    pub vm: VmConfig,
+    /// `--rootfs`: a directory or an ext4 image.
+    pub rootfs: PathBuf,
+    /// The process.
+    pub process: ProcessOptions,
+    /// `--console`: show the guest kernel's console on stderr.
+    pub console: bool,
+}
+
+/// Errors before or around the VM of a container run.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error(transparent)]
+    Paths(#[from] paths::PathsError),
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error(transparent)]
+    AgentDisk(#[from] agent_disk::AgentDiskError),
+    #[error("the command: {0}")]
+    Spec(#[source] ProtocolError),
+    #[error("cannot set up signal forwarding")]
+    Signals(#[source] io::Error),
+    #[error("cannot start the agent session")]
+    Session(#[source] io::Error),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+/// How a container run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Why the VM ended: `GuestStatus` carries the process's status.
+    pub reason: ExitReason,
+    /// The last lines of the guest console (empty with `--console`, which showed them).
+    pub console_tail: String,
+}
+
+/// The kernel options that make the agent disk the root and tell the agent where the
+/// container root is.
+pub fn kernel_options(mode: RootMode, console: bool) -> String {
+    let mut opts = format!(
+        "root=/dev/vda ro rootfstype=ext4 init={} hvlite.agent=1 hvlite.root=/dev/vdb hvlite.rootmode={}",
+        agent_disk::AGENT_PATH,
+        mode.as_option()
+    );
+    if !console {
+        opts.push_str(" quiet");
+    }
+    opts
+}
+
+/// Runs the container described by `cfg` until its process ends.
+///
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread first: call it before starting
+/// any other thread.
+pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
+    signals::block_forwarded().map_err(ContainerError::Signals)?;
+    let spec = cfg.process.to_spec(|k| std::env::var(k).ok());
+    spec.validate().map_err(ContainerError::Spec)?;
+
+    let root = rootfs::prepare(&cfg.rootfs)?;
+    log::info!(
+        "rootfs: {} ({}, {:.1} ms)",
+        root.image.display(),
+        match (root.mode, root.built) {
+            (RootMode::ReadWrite, _) => "the image itself, read-write",
+            (RootMode::Overlay, true) => "image built",
+            (RootMode::Overlay, false) => "cached image",
+        },
+        root.elapsed.as_secs_f64() * 1000.0
+    );
+    let agent = paths::agent_binary()?;
+    let agent_image = agent_disk::agent_disk(&agent)?;
+
+    let mut vm = cfg.vm;
+    let mut disks = vec![
+        DiskConfig {
+            path: agent_image,
+            read_only: true,
+        },
+        DiskConfig {
+            path: root.image.clone(),
+            read_only: root.mode == RootMode::Overlay,
+        },
+    ];
+    disks.append(&mut vm.disks);
+    vm.disks = disks;
+    let opts = kernel_options(root.mode, cfg.console);
+    vm.cmdline = Some(match vm.cmdline.take() {
+        Some(user) => format!("{opts} {user}"),
+        None => opts,
+    });
+    vm.command = None;
+    let vsock = vm.vsock.get_or_insert(VsockConfig {
+        cid: DEFAULT_GUEST_CID,
+        uds: None,
+    });
+    log::debug!("container VM: vsock cid {}", vsock.cid);
+
+    let latch = Arc::new(ExitLatch::new());
+    let (agent_tx, agent_rx) = mpsc::channel();
+    let outputs = session::Outputs {
+        stdout: Box::new(io::stdout()),
+        stderr: Box::new(io::stderr()),
+        stdin: cfg
+            .process
+            .stdin
+            .then(|| Box::new(io::stdin()) as Box<dyn io::Read + Send>),
+    };
+    let (shared, session_thread) =
+        session::spawn(spec, agent_rx, Arc::clone(&latch), outputs).map_err(ContainerError::Session)?;
+    let sig_latch = Arc::clone(&latch);
+    signals::spawn_forwarder(move |sig| {
+        if shared.forward_signal(sig) {
+            log::debug!("forwarded signal {sig} to the container's process");
+        } else {
+            log::info!("signal {sig} before the process started: stopping the VM");
+            sig_latch.request(ExitReason::GuestStatus(signals::status_for(sig)));
+        }
+    })
+    .map_err(ContainerError::Signals)?;
+
+    let tail = ConsoleTail::new();
+    let console = Console {
+        out: if cfg.console {
+            Box::new(io::stderr())
+        } else {
+            Box::new(tail.clone())
+        },
+        forward_stdin: false,
+    };
+    let env = RunEnv {
+        console,
+        latch: Arc::clone(&latch),
+        vsock_ports: vec![(AGENT_VSOCK_PORT, agent_tx)],
+    };
+    let result = vmm::run(&vm, env);
+    // The session writes all output before it ends the VM, so nothing is lost by not
+    // waiting long for it: it may still be blocked on a connection the VM never closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+    while !session_thread.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let reason = result?;
+    Ok(Outcome {
+        reason,
+        console_tail: tail.text(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_options_name_the_agent_and_root() {
+        let o = kernel_options(RootMode::Overlay, false);
+        assert!(o.starts_with("root=/dev/vda ro rootfstype=ext4 init=/hvlite-init "));
+        assert!(o.contains("hvlite.agent=1 hvlite.root=/dev/vdb hvlite.rootmode=overlay"));
+        assert!(o.ends_with(" quiet"));
+        let o = kernel_options(RootMode::ReadWrite, true);
+        assert!(o.contains("hvlite.rootmode=rw") && !o.contains("quiet"));
+    }
+}

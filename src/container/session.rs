@@ -1,0 +1,241 @@
+//! The host side of a session with the guest agent (protocol: [`crate::agent::protocol`]).
+//!
+//! The vsock device hands over the agent's connection; this side checks the agent's Hello,
+//! sends the process spec, copies the process's stdout and stderr to hvlite's own, feeds
+//! it hvlite's stdin when asked, forwards signals, and ends the VM with the process's exit
+//! status. Anything unexpected from the agent ends the VM with a fatal error rather than
+//! leaving hvlite waiting.
+
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::agent::protocol::{
+    AgentMessage, HostMessage, MAX_CHUNK, PROTOCOL_VERSION, ProcessSpec, read_message,
+    write_message,
+};
+use crate::vmm::exit::{ExitLatch, ExitReason};
+
+/// How often the session looks at the exit latch while waiting for the agent.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Where the process's output goes.
+pub struct Outputs {
+    /// The process's stdout.
+    pub stdout: Box<dyn Write + Send>,
+    /// The process's stderr.
+    pub stderr: Box<dyn Write + Send>,
+    /// Feeds the process's stdin (`-i`); `None` gives it /dev/null.
+    pub stdin: Option<Box<dyn Read + Send>>,
+}
+
+/// What the other threads (the signal forwarder) see of a session.
+#[derive(Debug, Default)]
+pub struct SessionShared {
+    writer: Mutex<Option<UnixStream>>,
+    started: AtomicBool,
+}
+
+impl SessionShared {
+    /// Sends `msg` to the agent, if connected. Frames from different threads never mix.
+    fn send(&self, msg: &HostMessage) -> io::Result<bool> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        match w.as_mut() {
+            Some(stream) => write_message(stream, msg).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Forwards signal `sig` to the process. Returns false when there is no process yet
+    /// (the agent has not started it) or the agent is gone.
+    pub fn forward_signal(&self, sig: i32) -> bool {
+        if !self.started.load(Ordering::SeqCst) {
+            return false;
+        }
+        match self.send(&HostMessage::Signal(sig)) {
+            Ok(sent) => sent,
+            Err(e) => {
+                log::warn!("cannot forward signal {sig} to the guest agent: {e}");
+                false
+            }
+        }
+    }
+}
+
+/// Starts the session thread: it waits for the agent's connection on `agent`, runs
+/// `spec`, and requests the VM's end through `latch` when the process ended or the session
+/// failed.
+pub fn spawn(
+    spec: ProcessSpec,
+    agent: Receiver<UnixStream>,
+    latch: Arc<ExitLatch>,
+    outputs: Outputs,
+) -> io::Result<(Arc<SessionShared>, JoinHandle<()>)> {
+    let shared = Arc::new(SessionShared::default());
+    let s = Arc::clone(&shared);
+    let thread = std::thread::Builder::new()
+        .name("agent-session".into())
+        .spawn(move || {
+            let Some(stream) = wait_for_agent(&agent, &latch) else {
+                return;
+            };
+            let end = run(stream, &spec, &s, outputs, &latch);
+            let reason = match end {
+                Ok(status) => ExitReason::GuestStatus(status),
+                Err(e) => ExitReason::Fatal(e.to_string()),
+            };
+            // A VM that already ended (reset, shutdown) keeps its own reason.
+            latch.request(reason);
+            *s.writer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        })?;
+    Ok((shared, thread))
+}
+
+fn wait_for_agent(agent: &Receiver<UnixStream>, latch: &ExitLatch) -> Option<UnixStream> {
+    loop {
+        match agent.recv_timeout(POLL) {
+            Ok(stream) => return Some(stream),
+            Err(RecvTimeoutError::Timeout) if !latch.is_set() => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("guest agent: {0}")]
+    Protocol(#[from] crate::agent::protocol::ProtocolError),
+    #[error("cannot talk to the guest agent")]
+    Io(#[source] io::Error),
+    #[error("the guest agent speaks protocol version {0}, hvlite speaks {PROTOCOL_VERSION}")]
+    Version(u32),
+    #[error("the guest agent sent {0} before {1}")]
+    Unexpected(&'static str, &'static str),
+    #[error("the guest agent closed the connection before reporting the command's exit status")]
+    Closed,
+}
+
+fn kind(msg: &AgentMessage) -> &'static str {
+    match msg {
+        AgentMessage::Hello { .. } => "Hello",
+        AgentMessage::Started { .. } => "Started",
+        AgentMessage::Stdout(_) => "Stdout",
+        AgentMessage::Stderr(_) => "Stderr",
+        AgentMessage::Exited(_) => "Exited",
+        AgentMessage::Error { .. } => "Error",
+    }
+}
+
+/// Runs one session over `stream`; returns the status hvlite exits with.
+pub fn run(
+    stream: UnixStream,
+    spec: &ProcessSpec,
+    shared: &Arc<SessionShared>,
+    mut outputs: Outputs,
+    latch: &Arc<ExitLatch>,
+) -> Result<u8, SessionError> {
+    stream.set_nonblocking(false).map_err(SessionError::Io)?;
+    let mut reader = stream;
+    let writer = reader.try_clone().map_err(SessionError::Io)?;
+    match read_message::<_, AgentMessage>(&mut reader)? {
+        Some(AgentMessage::Hello { version }) if version == PROTOCOL_VERSION => {}
+        Some(AgentMessage::Hello { version }) => return Err(SessionError::Version(version)),
+        Some(other) => return Err(SessionError::Unexpected(kind(&other), "Hello")),
+        None => return Err(SessionError::Closed),
+    }
+    log::info!("guest agent connected {:.1} ms after process start", since_start_ms());
+    *shared.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+    shared
+        .send(&HostMessage::Start(spec.clone()))
+        .map_err(SessionError::Io)?;
+    let mut stdin = outputs.stdin.take();
+    loop {
+        let Some(msg) = read_message::<_, AgentMessage>(&mut reader)? else {
+            return Err(SessionError::Closed);
+        };
+        match msg {
+            AgentMessage::Started { pid } => {
+                log::debug!("container process started (guest pid {pid})");
+                shared.started.store(true, Ordering::SeqCst);
+                if let Some(input) = stdin.take() {
+                    spawn_stdin_pump(input, Arc::clone(shared), Arc::clone(latch))
+                        .map_err(SessionError::Io)?;
+                }
+            }
+            AgentMessage::Stdout(data) => copy_out(&mut outputs.stdout, &data, "stdout"),
+            AgentMessage::Stderr(data) => copy_out(&mut outputs.stderr, &data, "stderr"),
+            AgentMessage::Exited(end) => {
+                log::info!(
+                    "container process ended ({end:?}) {:.1} ms after process start",
+                    since_start_ms()
+                );
+                return Ok(end.status());
+            }
+            AgentMessage::Error { status, message } => {
+                let _ = writeln!(outputs.stderr, "hvlite: {message}");
+                let _ = outputs.stderr.flush();
+                return Ok(status);
+            }
+            AgentMessage::Hello { .. } => {
+                return Err(SessionError::Unexpected("a second Hello", "Exited"));
+            }
+        }
+    }
+}
+
+/// Milliseconds since hvlite started (for the timing log lines the benchmarks read).
+fn since_start_ms() -> f64 {
+    crate::vcpu::PROCESS_START
+        .get()
+        .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Writes process output; a closed hvlite stdout (EPIPE) is not the container's problem.
+fn copy_out(out: &mut Box<dyn Write + Send>, data: &[u8], what: &str) {
+    if let Err(e) = out.write_all(data).and_then(|()| out.flush()) {
+        log::debug!("cannot write the container's {what}: {e}");
+    }
+}
+
+/// Copies `input` to the process's stdin in chunks, then closes it.
+fn spawn_stdin_pump(
+    mut input: Box<dyn Read + Send>,
+    shared: Arc<SessionShared>,
+    latch: Arc<ExitLatch>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                let n = match input.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        log::warn!("cannot read stdin: {e}");
+                        0
+                    }
+                };
+                let msg = if n == 0 {
+                    HostMessage::StdinClose
+                } else {
+                    HostMessage::Stdin(buf[..n].to_vec())
+                };
+                match shared.send(&msg) {
+                    Ok(true) if n > 0 && !latch.is_set() => {}
+                    // Closed, disconnected or the VM is ending: stop.
+                    _ => return,
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

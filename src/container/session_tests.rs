@@ -1,0 +1,190 @@
+use std::io::Cursor;
+use std::sync::mpsc;
+
+use super::*;
+use crate::agent::protocol::{Message, ProcessEnd, User};
+
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, d: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(d);
+        Ok(d.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+fn spec() -> ProcessSpec {
+    ProcessSpec {
+        args: vec!["cat".into()],
+        env: vec!["PATH=/bin".into()],
+        cwd: "/".into(),
+        user: User::default(),
+        terminal: false,
+        stdin: true,
+    }
+}
+
+struct Harness {
+    agent: UnixStream,
+    out: Sink,
+    err: Sink,
+    latch: Arc<ExitLatch>,
+    shared: Arc<SessionShared>,
+    thread: JoinHandle<()>,
+}
+
+fn start(stdin: Option<&'static [u8]>) -> Harness {
+    let (host_end, agent) = UnixStream::pair().unwrap();
+    let (tx, rx) = mpsc::channel();
+    tx.send(host_end).unwrap();
+    let (out, err) = (Sink::default(), Sink::default());
+    let latch = Arc::new(ExitLatch::new());
+    let outputs = Outputs {
+        stdout: Box::new(out.clone()),
+        stderr: Box::new(err.clone()),
+        stdin: stdin.map(|s| Box::new(Cursor::new(s)) as Box<dyn Read + Send>),
+    };
+    let (shared, thread) = spawn(spec(), rx, Arc::clone(&latch), outputs).unwrap();
+    Harness {
+        agent,
+        out,
+        err,
+        latch,
+        shared,
+        thread,
+    }
+}
+
+fn send(h: &mut Harness, m: AgentMessage) {
+    write_message(&mut h.agent, &m).unwrap();
+}
+
+fn recv(h: &mut Harness) -> HostMessage {
+    read_message::<_, HostMessage>(&mut h.agent).unwrap().unwrap()
+}
+
+fn finish(h: Harness) -> (ExitReason, String, String) {
+    h.thread.join().unwrap();
+    (h.latch.wait(), h.out.text(), h.err.text())
+}
+
+#[test]
+fn full_session_copies_output_stdin_and_status() {
+    let mut h = start(Some(b"input data"));
+    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    assert_eq!(recv(&mut h), HostMessage::Start(spec()));
+    assert!(!h.shared.forward_signal(15), "no process yet");
+    send(&mut h, AgentMessage::Started { pid: 42 });
+    assert_eq!(recv(&mut h), HostMessage::Stdin(b"input data".to_vec()));
+    assert_eq!(recv(&mut h), HostMessage::StdinClose);
+    assert!(h.shared.forward_signal(15));
+    assert_eq!(recv(&mut h), HostMessage::Signal(15));
+    send(&mut h, AgentMessage::Stdout(b"out1 ".to_vec()));
+    send(&mut h, AgentMessage::Stderr(b"err1".to_vec()));
+    send(&mut h, AgentMessage::Stdout(b"out2".to_vec()));
+    send(&mut h, AgentMessage::Exited(ProcessEnd::Signaled(15)));
+    let (reason, out, err) = finish(h);
+    assert_eq!(reason, ExitReason::GuestStatus(143));
+    assert_eq!(out, "out1 out2");
+    assert_eq!(err, "err1");
+}
+
+#[test]
+fn start_failure_is_reported_with_its_status() {
+    let mut h = start(None);
+    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    let _ = recv(&mut h);
+    send(
+        &mut h,
+        AgentMessage::Error {
+            status: 127,
+            message: "nope: command not found".into(),
+        },
+    );
+    let (reason, _, err) = finish(h);
+    assert_eq!(reason, ExitReason::GuestStatus(127));
+    assert!(err.contains("nope: command not found"), "{err}");
+}
+
+#[test]
+fn wrong_version_is_fatal() {
+    let mut h = start(None);
+    send(&mut h, AgentMessage::Hello { version: 999 });
+    let (reason, _, _) = finish(h);
+    assert!(
+        matches!(&reason, ExitReason::Fatal(m) if m.contains("version 999")),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn anything_before_hello_is_fatal() {
+    let mut h = start(None);
+    send(&mut h, AgentMessage::Stdout(b"x".to_vec()));
+    let (reason, _, _) = finish(h);
+    assert!(matches!(&reason, ExitReason::Fatal(m) if m.contains("before Hello")), "{reason:?}");
+}
+
+#[test]
+fn agent_disconnecting_mid_stream_is_fatal_not_a_hang() {
+    let mut h = start(None);
+    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    let _ = recv(&mut h);
+    send(&mut h, AgentMessage::Started { pid: 1 });
+    send(&mut h, AgentMessage::Stdout(b"partial".to_vec()));
+    // Half a frame, then gone.
+    let frame = AgentMessage::Stdout(vec![1; 100]).encode();
+    h.agent.write_all(&frame[..50]).unwrap();
+    drop(std::mem::replace(&mut h.agent, UnixStream::pair().unwrap().0));
+    let (reason, out, _) = finish(h);
+    assert_eq!(out, "partial");
+    assert!(matches!(reason, ExitReason::Fatal(_)), "{reason:?}");
+}
+
+#[test]
+fn agent_closing_cleanly_without_status_is_fatal() {
+    let mut h = start(None);
+    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    let _ = recv(&mut h);
+    drop(std::mem::replace(&mut h.agent, UnixStream::pair().unwrap().0));
+    let (reason, _, _) = finish(h);
+    assert!(
+        matches!(&reason, ExitReason::Fatal(m) if m.contains("before reporting")),
+        "{reason:?}"
+    );
+}
+
+#[test]
+fn oversized_frame_is_fatal() {
+    let mut h = start(None);
+    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    let _ = recv(&mut h);
+    h.agent.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    let (reason, _, _) = finish(h);
+    assert!(matches!(reason, ExitReason::Fatal(_)), "{reason:?}");
+}
+
+#[test]
+fn a_vm_that_ends_first_stops_the_wait() {
+    let (_tx, rx) = mpsc::channel::<UnixStream>();
+    let latch = Arc::new(ExitLatch::new());
+    let outputs = Outputs {
+        stdout: Box::new(Sink::default()),
+        stderr: Box::new(Sink::default()),
+        stdin: None,
+    };
+    let (_, thread) = spawn(spec(), rx, Arc::clone(&latch), outputs).unwrap();
+    latch.request(ExitReason::Reset);
+    thread.join().unwrap();
+    assert_eq!(latch.wait(), ExitReason::Reset);
+}

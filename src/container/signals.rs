@@ -1,0 +1,105 @@
+//! Termination signals sent to hvlite (SIGINT, SIGTERM, SIGHUP), received on one thread
+//! with `sigwait` so that they can be forwarded to the container's process instead of
+//! killing hvlite on the spot.
+//!
+//! [`block_forwarded`] must run before any other thread starts: threads inherit the signal
+//! mask, so afterwards every thread has these signals blocked and only the waiting thread
+//! takes them. Child processes started with `std::process::Command` get an empty mask.
+
+use std::io;
+
+/// The signals forwarded to the container's process.
+pub const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn forwarded_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for sig in FORWARDED {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    set
+}
+
+/// Blocks the forwarded signals in the calling thread (and so in every thread it starts).
+pub fn block_forwarded() -> io::Result<()> {
+    let set = forwarded_set();
+    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+/// Starts a thread that calls `on_signal` with every forwarded signal hvlite receives.
+/// The thread is detached; it ends with the process.
+pub fn spawn_forwarder(mut on_signal: impl FnMut(libc::c_int) + Send + 'static) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let set = forwarded_set();
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: `set` is initialised and `sig` is a valid place to store the
+                // signal number; the signals are blocked, as sigwait requires.
+                let rc = unsafe { libc::sigwait(&set, &mut sig) };
+                if rc == 0 {
+                    on_signal(sig);
+                } else {
+                    log::warn!("sigwait: {}", io::Error::from_raw_os_error(rc));
+                    return;
+                }
+            }
+        })
+        .map(|_| ())
+}
+
+/// The exit status of a process killed by `sig`, as shells report it.
+pub fn status_for(sig: libc::c_int) -> u8 {
+    u8::try_from(128 + sig.clamp(0, 127)).unwrap_or(255)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(status_for(libc::SIGTERM), 143);
+        assert_eq!(status_for(libc::SIGINT), 130);
+        assert_eq!(status_for(1000), 255);
+    }
+
+    #[test]
+    fn a_blocked_signal_reaches_the_forwarder() {
+        // In a child process: blocking signals would leak into the test harness's threads.
+        let exe = std::env::current_exe().unwrap();
+        if std::env::var_os("HVLITE_SIGNALS_CHILD").is_none() {
+            let out = std::process::Command::new(exe)
+                .args(["--exact", "container::signals::tests::a_blocked_signal_reaches_the_forwarder", "--nocapture"])
+                .env("HVLITE_SIGNALS_CHILD", "1")
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(text.contains("forwarded 15"), "{text}");
+            return;
+        }
+        block_forwarded().unwrap();
+        let (tx, rx) = mpsc::channel();
+        spawn_forwarder(move |sig| {
+            let _ = tx.send(sig);
+        })
+        .unwrap();
+        // SAFETY: kill on our own pid with a blocked signal only queues it.
+        unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        let sig = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        println!("forwarded {sig}");
+    }
+}

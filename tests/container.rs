@@ -1,0 +1,171 @@
+//! Container runs through the real guest: `hvlite run --rootfs DIR -- CMD` with the
+//! project's kernel, hvlite's guest agent and the busybox root directory the scripts build.
+//! Each boot takes tens of seconds on PVM hosts, so each one checks several things.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::linux::{Boot, Running, agent, kernel, rootfs_dir, start_full};
+use common::*;
+
+fn envs() -> Vec<(&'static str, PathBuf)> {
+    vec![("HVLITE_AGENT", agent()), ("HVLITE_KERNEL", kernel())]
+}
+
+/// Starts `hvlite run --rootfs <busybox dir> OPTS -- CMD` (kernel and agent from the
+/// environment, as a user who ran scripts/setup.sh would have them).
+fn start_container(opts: &[&str], cmd: &[&str], stdin: Option<Vec<u8>>) -> Running {
+    let root = rootfs_dir();
+    let mut args = vec!["run", "--rootfs", root.to_str().expect("utf-8 path")];
+    args.extend_from_slice(opts);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    let envs = envs();
+    let envs: Vec<(&str, &OsStr)> = envs.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    start_full(&[], &args, &envs, stdin)
+}
+
+fn run_container(opts: &[&str], cmd: &[&str], stdin: Option<Vec<u8>>) -> Boot {
+    start_container(opts, cmd, stdin).finish()
+}
+
+#[test]
+fn stdio_env_workdir_user_and_exit_status() {
+    if !kvm_available("stdio_env_workdir_user_and_exit_status") {
+        return;
+    }
+    let script = "echo out-1; echo err-1 >&2; \
+        echo \"env=$GREETING home=$HOME path=$PATH\"; \
+        echo \"cwd=$(pwd) id=$(id -u):$(id -g)\"; \
+        echo err-2 >&2; echo out-2; exit 3";
+    let b = run_container(
+        &["-e", "GREETING=hi there", "--workdir", "/tmp", "--user", "1000:100"],
+        &["/bin/sh", "-c", script],
+        None,
+    );
+    assert_eq!(b.status, Some(3), "{}", b.context());
+    let expected = "out-1\n\
+        env=hi there home=/ path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+        cwd=/tmp id=1000:100\n\
+        out-2\n";
+    assert_eq!(b.stdout, expected, "{}", b.context());
+    // stderr has the command's lines (and nothing of its stdout); hvlite's own log lines
+    // may be there too.
+    assert!(b.stderr.contains("err-1\nerr-2\n"), "{}", b.context());
+    assert!(!b.stderr.contains("out-1"), "{}", b.context());
+    // The kernel console is quiet without --console.
+    assert!(!b.stdout.contains("Linux version") && !b.stderr.contains("Linux version"));
+}
+
+#[test]
+fn stdin_is_forwarded_and_changes_are_discarded() {
+    if !kvm_available("stdin_is_forwarded_and_changes_are_discarded") {
+        return;
+    }
+    let input: Vec<u8> = (0..200_000u32)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz\n"[(i % 27) as usize])
+        .collect();
+    let script = "if [ -e /etc/hvlite-marker ]; then echo LEAKED; fi; \
+        echo changed > /etc/hvlite-marker; cat; echo; echo done";
+    let b = run_container(&["-i"], &["/bin/sh", "-c", script], Some(input.clone()));
+    assert_eq!(b.status, Some(0), "{}", b.context());
+    let mut expected = input.clone();
+    expected.extend_from_slice(b"\ndone\n");
+    assert!(
+        b.stdout.as_bytes() == expected.as_slice(),
+        "stdout differs from stdin (+done): {} bytes vs {}; stderr:\n{}",
+        b.stdout.len(),
+        expected.len(),
+        b.stderr
+    );
+    // A second run of the same root directory does not see the first one's change.
+    let b = run_container(
+        &[],
+        &["/bin/sh", "-c", "cat /etc/hvlite-marker 2>/dev/null || echo clean"],
+        None,
+    );
+    assert_eq!(b.status, Some(0), "{}", b.context());
+    assert_eq!(b.stdout, "clean\n", "{}", b.context());
+}
+
+#[test]
+fn sigterm_is_forwarded_and_the_signal_status_returned() {
+    if !kvm_available("sigterm_is_forwarded_and_the_signal_status_returned") {
+        return;
+    }
+    let mut r = start_container(&[], &["/bin/sh", "-c", "echo ready; exec sleep 600"], None);
+    r.wait_for("ready");
+    // `exec` makes sleep the process itself; give the exec a moment to happen.
+    std::thread::sleep(Duration::from_millis(500));
+    r.signal(libc::SIGTERM);
+    let b = r.finish();
+    assert_eq!(b.status, Some(128 + libc::SIGTERM), "{}", b.context());
+}
+
+/// Accepts one connection on `listener` and reads it to the end.
+fn read_all_from(listener: UnixListener) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept guest connection");
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).expect("read guest stream");
+        v
+    })
+}
+
+#[test]
+fn vsock_host_and_guest_connections_carry_4_mib_intact() {
+    if !kvm_available("vsock_host_and_guest_connections_carry_4_mib_intact") {
+        return;
+    }
+    const SIZE: usize = 4 << 20;
+    let dir = scratch("vsock");
+    let uds = dir.join("v.sock");
+    // Guest-initiated connections to host port 6000 land here.
+    let from_guest = read_all_from(UnixListener::bind(dir.join("v.sock_6000")).unwrap());
+    let vsock = format!("cid=7,uds={}", uds.display());
+    let script = format!(
+        "hvlite-vsock listen 5000 echo & \
+         hvlite-vsock send 2 6000 {SIZE} || echo SEND-FAILED; wait; echo guest-done"
+    );
+    let mut r = start_container(&["--vsock", &vsock], &["/bin/sh", "-c", &script], None);
+    r.wait_for("listening");
+
+    // Host-initiated: CONNECT to the guest's echo listener, 4 MiB each way.
+    let mut s = UnixStream::connect(&uds).expect("connect to the vsock socket");
+    s.write_all(b"CONNECT 5000\n").unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        s.read_exact(&mut byte).expect("OK line");
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    assert!(line.starts_with("OK "), "{line:?}");
+    let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 253) as u8).collect();
+    let mut writer = s.try_clone().unwrap();
+    let sent = data.clone();
+    let w = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::new();
+    s.read_to_end(&mut echoed).unwrap();
+    w.join().unwrap();
+    assert_eq!(echoed.len(), SIZE, "echo length");
+    assert!(echoed == data, "echoed bytes differ");
+
+    let got = from_guest.join().unwrap();
+    let b = r.finish();
+    assert_eq!(b.status, Some(0), "{}", b.context());
+    assert!(b.stdout.contains("guest-done") && !b.stdout.contains("SEND-FAILED"), "{}", b.context());
+    assert_eq!(got.len(), SIZE, "guest-to-host length; {}", b.context());
+    assert!(
+        got.iter().enumerate().all(|(i, &v)| v == (i % 251) as u8),
+        "guest-to-host bytes differ from the tool's pattern"
+    );
+}
