@@ -76,6 +76,12 @@
 //!   `Error { status, message }`: 127 the program was not found, 126 it was found but could
 //!   not be executed, 125 anything else (bad spec, working directory, user switch, mounts,
 //!   fork). `Error` ends the session like `Exited`.
+//! - The process runs chrooted in the container's root, in a session (and process group) of
+//!   its own, with stdin a pipe (`spec.stdin`) or `/dev/null` and stdout and stderr two
+//!   separate pipes (no terminal), with exactly `spec.env` as its environment (`args[0]` is
+//!   searched in the `PATH` of `spec.env`, or in `/sbin:/bin:/usr/sbin:/usr/bin` without
+//!   one), as `user.uid`, `user.gid` and `user.additionalGids`, in `spec.cwd` (created, as
+//!   root, if missing), with the default signal dispositions and no blocked signal.
 //! - Once the process runs the agent sends `Started { pid }` (a guest pid, for logs), then its
 //!   output as `Stdout`/`Stderr` frames. The host may send `Stdin` data (when `spec.stdin`;
 //!   otherwise the process's stdin is `/dev/null` and `Stdin` frames are dropped), then
@@ -86,12 +92,19 @@
 //!   kills what is left of the process group, calls `sync()` so that what the container wrote
 //!   to a read-write root reaches the disk, and sends `Exited(end)`: the last frame. The
 //!   status to report is [`ProcessEnd::status`] (128+N for signal N).
+//! - **Flow control.** The agent stops reading the connection while 1 MiB of stdin data waits
+//!   for the process, so frames sent after it (a `Signal` too) wait as well; it stops reading
+//!   the process's output while 1 MiB of frames waits for the host.
 //! - **Who closes.** The host closes the connection once it has read `Exited` or `Error`, and
-//!   normally stops the VM at once. If the connection is still open ~10 s later, the agent
-//!   ends the VM itself through the exit port (see [`crate::initcmd`]) with the same status.
-//!   If the host closes the connection (or sends a frame that does not decode) before the
-//!   process has exited, the agent kills the process group and ends the VM with status 125.
-//!   The agent never closes its side first.
+//!   normally stops the VM at once. If the connection is still open ~10 s after the last
+//!   frame was sent, the agent ends the VM itself through the exit port (see
+//!   [`crate::initcmd`]) with the same status. The agent never closes its side first.
+//! - **Failures.** If the host closes the connection (even only its write side) before the
+//!   process has ended, the agent kills the process group and ends the VM with status 125.
+//!   If the host sends a frame that does not decode, or a second `Start`, the agent kills the
+//!   process group and sends `Error` 125 (after any output already queued) instead of
+//!   `Exited`. Before the connection exists (no vsock device, host not listening for ~10 s),
+//!   the agent prints the reason on the console and ends the VM with status 125.
 
 use std::io::{self, Read, Write};
 use std::marker::PhantomData;
