@@ -3,7 +3,8 @@
 //!
 //! The agent disk (the VM's root, read-only) must have the directories
 //! [`hvlite::agent::AGENT_DISK_DIRS`].
-//! Overlay mode mounts the container image read-only at `/lower`, a tmpfs at `/run` holding
+//! Overlay mode mounts the container image read-only at `/lower` (with `noload` if its
+//! journal needs a recovery that a read-only device cannot take), a tmpfs at `/run` holding
 //! the overlay's `upper` and `work` directories, and the overlay at [`NEWROOT`]; read-write
 //! mode mounts the image at [`NEWROOT`] directly. Then, inside [`NEWROOT`]: proc, sysfs,
 //! devtmpfs on `/dev` (or a bind mount of the agent's `/dev`), devpts on `/dev/pts` (best
@@ -77,7 +78,12 @@ pub fn plan(opts: &AgentOptions, base: &str) -> Vec<Step> {
     let (lower, upper, work) = (at(LOWER), at(UPPER), at(WORK));
     let mut steps = match opts.mode {
         RootMode::Overlay => vec![
-            Step::Mount(Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY)),
+            // A journal that needs recovery cannot be replayed on a read-only device: then
+            // the image is mounted without replaying it (as it was at its last commit).
+            Step::MountOr(
+                Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY),
+                Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY).with_data("noload"),
+            ),
             Step::Mount(
                 Mount::new("tmpfs", &at(RUN), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV)
                     .with_data("mode=0755"),
@@ -236,10 +242,14 @@ mod tests {
             },
             "",
         );
+        let Step::MountOr(lower, lower_noload) = &steps[0] else {
+            panic!("{:?}", steps[0])
+        };
         assert_eq!(
-            steps[0],
-            Step::Mount(Mount::new("/dev/vdb", "/lower", "ext4", libc::MS_RDONLY))
+            *lower,
+            Mount::new("/dev/vdb", "/lower", "ext4", libc::MS_RDONLY)
         );
+        assert_eq!(lower_noload.data.as_deref(), Some("noload"));
         let Step::Mount(overlay) = &steps[4] else {
             panic!("{:?}", steps[4])
         };
