@@ -4,9 +4,21 @@
 //! kernel command line (or an interactive `/bin/sh` without one), prints
 //! `hvlite-init: exit status N`, writes N to the exit port and reboots. The contract is
 //! documented in [`hvlite::initcmd`]. It never returns: PID 1 exiting panics the kernel.
+//!
+//! Two other modes:
+//! - the guest agent (`agent.rs`) when the kernel command line has `hvlite.agent=1`: it runs
+//!   a container's process for the host over vsock;
+//! - the vsock utility (`vsock.rs`) when run as `hvlite-init vsock ...` and not as PID 1.
 
+mod agent;
+mod cmdline;
+mod container;
 mod exec;
+mod queue;
+mod session;
+mod spawn;
 mod sys;
+mod vsock;
 
 use std::ffi::{CStr, OsString};
 
@@ -19,6 +31,10 @@ use sys::{Forked, Prepared, say};
 const DRAIN_SECONDS: libc::c_uint = 3;
 
 fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if vsock::is_invocation(&args, sys::process::getpid()) {
+        std::process::exit(vsock::main(&args[2..]));
+    }
     std::panic::set_hook(Box::new(|info| {
         say(&format!("hvlite-init: internal error: {info}"));
         finish(STATUS_INIT_ERROR)
@@ -29,10 +45,10 @@ fn main() {
 
 /// Mounts `fstype` on `target`, creating the directory if it is missing.
 fn mount_fs(fstype: &CStr, target: &CStr, flags: libc::c_ulong) -> Result<(), String> {
-    let result = match sys::mount(fstype, target, fstype, flags) {
+    let result = match sys::mount(fstype, target, fstype, flags, None) {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
             let dir = target.to_string_lossy().into_owned();
-            std::fs::create_dir(&dir).and_then(|()| sys::mount(fstype, target, fstype, flags))
+            std::fs::create_dir(&dir).and_then(|()| sys::mount(fstype, target, fstype, flags, None))
         }
         other => other,
     };
@@ -65,6 +81,11 @@ fn run() -> u8 {
         }
     }
     say(INIT_MARKER);
+    if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline")
+        && cmdline::agent_enabled(&cmdline)
+    {
+        agent::run(&cmdline);
+    }
 
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let argv = match exec::encoded_command(&args) {

@@ -1,11 +1,16 @@
 //! Thin wrappers around the system calls the init needs. All `unsafe` code of the init lives
-//! here.
+//! here and in the submodules.
+
+pub mod fds;
+pub mod process;
+pub mod vsock;
 
 use std::ffi::{CStr, CString, c_char};
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::ptr;
 
 /// Writes one line to the console (fd 1), ignoring errors: there is nowhere else to report.
 pub fn say(line: &str) {
@@ -25,17 +30,25 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// mount(2) with no data; EBUSY (already mounted) counts as success.
-pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong) -> io::Result<()> {
-    // SAFETY: the three pointers are NUL-terminated strings that live across the call, and a
-    // null data pointer is allowed.
+/// mount(2) with optional `data` (file system options); EBUSY (already mounted) counts as
+/// success.
+pub fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
+    let data = data.map_or(ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
+    // SAFETY: the three pointers are NUL-terminated strings that live across the call; `data`
+    // is null or a NUL-terminated string that lives across the call.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
             flags,
-            std::ptr::null(),
+            data,
         )
     };
     match check(rc) {
@@ -93,7 +106,7 @@ pub fn drain_console(seconds: libc::c_uint) {
     action.sa_flags = 0;
     // SAFETY: `action` is initialized, the handler is async-signal-safe (it does nothing) and
     // a null old-action pointer is allowed.
-    if unsafe { libc::sigaction(libc::SIGALRM, &action, std::ptr::null_mut()) } != 0 {
+    if unsafe { libc::sigaction(libc::SIGALRM, &action, ptr::null_mut()) } != 0 {
         return;
     }
     // SAFETY: alarm and tcdrain take plain values; tcdrain fails harmlessly on a non-tty.
@@ -170,7 +183,7 @@ fn pointers(strings: &[CString]) -> Vec<*const c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
+        .chain(std::iter::once(ptr::null()))
         .collect()
 }
 

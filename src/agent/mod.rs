@@ -1,0 +1,36 @@
+//! The guest agent: hvlite runs a container's process inside the microVM through an agent in
+//! the guest (`hvlite-init` in agent mode), over virtio-vsock. [`protocol`] is the wire
+//! format both sides speak; the constants here are the rest of the contract: how the host
+//! boots the agent and what the agent disk holds.
+//!
+//! # Booting the agent
+//!
+//! The VM boots from the *agent disk*, a small read-only ext4 image that holds only the
+//! static `hvlite-init` at [`AGENT_INIT_PATH`] and the empty directories [`AGENT_DISK_DIRS`]
+//! (the image is read-only, so the agent cannot create them), with
+//! `root=/dev/vda ro rootfstype=ext4 init=/hvlite-init` plus [`CMDLINE_AGENT`] on the kernel
+//! command line. The container's image is another ext4 disk, named by [`CMDLINE_ROOT`]
+//! (default [`DEFAULT_ROOT_DEVICE`]) and mounted as [`CMDLINE_ROOT_MODE`] says:
+//! [`ROOT_MODE_OVERLAY`] (default; the image may be shared and read-only, changes go to a
+//! tmpfs and are discarded) or [`ROOT_MODE_RW`] (mounted read-write, changes persist).
+//! The guest kernel needs ext4, tmpfs, overlayfs, devtmpfs, proc, sysfs and virtio-vsock.
+
+pub mod protocol;
+
+/// Where the agent disk holds the init (the kernel's `init=`).
+pub const AGENT_INIT_PATH: &str = "/hvlite-init";
+/// The empty directories the agent disk must have.
+pub const AGENT_DISK_DIRS: [&str; 6] = ["/dev", "/proc", "/sys", "/run", "/lower", "/newroot"];
+/// Kernel command line option that turns the agent mode of `hvlite-init` on.
+pub const CMDLINE_AGENT: &str = "hvlite.agent=1";
+/// Kernel command line option naming the container's root device (`hvlite.root=/dev/vdb`).
+pub const CMDLINE_ROOT: &str = "hvlite.root";
+/// Kernel command line option choosing how the root device is mounted
+/// (`hvlite.rootmode=overlay` or `hvlite.rootmode=rw`).
+pub const CMDLINE_ROOT_MODE: &str = "hvlite.rootmode";
+/// The container's root device when [`CMDLINE_ROOT`] is not given.
+pub const DEFAULT_ROOT_DEVICE: &str = "/dev/vdb";
+/// [`CMDLINE_ROOT_MODE`] value: read-only image under a tmpfs-backed overlay.
+pub const ROOT_MODE_OVERLAY: &str = "overlay";
+/// [`CMDLINE_ROOT_MODE`] value: the image mounted read-write.
+pub const ROOT_MODE_RW: &str = "rw";

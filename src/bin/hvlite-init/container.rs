@@ -1,0 +1,351 @@
+//! The container's root file system: which mounts the agent makes ([`plan`], pure and
+//! unit-tested) and making them ([`execute`]).
+//!
+//! The agent disk (the VM's root, read-only) must have the directories
+//! [`hvlite::agent::AGENT_DISK_DIRS`].
+//! Overlay mode mounts the container image read-only at `/lower` (with `noload` if its
+//! journal needs a recovery that a read-only device cannot take), a tmpfs at `/run` holding
+//! the overlay's `upper` and `work` directories, and the overlay at [`NEWROOT`]; read-write
+//! mode mounts the image at [`NEWROOT`] directly. Then, inside [`NEWROOT`]: proc, sysfs,
+//! devtmpfs on `/dev` (or a bind mount of the agent's `/dev`), devpts on `/dev/pts` (best
+//! effort), tmpfs on `/dev/shm` and `/tmp`, and the `/dev/fd`, `/dev/stdin`, `/dev/stdout`,
+//! `/dev/stderr` symlinks. Missing mount points inside [`NEWROOT`] are created.
+
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+use crate::cmdline::{AgentOptions, RootMode};
+use crate::sys;
+
+/// Where the container's root is assembled; the process is chrooted there.
+pub const NEWROOT: &str = "/newroot";
+
+const LOWER: &str = "/lower";
+const RUN: &str = "/run";
+const UPPER: &str = "/run/upper";
+const WORK: &str = "/run/work";
+
+/// One mount(2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub source: String,
+    pub target: String,
+    pub fstype: String,
+    pub flags: libc::c_ulong,
+    pub data: Option<String>,
+}
+
+impl Mount {
+    fn new(source: &str, target: &str, fstype: &str, flags: libc::c_ulong) -> Self {
+        Self {
+            source: source.into(),
+            target: target.into(),
+            fstype: fstype.into(),
+            flags,
+            data: None,
+        }
+    }
+
+    fn with_data(mut self, data: &str) -> Self {
+        self.data = Some(data.into());
+        self
+    }
+}
+
+/// One step of the set-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Mount; the target directory is created if missing.
+    Mount(Mount),
+    /// Try the first mount; if it fails, the second.
+    MountOr(Mount, Mount),
+    /// Mount if possible; a failure is only printed on the console.
+    TryMount(Mount),
+    /// Create a directory (and its parents) with this mode, if missing.
+    Mkdir(String, u32),
+    /// Create `link` pointing to `target`, unless something named `link` exists.
+    Symlink { target: String, link: String },
+}
+
+const HARDENED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+/// The steps that build the container's root for `opts`. `base` is prepended to every path
+/// of the agent disk (`""` in the VM; a scratch directory in tests).
+pub fn plan(opts: &AgentOptions, base: &str) -> Vec<Step> {
+    let at = |path: &str| format!("{base}{path}");
+    let inside = |path: &str| format!("{base}{NEWROOT}{path}");
+    let (lower, upper, work) = (at(LOWER), at(UPPER), at(WORK));
+    let mut steps = match opts.mode {
+        RootMode::Overlay => vec![
+            // A journal that needs recovery cannot be replayed on a read-only device: then
+            // the image is mounted without replaying it (as it was at its last commit).
+            Step::MountOr(
+                Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY),
+                Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY).with_data("noload"),
+            ),
+            Step::Mount(
+                Mount::new("tmpfs", &at(RUN), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV)
+                    .with_data("mode=0755"),
+            ),
+            Step::Mkdir(upper.clone(), 0o755),
+            Step::Mkdir(work.clone(), 0o755),
+            Step::Mount(
+                Mount::new("overlay", &at(NEWROOT), "overlay", 0)
+                    .with_data(&format!("lowerdir={lower},upperdir={upper},workdir={work}")),
+            ),
+        ],
+        RootMode::ReadWrite => vec![Step::Mount(Mount::new(&opts.root, &at(NEWROOT), "ext4", 0))],
+    };
+    let dev = inside("/dev");
+    steps.extend([
+        Step::Mount(Mount::new("proc", &inside("/proc"), "proc", HARDENED)),
+        Step::Mount(Mount::new("sysfs", &inside("/sys"), "sysfs", HARDENED)),
+        Step::MountOr(
+            Mount::new("devtmpfs", &dev, "devtmpfs", libc::MS_NOSUID),
+            Mount::new("/dev", &dev, "", libc::MS_BIND | libc::MS_REC),
+        ),
+        Step::TryMount(
+            Mount::new(
+                "devpts",
+                &inside("/dev/pts"),
+                "devpts",
+                libc::MS_NOSUID | libc::MS_NOEXEC,
+            )
+            .with_data("mode=0620,ptmxmode=0666,gid=5"),
+        ),
+        Step::Mount(
+            Mount::new(
+                "tmpfs",
+                &inside("/dev/shm"),
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+            )
+            .with_data("mode=1777"),
+        ),
+        Step::Mount(
+            Mount::new(
+                "tmpfs",
+                &inside("/tmp"),
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+            )
+            .with_data("mode=1777"),
+        ),
+    ]);
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        steps.push(Step::Symlink {
+            target: target.into(),
+            link: format!("{dev}/{link}"),
+        });
+    }
+    steps
+}
+
+fn cstring(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+/// Makes sure `path` is a directory (creating it and its parents if missing). A symlink or
+/// another file is refused: a mount there could land outside the container's root.
+fn ensure_dir(path: &str, mode: u32) -> Result<(), String> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{path} exists and is not a directory")),
+        Err(_) => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+            .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(mode)))
+            .map_err(|e| format!("creating {path}: {e}")),
+    }
+}
+
+fn mount(m: &Mount) -> Result<(), String> {
+    ensure_dir(&m.target, 0o755)?;
+    let data = m.data.as_deref().map(cstring).transpose()?;
+    sys::mount(
+        &cstring(&m.source)?,
+        &cstring(&m.target)?,
+        &cstring(&m.fstype)?,
+        m.flags,
+        data.as_deref(),
+    )
+    .map_err(|e| describe(m, &e))
+}
+
+fn describe(m: &Mount, e: &std::io::Error) -> String {
+    let fstype = if m.fstype.is_empty() {
+        "bind"
+    } else {
+        &m.fstype
+    };
+    format!("mounting {} ({fstype}) on {}: {e}", m.source, m.target)
+}
+
+fn symlink(target: &str, link: &str) -> Result<(), String> {
+    if fs::symlink_metadata(link).is_ok() {
+        return Ok(());
+    }
+    std::os::unix::fs::symlink(target, link).map_err(|e| format!("creating {link}: {e}"))
+}
+
+/// Runs `steps` in order; stops at the first failure. Failures of optional steps are handed
+/// to `warn`.
+pub fn execute(steps: &[Step], mut warn: impl FnMut(&str)) -> Result<(), String> {
+    for step in steps {
+        match step {
+            Step::Mount(m) => mount(m)?,
+            Step::MountOr(first, second) => {
+                if let Err(e1) = mount(first) {
+                    mount(second).map_err(|e2| format!("{e1}; then {e2}"))?;
+                }
+            }
+            Step::TryMount(m) => {
+                if let Err(e) = mount(m) {
+                    warn(&e);
+                }
+            }
+            Step::Mkdir(path, mode) => ensure_dir(path, *mode)?,
+            Step::Symlink { target, link } => symlink(target, link)?,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hvlite::agent::AGENT_DISK_DIRS;
+
+    fn targets(steps: &[Step]) -> Vec<&str> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mount(m) | Step::MountOr(m, _) | Step::TryMount(m) => Some(&*m.target),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn overlay_plan() {
+        let steps = plan(
+            &AgentOptions {
+                root: "/dev/vdb".into(),
+                mode: RootMode::Overlay,
+            },
+            "",
+        );
+        let Step::MountOr(lower, lower_noload) = &steps[0] else {
+            panic!("{:?}", steps[0])
+        };
+        assert_eq!(
+            *lower,
+            Mount::new("/dev/vdb", "/lower", "ext4", libc::MS_RDONLY)
+        );
+        assert_eq!(lower_noload.data.as_deref(), Some("noload"));
+        let Step::Mount(overlay) = &steps[4] else {
+            panic!("{:?}", steps[4])
+        };
+        assert_eq!(overlay.fstype, "overlay");
+        assert_eq!(overlay.target, NEWROOT);
+        assert_eq!(
+            overlay.data.as_deref(),
+            Some("lowerdir=/lower,upperdir=/run/upper,workdir=/run/work")
+        );
+        assert_eq!(
+            targets(&steps),
+            [
+                "/lower",
+                "/run",
+                "/newroot",
+                "/newroot/proc",
+                "/newroot/sys",
+                "/newroot/dev",
+                "/newroot/dev/pts",
+                "/newroot/dev/shm",
+                "/newroot/tmp"
+            ]
+        );
+        // Every mount point outside the new root is on the agent disk's list.
+        for t in targets(&steps) {
+            assert!(
+                t.starts_with(NEWROOT) || AGENT_DISK_DIRS.contains(&t),
+                "{t}"
+            );
+        }
+        assert!(steps.contains(&Step::Symlink {
+            target: "/proc/self/fd/2".into(),
+            link: "/newroot/dev/stderr".into()
+        }));
+    }
+
+    #[test]
+    fn read_write_plan() {
+        let steps = plan(
+            &AgentOptions {
+                root: "/dev/vdc".into(),
+                mode: RootMode::ReadWrite,
+            },
+            "/base",
+        );
+        assert_eq!(
+            steps[0],
+            Step::Mount(Mount::new("/dev/vdc", "/base/newroot", "ext4", 0))
+        );
+        assert!(
+            targets(&steps)
+                .iter()
+                .all(|t| t.starts_with("/base/newroot"))
+        );
+        assert!(!targets(&steps).contains(&"/lower"));
+        assert_eq!(targets(&steps).len(), 7);
+        let Step::MountOr(dev, bind) = &steps[3] else {
+            panic!("{:?}", steps[3])
+        };
+        assert_eq!((&*dev.fstype, &*bind.source), ("devtmpfs", "/dev"));
+        assert_eq!(bind.flags, libc::MS_BIND | libc::MS_REC);
+    }
+
+    #[test]
+    fn directories_and_links() {
+        let base = std::env::temp_dir().join(format!("hvlite-container-{}", std::process::id()));
+        let base = base.to_str().unwrap().to_string();
+        let nested = format!("{base}/a/b");
+        let link = format!("{base}/link");
+        let steps = [
+            Step::Mkdir(nested.clone(), 0o751),
+            Step::Symlink {
+                target: "/proc/self/fd".into(),
+                link: link.clone(),
+            },
+            // Again: both are already there.
+            Step::Mkdir(nested.clone(), 0o751),
+            Step::Symlink {
+                target: "elsewhere".into(),
+                link: link.clone(),
+            },
+        ];
+        let mut warnings = Vec::new();
+        execute(&steps, |w| warnings.push(w.to_string())).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(
+            fs::metadata(&nested).unwrap().permissions().mode() & 0o7777,
+            0o751
+        );
+        assert_eq!(
+            fs::read_link(&link).unwrap().to_str(),
+            Some("/proc/self/fd")
+        );
+        // A symlink where a directory is wanted is refused.
+        let err = execute(&[Step::Mkdir(link.clone(), 0o755)], |_| {}).unwrap_err();
+        assert!(err.contains("not a directory"), "{err}");
+        fs::remove_dir_all(&base).unwrap();
+    }
+}

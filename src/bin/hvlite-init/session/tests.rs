@@ -1,0 +1,303 @@
+//! Whole sessions over a Unix socket pair: the test plays the host, `serve` runs in a thread
+//! and starts real processes (no chroot, as the current user). They need root (setgroups);
+//! without it they are skipped.
+
+use std::os::unix::net::UnixStream;
+use std::sync::Mutex;
+use std::thread;
+
+use hvlite::agent::protocol::{MAX_CHUNK, ProcessSpec};
+
+use super::*;
+
+/// Sessions run one at a time: the SIGCHLD self-pipe is process-wide.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+pub(super) fn root() -> bool {
+    let ok = process::ids().0 == 0;
+    if !ok {
+        eprintln!("skipped: needs root (setgroups)");
+    }
+    ok
+}
+
+fn spec(args: &[&str]) -> ProcessSpec {
+    let (_, uid, gid) = process::ids();
+    let mut s = ProcessSpec::new(args.iter().copied());
+    s.env = vec!["PATH=/usr/bin:/bin".into()];
+    s.user.uid = uid;
+    s.user.gid = gid;
+    s
+}
+
+/// What the host saw.
+#[derive(Debug, Default)]
+pub(super) struct Seen {
+    pub pid: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub last: Option<AgentMessage>,
+    pub max_chunk: usize,
+}
+
+/// Reads messages until `Exited` or `Error` (or EOF).
+fn read_until_end(conn: &mut UnixStream, seen: &mut Seen) {
+    while let Some(m) = read_message::<_, AgentMessage>(conn).unwrap() {
+        match m {
+            AgentMessage::Started { pid } => seen.pid = Some(pid),
+            AgentMessage::Stdout(d) => {
+                seen.max_chunk = seen.max_chunk.max(d.len());
+                seen.stdout.extend(d);
+            }
+            AgentMessage::Stderr(d) => seen.stderr.extend(d),
+            end @ (AgentMessage::Exited(_) | AgentMessage::Error { .. }) => {
+                seen.last = Some(end);
+                return;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Runs a session: sends `first`, lets `host` talk, then reads to the end and closes.
+fn session(first: HostMessage, host: impl FnOnce(&mut UnixStream, &mut Seen)) -> (Outcome, Seen) {
+    session_in(None, first, host)
+}
+
+/// [`session`] with the process chrooted in `root`.
+pub(super) fn session_in(
+    root: Option<&str>,
+    first: HostMessage,
+    host: impl FnOnce(&mut UnixStream, &mut Seen),
+) -> (Outcome, Seen) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let root = root.map(str::to_string);
+    let (agent_end, mut host_end) = UnixStream::pair().unwrap();
+    let sigchld = process::sigchld_pipe().unwrap();
+    let opts = Options {
+        reap_all: false,
+        sync: false,
+    };
+    let agent = thread::spawn(move || serve(agent_end, root.as_deref(), Some(sigchld), opts));
+    write_message(&mut host_end, &first).unwrap();
+    let mut seen = Seen::default();
+    host(&mut host_end, &mut seen);
+    if seen.last.is_none() {
+        read_until_end(&mut host_end, &mut seen);
+    }
+    drop(host_end);
+    (agent.join().unwrap(), seen)
+}
+
+/// The session ended with `Error` 125 whose message contains `needle`.
+fn assert_setup_error(outcome: &Outcome, seen: &Seen, needle: &str) {
+    assert!(
+        matches!(&seen.last, Some(AgentMessage::Error { status: 125, message }) if message.contains(needle)),
+        "{seen:?}"
+    );
+    assert_eq!(*outcome, Outcome::Reported { status: 125 });
+}
+
+fn start(s: ProcessSpec) -> HostMessage {
+    HostMessage::Start(s)
+}
+
+fn wait_started(conn: &mut UnixStream, seen: &mut Seen) -> libc::pid_t {
+    match read_message::<_, AgentMessage>(conn).unwrap() {
+        Some(AgentMessage::Started { pid }) => {
+            seen.pid = Some(pid);
+            pid as libc::pid_t
+        }
+        other => panic!("expected Started, got {other:?}"),
+    }
+}
+
+fn is_gone(pid: libc::pid_t) -> bool {
+    process::kill(pid, 0).is_err()
+}
+
+#[test]
+fn output_and_exit_status() {
+    if !root() {
+        return;
+    }
+    let (outcome, seen) = session(
+        start(spec(&["sh", "-c", "echo out; echo err >&2; exit 3"])),
+        |_, _| {},
+    );
+    assert!(seen.pid.is_some());
+    assert_eq!(seen.stdout, b"out\n");
+    assert_eq!(seen.stderr, b"err\n");
+    assert_eq!(seen.last, Some(AgentMessage::Exited(ProcessEnd::Exited(3))));
+    assert_eq!(outcome, Outcome::Reported { status: 3 });
+}
+
+#[test]
+fn large_output_in_chunks() {
+    if !root() {
+        return;
+    }
+    let total = 3_000_000;
+    let script = format!("yes 0123456789abcdef | head -c {total}");
+    let (outcome, seen) = session(start(spec(&["sh", "-c", &script])), |_, _| {});
+    assert_eq!(seen.stdout.len(), total);
+    assert!(seen.max_chunk <= MAX_CHUNK);
+    assert!(seen.stdout.starts_with(b"0123456789abcdef\n0123"));
+    assert_eq!(outcome, Outcome::Reported { status: 0 });
+}
+
+#[test]
+fn start_failures_are_errors() {
+    if !root() {
+        return;
+    }
+    let (outcome, seen) = session(start(spec(&["hvlite-no-such-command"])), |_, _| {});
+    assert_eq!(seen.pid, None);
+    assert_eq!(
+        seen.last,
+        Some(AgentMessage::Error {
+            status: 127,
+            message: "hvlite-no-such-command: command not found".into()
+        })
+    );
+    assert_eq!(outcome, Outcome::Reported { status: 127 });
+
+    let mut s = spec(&["true"]);
+    s.terminal = true;
+    let (outcome, seen) = session(start(s), |_, _| {});
+    assert_setup_error(&outcome, &seen, "terminal");
+}
+
+#[test]
+fn first_message_must_be_start() {
+    let (outcome, seen) = session(HostMessage::Signal(9), |_, _| {});
+    assert_setup_error(&outcome, &seen, "expected Start");
+}
+
+#[test]
+fn stdin_is_forwarded_with_backpressure() {
+    if !root() {
+        return;
+    }
+    let mut s = spec(&["sh", "-c", "sleep 0.3; cat"]);
+    s.stdin = true;
+    // More than the pipe and the backlog hold while `cat` is not reading yet.
+    let data: Vec<u8> = (0..(3 << 20) as u32).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let (outcome, seen) = session(start(s), move |conn, seen| {
+        wait_started(conn, seen);
+        let mut writer = conn.try_clone().unwrap();
+        let t = thread::spawn(move || {
+            for m in HostMessage::stdin_chunks(&sent) {
+                write_message(&mut writer, &m).unwrap();
+            }
+            write_message(&mut writer, &HostMessage::StdinClose).unwrap();
+        });
+        read_until_end(conn, seen);
+        t.join().unwrap();
+    });
+    assert_eq!(seen.stdout.len(), data.len());
+    assert!(seen.stdout == data);
+    assert_eq!(outcome, Outcome::Reported { status: 0 });
+}
+
+#[test]
+fn stdin_is_dev_null_unless_asked() {
+    if !root() {
+        return;
+    }
+    let (outcome, seen) = session(start(spec(&["cat"])), |conn, _| {
+        // Dropped: the process's stdin is /dev/null.
+        write_message(conn, &HostMessage::Stdin(b"ignored".to_vec())).unwrap();
+    });
+    assert_eq!(seen.stdout, b"");
+    assert_eq!(outcome, Outcome::Reported { status: 0 });
+}
+
+#[test]
+fn signals_reach_the_process() {
+    if !root() {
+        return;
+    }
+    let (outcome, seen) = session(start(spec(&["sleep", "30"])), |conn, seen| {
+        wait_started(conn, seen);
+        write_message(conn, &HostMessage::Signal(libc::SIGTERM)).unwrap();
+    });
+    assert_eq!(
+        seen.last,
+        Some(AgentMessage::Exited(ProcessEnd::Signaled(15)))
+    );
+    assert_eq!(outcome, Outcome::Reported { status: 143 });
+}
+
+#[test]
+fn host_disconnect_kills_the_process() {
+    if !root() {
+        return;
+    }
+    let (outcome, seen) = session(start(spec(&["sleep", "30"])), |conn, seen| {
+        wait_started(conn, seen);
+        conn.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    assert!(
+        matches!(&outcome, Outcome::Aborted { reason } if reason.contains("closed")),
+        "{outcome:?}"
+    );
+    assert!(is_gone(seen.pid.unwrap() as libc::pid_t));
+}
+
+#[test]
+fn bad_frames_end_the_session() {
+    if !root() {
+        return;
+    }
+    let (outcome, seen) = session(start(spec(&["sleep", "30"])), |conn, seen| {
+        let pid = wait_started(conn, seen);
+        conn.write_all(&[1, 0, 0, 0, 0x7f]).unwrap();
+        read_until_end(conn, seen);
+        assert!(is_gone(pid));
+    });
+    assert_setup_error(&outcome, &seen, "0x7f");
+}
+
+#[test]
+fn background_processes_do_not_hold_the_session() {
+    if !root() {
+        return;
+    }
+    let begin = Instant::now();
+    let (outcome, seen) = session(
+        start(spec(&["sh", "-c", "sleep 30 & echo hi; exit 4"])),
+        |_, _| {},
+    );
+    assert!(begin.elapsed() < DRAIN_MAX, "{:?}", begin.elapsed());
+    assert_eq!(seen.stdout, b"hi\n");
+    assert_eq!(outcome, Outcome::Reported { status: 4 });
+}
+
+#[test]
+fn user_and_working_directory() {
+    if !root() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("hvlite-session-{}", std::process::id()));
+    let cwd = dir.join("a/b");
+    let mut s = spec(&["sh", "-c", "pwd; id -u; id -g; id -G"]);
+    s.cwd = cwd.to_str().unwrap().into();
+    s.user.uid = 65534;
+    s.user.gid = 65533;
+    s.user.additional_gids = vec![65532, 65531];
+    let (outcome, seen) = session(start(s), |_, _| {});
+    let out = String::from_utf8(seen.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [cwd.to_str().unwrap(), "65534", "65533"],
+        "{out}"
+    );
+    let mut groups: Vec<&str> = lines[3].split(' ').collect();
+    groups.sort_unstable();
+    assert_eq!(groups, ["65531", "65532", "65533"]);
+    assert_eq!(outcome, Outcome::Reported { status: 0 });
+    std::fs::remove_dir_all(dir).unwrap();
+}
