@@ -13,10 +13,9 @@ use super::image::{self, ImageError, TreeSize};
 use super::paths;
 use super::rootfs::hex;
 
-/// The agent's path inside the agent disk (the kernel's `init=`).
-pub const AGENT_PATH: &str = "/hvlite-init";
+pub use crate::agent::AGENT_INIT_PATH as AGENT_PATH;
 /// Mount points the agent uses on its (read-only) root.
-pub const MOUNT_POINTS: [&str; 7] = ["dev", "proc", "sys", "run", "lower", "newroot", "tmp"];
+pub use crate::agent::AGENT_DISK_DIRS as MOUNT_POINTS;
 /// Version of the disk layout; part of the cache key.
 const LAYOUT: &str = "hvlite-agent-disk-v1";
 
@@ -61,7 +60,7 @@ fn stage_tree(stage: &Path, agent: &[u8]) -> Result<TreeSize, AgentDiskError> {
     std::fs::create_dir_all(stage).map_err(err)?;
     let mut size = TreeSize::default();
     for d in MOUNT_POINTS {
-        std::fs::create_dir(stage.join(d)).map_err(err)?;
+        std::fs::create_dir(stage.join(d.trim_start_matches('/'))).map_err(err)?;
         size.add(0);
     }
     let bin = stage.join(AGENT_PATH.trim_start_matches('/'));
@@ -137,7 +136,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o755);
         for d in MOUNT_POINTS {
-            assert!(stage.join(d).is_dir(), "{d}");
+            assert!(stage.join(d.trim_start_matches('/')).is_dir(), "{d}");
         }
         let _ = std::fs::remove_dir_all(&stage);
     }

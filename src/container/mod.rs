@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use crate::agent::protocol::{AGENT_VSOCK_PORT, ProtocolError};
+use crate::agent::{self, protocol::{AGENT_VSOCK_PORT, ProtocolError}};
 use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
 use crate::vmm::exit::{ExitLatch, ExitReason};
 use crate::vmm::{self, Console, RunEnv, VmmError};
@@ -80,8 +80,12 @@ pub struct Outcome {
 /// container root is.
 pub fn kernel_options(mode: RootMode, console: bool) -> String {
     let mut opts = format!(
-        "root=/dev/vda ro rootfstype=ext4 init={} hvlite.agent=1 hvlite.root=/dev/vdb hvlite.rootmode={}",
-        agent_disk::AGENT_PATH,
+        "root=/dev/vda ro rootfstype=ext4 init={} {} {}={} {}={}",
+        agent::AGENT_INIT_PATH,
+        agent::CMDLINE_AGENT,
+        agent::CMDLINE_ROOT,
+        agent::DEFAULT_ROOT_DEVICE,
+        agent::CMDLINE_ROOT_MODE,
         mode.as_option()
     );
     if !console {

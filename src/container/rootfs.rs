@@ -40,8 +40,8 @@ impl RootMode {
     /// The value of the agent's `hvlite.rootmode=` option.
     pub fn as_option(self) -> &'static str {
         match self {
-            RootMode::Overlay => "overlay",
-            RootMode::ReadWrite => "rw",
+            RootMode::Overlay => crate::agent::ROOT_MODE_OVERLAY,
+            RootMode::ReadWrite => crate::agent::ROOT_MODE_RW,
         }
     }
 }

@@ -32,8 +32,8 @@ const DRAIN_SECONDS: libc::c_uint = 3;
 
 fn main() {
     let args: Vec<OsString> = std::env::args_os().collect();
-    if vsock::is_invocation(&args, sys::process::getpid()) {
-        std::process::exit(vsock::main(&args[2..]));
+    if let Some(tool) = vsock::tool_args(&args, sys::process::getpid()) {
+        std::process::exit(vsock::main(tool));
     }
     std::panic::set_hook(Box::new(|info| {
         say(&format!("hvlite-init: internal error: {info}"));

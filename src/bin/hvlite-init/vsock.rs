@@ -40,9 +40,27 @@ pub enum Command {
     Send { cid: u32, port: u32, bytes: u64 },
 }
 
-/// Whether the binary was run as the tool: `argv[1] == "vsock"`, and not as PID 1.
-pub fn is_invocation(args: &[OsString], pid: libc::pid_t) -> bool {
-    pid != 1 && args.get(1).is_some_and(|a| a == "vsock")
+/// Name under which the binary is the tool without the `vsock` word (a copy or link in a
+/// container root filesystem).
+pub const TOOL_NAME: &str = "hvlite-vsock";
+
+/// The tool's arguments if the binary was run as the tool, never as PID 1: as
+/// `hvlite-init vsock ARGS...`, or under the name [`TOOL_NAME`] as `hvlite-vsock ARGS...`.
+pub fn tool_args(args: &[OsString], pid: libc::pid_t) -> Option<&[OsString]> {
+    if pid == 1 {
+        return None;
+    }
+    let called = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|name| name == TOOL_NAME);
+    if called {
+        return args.get(1..);
+    }
+    if args.get(1).is_some_and(|a| a == "vsock") {
+        return args.get(2..);
+    }
+    None
 }
 
 fn number<T: std::str::FromStr>(what: &str, s: &str) -> Result<T, String> {
@@ -229,10 +247,14 @@ mod tests {
 
     #[test]
     fn invocation() {
-        assert!(is_invocation(&os(&["hvlite-init", "vsock", "listen"]), 42));
-        assert!(!is_invocation(&os(&["hvlite-init", "vsock"]), 1));
-        assert!(!is_invocation(&os(&["hvlite-init", "6869"]), 42));
-        assert!(!is_invocation(&os(&["hvlite-init"]), 42));
+        let a = os(&["hvlite-init", "vsock", "listen"]);
+        assert_eq!(tool_args(&a, 42), Some(&a[2..]));
+        assert_eq!(tool_args(&os(&["hvlite-init", "vsock"]), 1), None);
+        assert_eq!(tool_args(&os(&["hvlite-init", "6869"]), 42), None);
+        assert_eq!(tool_args(&os(&["hvlite-init"]), 42), None);
+        let b = os(&["/usr/bin/hvlite-vsock", "send", "2", "6000", "1M"]);
+        assert_eq!(tool_args(&b, 42), Some(&b[1..]));
+        assert_eq!(tool_args(&b, 1), None);
     }
 
     #[test]
