@@ -4,5 +4,7 @@ pub mod boot;
 pub mod devices;
 pub mod host;
 pub mod initcmd;
+pub mod logging;
+pub mod metrics;
 pub mod vcpu;
 pub mod vmm;
