@@ -6,5 +6,7 @@ pub mod container;
 pub mod devices;
 pub mod host;
 pub mod initcmd;
+pub mod logging;
+pub mod metrics;
 pub mod vcpu;
 pub mod vmm;

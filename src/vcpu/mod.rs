@@ -1,5 +1,6 @@
 //! vCPU threads: one per vCPU, each running KVM_RUN and dispatching its exits.
 
+pub mod counters;
 pub mod emulation;
 pub mod exits;
 pub mod profile;
@@ -16,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::devices::bus::Buses;
 use crate::host::HostKind;
 use crate::vmm::exit::{ExitLatch, ExitReason};
+use counters::{ExitKind, VcpuExitCounters};
 use emulation::{MAX_INSN_LEN, exception_event, fixup_for, hex_bytes};
 use exits::{Action, dispatch};
 
@@ -56,6 +58,7 @@ pub struct Vcpu {
     mem: GuestMemoryMmap,
     latch: Arc<ExitLatch>,
     profile: Option<profile::Profile>,
+    exits: Arc<VcpuExitCounters>,
 }
 
 impl Vcpu {
@@ -84,6 +87,7 @@ impl Vcpu {
             mem,
             latch,
             profile: None,
+            exits: Arc::default(),
         })
     }
 
@@ -91,6 +95,12 @@ impl Vcpu {
     /// when the vCPU stops (see [`profile`]).
     pub fn enable_profile(&mut self, path: &std::path::Path) {
         self.profile = Some(profile::Profile::new(path));
+    }
+
+    /// Counts this vCPU's exits into `exits` (shared by the VM's vCPUs, read by the
+    /// metrics); without it they go to a private set nobody reads.
+    pub fn set_exit_counters(&mut self, exits: Arc<VcpuExitCounters>) {
+        self.exits = exits;
     }
 
     /// Makes this the boot vCPU: 64-bit mode at `entry`.
@@ -125,7 +135,10 @@ impl Vcpu {
                 }
             }
             let action = match self.fd.run() {
-                Ok(exit) => dispatch(exit, &self.buses),
+                Ok(exit) => {
+                    self.exits.record(ExitKind::of(&exit));
+                    dispatch(exit, &self.buses)
+                }
                 // A kick (EINTR) or an AP waiting for INIT/SIPI (EAGAIN): look at the
                 // latch and go again.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
@@ -199,6 +212,7 @@ impl Vcpu {
                 hex_bytes(&bytes)
             ));
         };
+        self.exits.record(ExitKind::EmulationFixup);
         let inject = fixup.apply(&mut regs);
         self.fd
             .set_regs(&regs)

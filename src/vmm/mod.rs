@@ -2,6 +2,7 @@
 //! for its end and stops every vCPU.
 
 pub mod config;
+pub mod config_file;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;

@@ -68,7 +68,7 @@ pub struct BlockCounters {
 }
 
 /// A copy of [`BlockCounters`] at one moment.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BlockStats {
     /// Chains taken from the available ring.
     pub requests: u64,

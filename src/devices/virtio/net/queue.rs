@@ -71,7 +71,7 @@ pub struct NetCounters {
 }
 
 /// A copy of [`NetCounters`] at one moment. Byte counts exclude the vnet header.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NetStats {
     /// Frames delivered to the guest.
     pub rx_frames: u64,

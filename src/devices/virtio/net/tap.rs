@@ -254,7 +254,8 @@ impl<T: FrameIo> FrameIo for std::sync::Arc<T> {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), TapError> {
+/// Checks that `name` can be a network interface name.
+pub fn validate_name(name: &str) -> Result<(), TapError> {
     let invalid = |reason| TapError::InvalidName {
         name: name.to_string(),
         reason,

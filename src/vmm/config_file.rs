@@ -1,0 +1,516 @@
+//! The JSON config file of `hvlite run --config vm.json`: every command-line option has
+//! an equivalent here (with Firecracker's names where it has one), and the command line
+//! overrides the file.
+//!
+//! Unknown fields are errors, and every error names the file and the field's path, e.g.
+//! `vm.json: machine-config.vcpu_count: must be between 1 and 32, got 0 (line 3, column
+//! 21)`. Values are checked while parsing (a [`FileConfig`] is valid by construction);
+//! what needs more than one field (unique ids) is checked right after. Relative paths are
+//! kept as written: like the command line's, they are relative to the working directory.
+//! `examples/vm.json` shows every field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::config::{DiskConfig, NetConfig, VmConfig};
+use crate::boot::mptable::MAX_CPUS;
+use crate::devices::virtio::net::{format_mac, parse_mac, tap};
+use crate::logging::{LevelSpec, LogDest, LogFormat};
+use crate::metrics::DEFAULT_FLUSH_INTERVAL;
+
+/// Errors loading a config file or building a [`VmConfig`] from it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {0}")]
+    Read(PathBuf, #[source] std::io::Error),
+    /// A bad value, unknown field or syntax error at `path` (empty for the top level);
+    /// `msg` ends with the line and column when known.
+    #[error("{file}: {}{msg}", path_prefix(.path))]
+    Invalid {
+        file: String,
+        path: String,
+        msg: String,
+    },
+    #[error("no kernel: give --kernel or boot-source.kernel_image_path in the config file")]
+    NoKernel,
+}
+
+fn path_prefix(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}: ")
+    }
+}
+
+/// A whole config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(rename = "boot-source", skip_serializing_if = "Option::is_none")]
+    pub boot_source: Option<BootSource>,
+    #[serde(rename = "machine-config", skip_serializing_if = "Option::is_none")]
+    pub machine_config: Option<MachineConfig>,
+    /// Disks, in order: the first is /dev/vda in the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<Drive>,
+    /// Network interfaces, in order: the first is eth0 in the guest.
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    /// The command the guest init runs, and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    /// The guest's root filesystem.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `boot-source`: what to boot (`--kernel`, `--initrd`, `--cmdline`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_image_path: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    /// Extra kernel command-line options, appended to hvlite's defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// `machine-config`: resources (`--cpus`, `--memory`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpu_count: Option<VcpuCount>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem_size_mib: Option<MemSizeMib>,
+}
+
+/// One of `drives` (`--disk`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    /// Names the drive in metrics (`hvlite.block.<drive_id>`).
+    pub drive_id: DeviceId,
+    pub path_on_host: PathBuf,
+    #[serde(default)]
+    pub is_read_only: bool,
+}
+
+/// One of `network-interfaces` (`--net`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    /// Names the interface in metrics (`hvlite.net.<iface_id>`).
+    pub iface_id: DeviceId,
+    /// The host TAP device.
+    pub host_dev_name: TapName,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<MacAddr>,
+}
+
+/// `vsock`: a virtio-vsock device bridged to a Unix socket on the host.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    pub guest_cid: GuestCid,
+    pub uds_path: PathBuf,
+}
+
+/// `process`: the command the guest init runs (`-- COMMAND ARGS...`) and its context.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Process {
+    /// The command and its arguments; not empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// `KEY=VALUE` entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Working directory in the guest; absolute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+}
+
+/// `process.user`: whom the command runs as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// `logger`: where hvlite's own log goes (see [`crate::logging`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// Log file; stderr when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    /// Level directives, as in `HVLITE_LOG`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<LevelSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+}
+
+impl Logger {
+    /// Where the log goes.
+    pub fn dest(&self) -> LogDest {
+        self.log_path.clone().map_or(LogDest::Stderr, LogDest::File)
+    }
+}
+
+/// `metrics`: the metrics file (see [`crate::metrics`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: PathBuf,
+    /// Seconds between periodic flushes; 60 when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush_interval_secs: Option<FlushSecs>,
+}
+
+impl MetricsConfig {
+    /// Time between periodic flushes.
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval_secs
+            .map_or(DEFAULT_FLUSH_INTERVAL, |s| Duration::from_secs(s.get()))
+    }
+}
+
+/// Checks `n` is in `lo..=hi`.
+fn in_range(n: u64, lo: u64, hi: u64) -> Result<u64, String> {
+    if (lo..=hi).contains(&n) {
+        Ok(n)
+    } else if hi == u64::MAX {
+        Err(format!("must be at least {lo}, got {n}"))
+    } else {
+        Err(format!("must be between {lo} and {hi}, got {n}"))
+    }
+}
+
+/// Defines an integer newtype whose JSON form is a number in `$lo..=$hi`.
+macro_rules! checked_int {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $lo:expr, $hi:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(try_from = "u64", into = "u64")]
+        pub struct $name($inner);
+
+        impl $name {
+            pub fn get(self) -> $inner {
+                self.0
+            }
+        }
+
+        impl TryFrom<u64> for $name {
+            type Error = String;
+            fn try_from(n: u64) -> Result<Self, String> {
+                in_range(n, $lo, $hi)
+                    .and_then(|n| <$inner>::try_from(n).map_err(|e| e.to_string()))
+                    .map(Self)
+            }
+        }
+
+        impl From<$name> for u64 {
+            fn from(v: $name) -> u64 {
+                u64::from(v.0)
+            }
+        }
+    };
+}
+
+checked_int!(
+    /// `machine-config.vcpu_count`: 1 to [`MAX_CPUS`].
+    VcpuCount(u8),
+    1,
+    u64::from(MAX_CPUS)
+);
+
+checked_int!(
+    /// `machine-config.mem_size_mib`: at least 1.
+    MemSizeMib(u64),
+    1,
+    u64::MAX
+);
+
+checked_int!(
+    /// `metrics.flush_interval_secs`: at least 1.
+    FlushSecs(u64),
+    1,
+    u64::MAX
+);
+
+checked_int!(
+    /// `vsock.guest_cid`: 3 or more (0-2 are reserved), below 2^32 - 1 (VMADDR_CID_ANY).
+    GuestCid(u32),
+    3,
+    u64::from(u32::MAX - 1)
+);
+
+/// A guest MAC address, written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl TryFrom<String> for MacAddr {
+    type Error = crate::devices::virtio::net::MacError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        parse_mac(&s).map(Self)
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        format_mac(&m.0)
+    }
+}
+
+/// Defines a string newtype checked by `$check` (a `fn(&str) -> Result<(), impl Display>`).
+macro_rules! checked_string {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                match $check(s.as_str()) {
+                    Ok(()) => Ok(Self(s)),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(v: $name) -> String {
+                v.0
+            }
+        }
+    };
+}
+
+checked_string!(
+    /// A drive or interface id: 1-64 ASCII letters, digits, `_` or `-` (it becomes a
+    /// metric field name, where a `.` would split it).
+    DeviceId,
+    |s: &str| {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{s:?} is not 1-64 ASCII letters, digits, '_' or '-'"
+            ))
+        }
+    }
+);
+
+checked_string!(
+    /// A host network interface name.
+    TapName,
+    tap::validate_name
+);
+
+checked_string!(
+    /// A `KEY=VALUE` environment entry with a non-empty key.
+    EnvVar,
+    |s: &str| match s.split_once('=') {
+        Some((k, _)) if !k.is_empty() => Ok(()),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+);
+
+/// What the command line gave; `None` or empty means "not given", so the file's value
+/// (or hvlite's default) applies. A non-empty list replaces the file's list whole.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CliOverrides {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    pub cpus: Option<u8>,
+    pub memory_mib: Option<u64>,
+    pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
+    pub command: Vec<String>,
+}
+
+/// Reads and checks the config file at `path`.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigFileError::Read(path.to_path_buf(), e))?;
+    FileConfig::parse(&text, &path.display().to_string())
+}
+
+impl FileConfig {
+    /// Parses and checks `text`; errors name `source` (a file name, "request body", ...).
+    pub fn parse(text: &str, source: &str) -> Result<Self, ConfigFileError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let cfg: Self = serde_path_to_error::deserialize(&mut *de)
+            .map_err(|e| parse_error(e.path().to_string(), e.into_inner(), source))?;
+        de.end()
+            .map_err(|e| parse_error(String::new(), e, source))?;
+        cfg.check()
+            .map_err(|(path, msg)| ConfigFileError::Invalid {
+                file: source.to_string(),
+                path,
+                msg,
+            })?;
+        Ok(cfg)
+    }
+
+    /// The file's JSON, pretty-printed; [`FileConfig::parse`] gives back an equal value.
+    pub fn to_json_pretty(&self) -> String {
+        // Every field serializes: string keys, plain values.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Checks what spans several fields; returns the path and the complaint.
+    fn check(&self) -> Result<(), (String, String)> {
+        unique_ids(
+            "drives",
+            "drive_id",
+            self.drives.iter().map(|d| &d.drive_id),
+        )?;
+        unique_ids(
+            "network-interfaces",
+            "iface_id",
+            self.network_interfaces.iter().map(|n| &n.iface_id),
+        )?;
+        if let Some(p) = &self.process {
+            if p.args.as_ref().is_some_and(Vec::is_empty) {
+                return Err(("process.args".into(), "must not be empty".into()));
+            }
+            if p.cwd.as_ref().is_some_and(|c| !c.is_absolute()) {
+                return Err(("process.cwd".into(), "must be an absolute path".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The VM this file describes, with `cli`'s values taking precedence.
+    pub fn to_vm_config(&self, cli: CliOverrides) -> Result<VmConfig, ConfigFileError> {
+        let boot = self.boot_source.clone().unwrap_or_default();
+        let machine = self.machine_config.clone().unwrap_or_default();
+        let kernel = cli
+            .kernel
+            .or(boot.kernel_image_path)
+            .ok_or(ConfigFileError::NoKernel)?;
+        let mut cfg = VmConfig::new(kernel);
+        cfg.initrd = cli.initrd.or(boot.initrd_path);
+        cfg.cmdline = cli.cmdline.or(boot.boot_args);
+        if let Some(n) = cli.cpus.or(machine.vcpu_count.map(VcpuCount::get)) {
+            cfg.cpus = n;
+        }
+        if let Some(m) = cli.memory_mib.or(machine.mem_size_mib.map(MemSizeMib::get)) {
+            cfg.memory_mib = m;
+        }
+        cfg.disks = if cli.disks.is_empty() {
+            self.drives.iter().map(Drive::to_disk).collect()
+        } else {
+            cli.disks
+        };
+        cfg.nets = if cli.nets.is_empty() {
+            self.network_interfaces
+                .iter()
+                .map(NetworkInterface::to_net)
+                .collect()
+        } else {
+            cli.nets
+        };
+        cfg.command = if cli.command.is_empty() {
+            self.process.as_ref().and_then(|p| p.args.clone())
+        } else {
+            Some(cli.command)
+        };
+        Ok(cfg)
+    }
+}
+
+impl Drive {
+    fn to_disk(&self) -> DiskConfig {
+        DiskConfig {
+            path: self.path_on_host.clone(),
+            read_only: self.is_read_only,
+        }
+    }
+}
+
+impl NetworkInterface {
+    fn to_net(&self) -> NetConfig {
+        NetConfig {
+            tap: self.host_dev_name.as_str().to_string(),
+            mac: self.guest_mac.map(|m| m.0),
+        }
+    }
+}
+
+fn unique_ids<'a>(
+    list: &str,
+    field: &str,
+    ids: impl Iterator<Item = &'a DeviceId>,
+) -> Result<(), (String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    for (i, id) in ids.enumerate() {
+        if !seen.insert(id.as_str()) {
+            return Err((
+                format!("{list}[{i}].{field}"),
+                format!("duplicate id {:?}", id.as_str()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Turns a parse error into one naming `source` and the field's path, with the line and
+/// column at the end instead of serde_json's "at line L column C".
+fn parse_error(path: String, inner: serde_json::Error, source: &str) -> ConfigFileError {
+    let text = inner.to_string();
+    let suffix = format!(" at line {} column {}", inner.line(), inner.column());
+    let msg = match text.strip_suffix(&suffix) {
+        Some(m) if inner.line() > 0 => {
+            format!("{m} (line {}, column {})", inner.line(), inner.column())
+        }
+        _ => text,
+    };
+    ConfigFileError::Invalid {
+        file: source.to_string(),
+        // serde_path_to_error writes "." for the top level and "?" where it has no key.
+        path: if path == "." || path == "?" {
+            String::new()
+        } else {
+            path
+        },
+        msg,
+    }
+}
+
+#[cfg(test)]
+#[path = "config_file_tests.rs"]
+mod tests;
