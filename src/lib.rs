@@ -1,5 +1,6 @@
 //! hvlite: a hypervisor-lite virtual machine monitor built on KVM and the rust-vmm crates.
 
+pub mod api;
 pub mod boot;
 pub mod devices;
 pub mod host;
