@@ -1,6 +1,7 @@
 //! hvlite: a hypervisor-lite virtual machine monitor built on KVM and the rust-vmm crates.
 
 pub mod agent;
+pub mod api;
 pub mod boot;
 pub mod container;
 pub mod devices;
