@@ -26,7 +26,14 @@
 //! program listens on the port, or the guest does not answer within 8 seconds, the Unix
 //! stream is closed without an answer. A malformed or over-long line, or none within 5
 //! seconds, also closes it. Bytes sent after the line are delivered once the connection
-//! is established.
+//! is established. For example, with a guest program listening on vsock port 5000:
+//!
+//! ```text
+//! $ socat - UNIX-CONNECT:/tmp/vm.sock
+//! CONNECT 5000
+//! OK 1073741824
+//! (the connection's bytes)
+//! ```
 //!
 //! # Guest-initiated connections
 //! A guest connecting to CID 2, port P reaches, in this order:
@@ -36,7 +43,13 @@
 //!   process listens on.
 //!
 //! If neither exists, or the connection table is full (1024 connections), the guest's
-//! connect fails with a reset.
+//! connect fails with a reset. For example, `socat UNIX-LISTEN:/tmp/vm.sock_1234 -` on
+//! the host serves `socat - VSOCK-CONNECT:2:1234` in the guest.
+//!
+//! # The socket file
+//! The listener is bound when the device is created: an existing file at `uds_path` (a
+//! stale socket from an earlier run, say) is an error, not replaced. The device removes
+//! the file when it is dropped.
 //!
 //! # Closing
 //! A host stream reaching end of file is reported to the guest as SHUTDOWN (no more
