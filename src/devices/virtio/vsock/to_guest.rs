@@ -97,8 +97,23 @@ impl Muxer {
             self.refresh(key, ops);
             return None;
         }
-        let cap = (chain.len - HDR_LEN).min(credit).min(MAX_PAYLOAD);
-        let slices = range(mem, &chain.pieces, HDR_LEN, cap)?;
+        let cap = chain
+            .len
+            .saturating_sub(HDR_LEN)
+            .min(credit)
+            .min(MAX_PAYLOAD);
+        if cap == 0 {
+            // A header-only buffer cannot take data (the RX queue never offers one):
+            // return it unused, the stream stays first in line.
+            conn.in_ready = true;
+            self.ready.push_front((key, id));
+            return Some(0);
+        }
+        let Some(slices) = range(mem, &chain.pieces, HDR_LEN, cap) else {
+            // Mapped when taken; guest memory does not change under a running device.
+            self.refresh(key, ops);
+            return None;
+        };
         match conn.stream.read_frame(&slices) {
             Ok(0) => {
                 conn.host_eof = true;
