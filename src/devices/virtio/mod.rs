@@ -15,14 +15,18 @@
 pub mod block;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
+
+#[cfg(test)]
+pub(crate) mod test_utils;
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use event_manager::{MutEventSubscriber, RemoteEndpoint};
+use event_manager::{MutEventSubscriber, RemoteEndpoint, SubscriberId};
 use std::sync::Mutex;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -165,6 +169,49 @@ pub fn drain_queue<S, E>(
     }
 }
 
+/// Takes the next chain from `queue`, for a device that takes chains only when it has
+/// something to put into them (a receive queue). Driver notifications are off while
+/// chains are taken and back on once the ring is empty, after which the ring is looked at
+/// once more: chains added meanwhile came with no notification. `notify_enabled` tracks
+/// that state across calls (true for a fresh queue). `Ok(None)`: the ring is empty and
+/// notifications are on. `avail_err` wraps a malformed ring error; a ring that announces
+/// a chain the iterator refuses is [`DrainError::Stuck`].
+pub fn next_avail_chain<'m, E>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    notify_enabled: &mut bool,
+    avail_err: fn(virtio_queue::Error) -> E,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, DrainError<E>> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+
+    let mut after_more = false;
+    loop {
+        let next = queue
+            .iter(mem)
+            .map_err(|e| DrainError::Serve(avail_err(e)))?
+            .next();
+        if let Some(chain) = next {
+            if *notify_enabled {
+                *notify_enabled = false;
+                queue
+                    .disable_notification(mem)
+                    .map_err(DrainError::Notification)?;
+            }
+            return Ok(Some(chain));
+        }
+        if after_more {
+            return Err(DrainError::Stuck);
+        }
+        *notify_enabled = true;
+        after_more = queue
+            .enable_notification(mem)
+            .map_err(DrainError::Notification)?;
+        if !after_more {
+            return Ok(None);
+        }
+    }
+}
+
 /// What a device needs to start serving its queues once the driver set DRIVER_OK.
 pub struct ActivateContext {
     /// Guest memory, where the queues and buffers live.
@@ -186,6 +233,34 @@ pub enum ActivateError {
     EventLoop(String),
     #[error("device activation failed: {0}")]
     Device(String),
+}
+
+/// Adds a device's queue handler to the event loop behind `events` (on activation).
+pub fn subscribe_handler(
+    events: &EventLoopHandle,
+    handler: Subscriber,
+) -> Result<SubscriberId, ActivateError> {
+    events
+        .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(handler)))
+        .map_err(|e| ActivateError::EventLoop(e.to_string()))
+}
+
+/// Removes a device's queue handler from the event loop and waits until it is gone (on
+/// reset): the handler, and what it holds, is dropped on the loop's thread. `device`
+/// names the device in the log.
+pub fn unsubscribe_handler(events: &EventLoopHandle, id: SubscriberId, device: &str) {
+    let removed = events.call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
+    if let Err(e) = removed {
+        log::error!("{device}: cannot remove the queue handler from the event loop: {e}");
+    }
+}
+
+/// Removes a device's queue handler without waiting (when the device is dropped: the
+/// event loop may already be gone or stopped at shutdown).
+pub fn unsubscribe_handler_nowait(events: &EventLoopHandle, id: SubscriberId) {
+    let _ = events.fire(move |ops| {
+        let _ = ops.remove_subscriber(id);
+    });
 }
 
 /// A virtio device as seen by its transport.

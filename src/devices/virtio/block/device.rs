@@ -11,7 +11,8 @@ use super::disk::DiskImage;
 use super::handler::BlockHandler;
 use super::queue::{BlockCounters, BlockQueue, BlockStats};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice, subscribe_handler,
+    unsubscribe_handler, unsubscribe_handler_nowait,
 };
 
 /// A virtio-blk device with one request queue.
@@ -62,14 +63,8 @@ impl Block {
     }
 
     fn remove_handler(&mut self) {
-        let Some(id) = self.handler.take() else {
-            return;
-        };
-        let removed = self
-            .events
-            .call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
-        if let Err(e) = removed {
-            log::error!("virtio-blk: cannot remove the queue handler from the event loop: {e}");
+        if let Some(id) = self.handler.take() {
+            unsubscribe_handler(&self.events, id, "virtio-blk");
         }
     }
 }
@@ -148,11 +143,7 @@ impl VirtioDevice for Block {
             Arc::clone(&self.counters),
         );
         let handler: Subscriber = Arc::new(Mutex::new(BlockHandler::new(queue, kick, interrupt)));
-        let id = self
-            .events
-            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(handler)))
-            .map_err(|e| ActivateError::EventLoop(e.to_string()))?;
-        self.handler = Some(id);
+        self.handler = Some(subscribe_handler(&self.events, handler)?);
         Ok(())
     }
 
@@ -164,11 +155,8 @@ impl VirtioDevice for Block {
 
 impl Drop for Block {
     fn drop(&mut self) {
-        // Do not wait: the event loop may already be gone or stopped at shutdown.
         if let Some(id) = self.handler.take() {
-            let _ = self.events.fire(move |ops| {
-                let _ = ops.remove_subscriber(id);
-            });
+            unsubscribe_handler_nowait(&self.events, id);
         }
     }
 }

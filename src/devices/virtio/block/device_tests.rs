@@ -1,11 +1,8 @@
 //! The device through the `VirtioDevice` interface, with a real event-loop thread.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use event_manager::EventManager;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_RO, VIRTIO_BLK_T_IN};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::{Queue, QueueT};
@@ -14,41 +11,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::super::test_utils::*;
 use super::*;
+use crate::devices::virtio::test_utils::EventLoop;
 use crate::devices::virtio::{IrqTrigger, VIRTIO_F_VERSION_1};
-
-struct EventLoop {
-    handle: EventLoopHandle,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EventLoop {
-    fn start() -> Self {
-        let mut em = EventManager::<Subscriber>::new().expect("event manager");
-        let handle = em.remote_endpoint();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                em.run_with_timeout(20).expect("event loop");
-            }
-        });
-        Self {
-            handle,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EventLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("event loop thread");
-        }
-    }
-}
 
 fn wait_for_interrupt(irq: &IrqTrigger) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -18,7 +18,8 @@ use super::rx::{RxConfig, RxQueue};
 use super::tap::Tap;
 use super::tx::TxQueue;
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice, subscribe_handler,
+    unsubscribe_handler, unsubscribe_handler_nowait,
 };
 
 /// MTU assumed when the TAP's cannot be read.
@@ -80,14 +81,8 @@ impl Net {
     }
 
     fn remove_handler(&mut self) {
-        let Some(id) = self.handler.take() else {
-            return;
-        };
-        let removed = self
-            .events
-            .call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
-        if let Err(e) = removed {
-            log::error!("virtio-net: cannot remove the queue handler from the event loop: {e}");
+        if let Some(id) = self.handler.take() {
+            unsubscribe_handler(&self.events, id, "virtio-net");
         }
     }
 
@@ -178,11 +173,7 @@ impl VirtioDevice for Net {
         let tx = TxQueue::new(mem, txq, Arc::clone(&self.counters));
         let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);
         let handler: Subscriber = Arc::new(Mutex::new(handler));
-        let id = self
-            .events
-            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(handler)))
-            .map_err(|e| ActivateError::EventLoop(e.to_string()))?;
-        self.handler = Some(id);
+        self.handler = Some(subscribe_handler(&self.events, handler)?);
         Ok(())
     }
 
@@ -197,11 +188,8 @@ impl VirtioDevice for Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        // Do not wait: the event loop may already be gone or stopped at shutdown.
         if let Some(id) = self.handler.take() {
-            let _ = self.events.fire(move |ops| {
-                let _ = ops.remove_subscriber(id);
-            });
+            unsubscribe_handler_nowait(&self.events, id);
         }
     }
 }

@@ -2,11 +2,7 @@
 //! thread (needs root and /dev/net/tun; skipped loudly otherwise).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use event_manager::EventManager;
 use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS,
 };
@@ -16,49 +12,8 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::super::test_utils::*;
 use super::*;
+use crate::devices::virtio::test_utils::{EventLoop, wait_until};
 use crate::devices::virtio::{IrqTrigger, VIRTIO_F_VERSION_1};
-
-struct EventLoop {
-    handle: EventLoopHandle,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl EventLoop {
-    fn start() -> Self {
-        let mut em = EventManager::<Subscriber>::new().expect("event manager");
-        let handle = em.remote_endpoint();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&stop);
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::SeqCst) {
-                em.run_with_timeout(20).expect("event loop");
-            }
-        });
-        Self {
-            handle,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for EventLoop {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("event loop thread");
-        }
-    }
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 fn context(
     mem: &GuestMemoryMmap,

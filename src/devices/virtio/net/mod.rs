@@ -20,7 +20,7 @@ pub mod tap;
 pub mod tx;
 
 #[cfg(test)]
-mod test_utils;
+pub(crate) mod test_utils;
 
 pub use config::{MacError, default_mac, format_mac, parse_mac};
 pub use device::Net;

@@ -6,9 +6,10 @@ use std::num::Wrapping;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 use crate::devices::virtio::DrainError;
+use crate::devices::virtio::block::QueueSignal;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::config::MAX_IOVECS;
@@ -188,6 +189,21 @@ pub fn map_chain(
     Ok(mapped)
 }
 
+/// Maps a chain of device-writable buffers (see [`map_chain`]) holding at least `min_len`
+/// bytes: a receive buffer.
+pub fn map_writable(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    queue_size: u16,
+    min_len: usize,
+) -> Result<MappedChain, ChainError> {
+    let mapped = map_chain(mem, chain, queue_size, true, usize::MAX)?;
+    if mapped.len < min_len {
+        return Err(ChainError::TooShort(mapped.len as u64));
+    }
+    Ok(mapped)
+}
+
 pub(super) fn map_desc(
     mem: &GuestMemoryMmap,
     addr: GuestAddress,
@@ -265,6 +281,19 @@ pub fn publish_used(
     Ok(())
 }
 
+/// Takes up to `max` available chains (a batch served before they are returned together).
+pub fn take_chains<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    max: usize,
+) -> Result<Vec<DescriptorChain<&'m GuestMemoryMmap>>, QueueError> {
+    Ok(queue
+        .iter(mem)
+        .map_err(QueueError::AvailRing)?
+        .take(max)
+        .collect())
+}
+
 /// Decides whether the driver wants an interrupt for the buffers used since the last
 /// decision: honours `used_event` (EVENT_IDX) or VRING_AVAIL_F_NO_INTERRUPT.
 #[derive(Debug, Default)]
@@ -277,6 +306,29 @@ impl Notifier {
     pub fn new(queue: &Queue) -> Self {
         Self {
             last_used: Wrapping(queue.next_used()),
+        }
+    }
+
+    /// Interrupts the driver through `signal` if it wants to know about the buffers used
+    /// since the last decision; returns whether it was interrupted.
+    pub fn signal_if_wanted(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queue: &Queue,
+        signal: &dyn QueueSignal,
+    ) -> Result<bool, QueueError> {
+        if !self
+            .needs_interrupt(mem, queue)
+            .map_err(QueueError::Notification)?
+        {
+            return Ok(false);
+        }
+        match signal.signal_used_queue() {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                log::warn!("virtio: cannot interrupt the guest: {e}");
+                Ok(false)
+            }
         }
     }
 

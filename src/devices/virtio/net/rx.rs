@@ -13,15 +13,16 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::config::{HDR_LEN, MAX_IOVECS, NUM_BUFFERS_OFFSET};
 use super::queue::{
-    ChainError, MappedChain, NetCounters, Notifier, QueueError, map_chain, publish_used,
+    ChainError, MappedChain, NetCounters, Notifier, QueueError, map_writable, publish_used,
 };
 use super::tap::FrameIo;
 use crate::devices::virtio::block::QueueSignal;
+use crate::devices::virtio::next_avail_chain;
 
 /// Where RX processing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,15 +142,11 @@ impl RxQueue {
     }
 
     fn notify(&mut self, signal: &dyn QueueSignal) -> Result<(), QueueError> {
-        let wanted = self
+        if self
             .notifier
-            .needs_interrupt(&self.mem, &self.queue)
-            .map_err(QueueError::Notification)?;
-        if wanted {
-            match signal.signal_used_queue() {
-                Ok(()) => NetCounters::add(&self.counters.interrupts, 1),
-                Err(e) => log::warn!("virtio-net: cannot interrupt the guest: {e}"),
-            }
+            .signal_if_wanted(&self.mem, &self.queue, signal)?
+        {
+            NetCounters::add(&self.counters.interrupts, 1);
         }
         Ok(())
     }
@@ -165,50 +162,19 @@ impl RxQueue {
     /// Takes chains from the available ring until the stash is ready; `false` when the
     /// ring ran out first (notifications are then enabled, so the next kick resumes).
     fn fill(&mut self) -> Result<bool, QueueError> {
-        let mut after_more = false;
         while !self.ready() {
-            let chain = self
-                .queue
-                .iter(&self.mem)
-                .map_err(QueueError::AvailRing)?
-                .next();
-            let Some(chain) = chain else {
-                if after_more {
-                    // The ring said a chain was there, yet the iterator refuses it (head
-                    // index out of range): asking again would spin forever.
-                    return Err(QueueError::AvailRing(
-                        virtio_queue::Error::InvalidDescriptorIndex,
-                    ));
-                }
-                // (Re-)arm the kick (with EVENT_IDX: avail_event = next_avail), then look
-                // again for chains the driver added meanwhile: those came with no kick, so
-                // returning now would wait forever for one.
-                self.notify_enabled = true;
-                after_more = self
-                    .queue
-                    .enable_notification(&self.mem)
-                    .map_err(QueueError::Notification)?;
-                if !after_more {
-                    return Ok(false);
-                }
-                continue;
+            let next = next_avail_chain(
+                &mut self.queue,
+                &self.mem,
+                &mut self.notify_enabled,
+                QueueError::AvailRing,
+            )?;
+            let Some(chain) = next else {
+                return Ok(false);
             };
-            after_more = false;
-            if self.notify_enabled {
-                self.notify_enabled = false;
-                self.queue
-                    .disable_notification(&self.mem)
-                    .map_err(QueueError::Notification)?;
-            }
             let head = chain.head_index();
             let size = self.queue.size();
-            let mapped = map_chain(&self.mem, chain, size, true, usize::MAX).and_then(|c| {
-                if c.len < HDR_LEN {
-                    return Err(ChainError::TooShort(c.len as u64));
-                }
-                Ok(c)
-            });
-            match mapped {
+            match map_writable(&self.mem, chain, size, HDR_LEN) {
                 Ok(c) => {
                     self.stash_len += c.len;
                     self.stash_pieces += c.pieces.len();

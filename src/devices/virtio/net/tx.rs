@@ -9,11 +9,13 @@
 
 use std::sync::Arc;
 
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::config::{HDR_LEN, MAX_FRAME_LEN, MAX_IOVECS, MIN_FRAME_LEN};
-use super::queue::{ChainError, NetCounters, Notifier, QueueError, map_desc, publish_used};
+use super::queue::{
+    ChainError, NetCounters, Notifier, QueueError, map_desc, publish_used, take_chains,
+};
 use super::tap::FrameIo;
 use crate::devices::virtio::block::QueueSignal;
 use crate::devices::virtio::drain_queue;
@@ -82,15 +84,11 @@ impl TxQueue {
         );
         tally.add_to(&self.counters);
         let handled = drained.map_err(QueueError::from)?;
-        let wanted = self
+        if self
             .notifier
-            .needs_interrupt(&self.mem, &self.queue)
-            .map_err(QueueError::Notification)?;
-        if wanted {
-            match signal.signal_used_queue() {
-                Ok(()) => NetCounters::add(&self.counters.interrupts, 1),
-                Err(e) => log::warn!("virtio-net: cannot interrupt the guest: {e}"),
-            }
+            .signal_if_wanted(&self.mem, &self.queue, signal)?
+        {
+            NetCounters::add(&self.counters.interrupts, 1);
         }
         Ok(handled)
     }
@@ -100,12 +98,7 @@ impl TxQueue {
     fn send_batch(&mut self, io: &dyn FrameIo, tally: &mut Tally) -> Result<usize, QueueError> {
         let mem = &self.mem;
         let size = self.queue.size();
-        let chains: Vec<_> = self
-            .queue
-            .iter(mem)
-            .map_err(QueueError::AvailRing)?
-            .take(TX_BATCH)
-            .collect();
+        let chains = take_chains(&mut self.queue, mem, TX_BATCH)?;
         let mut used = Vec::with_capacity(chains.len());
         for chain in &chains {
             let head = chain.head_index();
