@@ -6,9 +6,9 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
-use hvlite::vcpu::PROCESS_START;
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
 use hvlite::container::{self, ContainerConfig, Outcome, paths};
+use hvlite::vcpu::PROCESS_START;
 use hvlite::vmm::config::{
     DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, NetConfig, VmConfig, VsockConfig,
 };
@@ -52,7 +52,12 @@ struct RunArgs {
     rootfs: Option<PathBuf>,
     /// Environment variable for the container's process, KEY=VALUE (or KEY to pass the
     /// host's value); repeatable.
-    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", requires = "rootfs")]
+    #[arg(
+        short = 'e',
+        long = "env",
+        value_name = "KEY=VALUE",
+        requires = "rootfs"
+    )]
     env: Vec<EnvVar>,
     /// Working directory of the container's process [default: /].
     #[arg(short = 'w', long, value_name = "DIR", requires = "rootfs",

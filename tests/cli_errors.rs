@@ -248,14 +248,32 @@ fn bad_container_options() {
     std::fs::create_dir_all(&root).unwrap();
     let r = root.to_str().unwrap();
     let cases: [(&[&str], &str); 9] = [
-        (&["--rootfs", "/nonexistent/root", "--", "true"], "--rootfs /nonexistent/root: no such file"),
-        (&["--rootfs", "/dev/null", "--", "true"], "not a directory, an ext4 image file"),
+        (
+            &["--rootfs", "/nonexistent/root", "--", "true"],
+            "--rootfs /nonexistent/root: no such file",
+        ),
+        (
+            &["--rootfs", "/dev/null", "--", "true"],
+            "not a directory, an ext4 image file",
+        ),
         (&["--rootfs", r], "--rootfs needs the command"),
         (&["--env", "A=1", "--", "true"], "--rootfs"),
-        (&["--rootfs", r, "--user", "root", "--", "true"], "must be a number"),
-        (&["--rootfs", r, "--workdir", "tmp", "--", "true"], "not an absolute path"),
-        (&["--rootfs", r, "--env", "=x", "--", "true"], "variable name is empty"),
-        (&["--rootfs", r, "--initrd", "/x", "--", "true"], "cannot be used with"),
+        (
+            &["--rootfs", r, "--user", "root", "--", "true"],
+            "must be a number",
+        ),
+        (
+            &["--rootfs", r, "--workdir", "tmp", "--", "true"],
+            "not an absolute path",
+        ),
+        (
+            &["--rootfs", r, "--env", "=x", "--", "true"],
+            "variable name is empty",
+        ),
+        (
+            &["--rootfs", r, "--initrd", "/x", "--", "true"],
+            "cannot be used with",
+        ),
         (&["--vsock", "cid=2", "--", "true"], "cid"),
     ];
     for (args, needle) in cases {

@@ -44,7 +44,14 @@ fn stdio_env_workdir_user_and_exit_status() {
         echo \"cwd=$(pwd) id=$(id -u):$(id -g)\"; \
         echo err-2 >&2; echo out-2; exit 3";
     let b = run_container(
-        &["-e", "GREETING=hi there", "--workdir", "/tmp", "--user", "1000:100"],
+        &[
+            "-e",
+            "GREETING=hi there",
+            "--workdir",
+            "/tmp",
+            "--user",
+            "1000:100",
+        ],
         &["/bin/sh", "-c", script],
         None,
     );
@@ -86,7 +93,11 @@ fn stdin_is_forwarded_and_changes_are_discarded() {
     // A second run of the same root directory does not see the first one's change.
     let b = run_container(
         &[],
-        &["/bin/sh", "-c", "cat /etc/hvlite-marker 2>/dev/null || echo clean"],
+        &[
+            "/bin/sh",
+            "-c",
+            "cat /etc/hvlite-marker 2>/dev/null || echo clean",
+        ],
         None,
     );
     assert_eq!(b.status, Some(0), "{}", b.context());
@@ -162,7 +173,11 @@ fn vsock_host_and_guest_connections_carry_4_mib_intact() {
     let got = from_guest.join().unwrap();
     let b = r.finish();
     assert_eq!(b.status, Some(0), "{}", b.context());
-    assert!(b.stdout.contains("guest-done") && !b.stdout.contains("SEND-FAILED"), "{}", b.context());
+    assert!(
+        b.stdout.contains("guest-done") && !b.stdout.contains("SEND-FAILED"),
+        "{}",
+        b.context()
+    );
     assert_eq!(got.len(), SIZE, "guest-to-host length; {}", b.context());
     assert!(
         got.iter().enumerate().all(|(i, &v)| v == i as u8),

@@ -13,9 +13,9 @@ use super::image::{self, ImageError, TreeSize};
 use super::paths;
 use super::rootfs::hex;
 
-pub use crate::agent::AGENT_INIT_PATH as AGENT_PATH;
 /// Mount points the agent uses on its (read-only) root.
 pub use crate::agent::AGENT_DISK_DIRS as MOUNT_POINTS;
+pub use crate::agent::AGENT_INIT_PATH as AGENT_PATH;
 /// Version of the disk layout; part of the cache key.
 const LAYOUT: &str = "hvlite-agent-disk-v1";
 
@@ -48,8 +48,9 @@ pub fn agent_disk(agent: &Path) -> Result<PathBuf, AgentDiskError> {
         return Ok(dest);
     }
     let stage = dir.join(format!(".stage-{}-{}", &key[..16], std::process::id()));
-    let result = stage_tree(&stage, &bytes)
-        .and_then(|size| image::build_cached(&stage, &dest, size, true).map_err(AgentDiskError::Image));
+    let result = stage_tree(&stage, &bytes).and_then(|size| {
+        image::build_cached(&stage, &dest, size, true).map_err(AgentDiskError::Image)
+    });
     let _ = std::fs::remove_dir_all(&stage);
     result.map(|_| dest)
 }
@@ -73,15 +74,11 @@ fn stage_tree(stage: &Path, agent: &[u8]) -> Result<TreeSize, AgentDiskError> {
 /// Whether `bytes` is an x86-64 ELF executable without a program interpreter (static).
 pub fn is_static_elf(bytes: &[u8]) -> bool {
     const PT_INTERP: u32 = 3;
-    let u16_at = |o: usize| bytes.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u32_at = |o: usize| {
-        bytes
-            .get(o..o + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let field = |o: usize, len: usize| bytes.get(o..o.checked_add(len)?);
+    let u16_at = |o: usize| field(o, 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| field(o, 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let u64_at = |o: usize| {
-        bytes
-            .get(o..o + 8)
+        field(o, 8)
             .and_then(|b| <[u8; 8]>::try_from(b).ok())
             .map(u64::from_le_bytes)
     };

@@ -34,7 +34,8 @@ impl Write for ConsoleTail {
         let mut buf = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let keep = &data[data.len().saturating_sub(TAIL_BYTES)..];
         let overflow = (buf.len() + keep.len()).saturating_sub(TAIL_BYTES);
-        buf.drain(..overflow.min(buf.len()));
+        let drop = overflow.min(buf.len());
+        buf.drain(..drop);
         buf.extend(keep);
         Ok(data.len())
     }

@@ -75,7 +75,8 @@ pub fn build_cached(
     std::fs::create_dir_all(parent).map_err(|e| ImageError::CacheDir(parent.into(), e))?;
     let tmp = parent.join(format!(
         ".{}.{}.tmp",
-        dest.file_name().map_or("image".into(), |n| n.to_string_lossy()),
+        dest.file_name()
+            .map_or("image".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
     let result = (|| {
@@ -86,7 +87,10 @@ pub fn build_cached(
                 Err(ImageError::Mkfs { stderr, .. })
                     if attempt < ATTEMPTS && looks_full(&stderr) =>
                 {
-                    log::debug!("image of {} too small at {bytes} bytes: {stderr}", dir.display());
+                    log::debug!(
+                        "image of {} too small at {bytes} bytes: {stderr}",
+                        dir.display()
+                    );
                     bytes *= 2;
                 }
                 Err(e) => return Err(e),
@@ -94,9 +98,9 @@ pub fn build_cached(
         }
         Ok(())
     })();
-    match result.and_then(|()| {
-        std::fs::rename(&tmp, dest).map_err(|e| ImageError::Write(dest.into(), e))
-    }) {
+    match result
+        .and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| ImageError::Write(dest.into(), e)))
+    {
         Ok(()) => Ok(true),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -108,9 +112,14 @@ pub fn build_cached(
 /// Whether mkfs failed for lack of space (then a bigger image helps).
 fn looks_full(stderr: &str) -> bool {
     let s = stderr.to_ascii_lowercase();
-    ["could not allocate", "no space", "not enough space", "inode"]
-        .iter()
-        .any(|m| s.contains(m))
+    [
+        "could not allocate",
+        "no space",
+        "not enough space",
+        "inode",
+    ]
+    .iter()
+    .any(|m| s.contains(m))
 }
 
 fn mkfs(
@@ -185,7 +194,9 @@ mod tests {
 
     #[test]
     fn full_messages_are_recognised() {
-        assert!(looks_full("__populate_fs: Could not allocate block in ext2 filesystem"));
+        assert!(looks_full(
+            "__populate_fs: Could not allocate block in ext2 filesystem"
+        ));
         assert!(looks_full("No space left on device"));
         assert!(!looks_full("Permission denied"));
     }
@@ -211,7 +222,10 @@ mod tests {
             other => assert!(other.unwrap(), "first call builds"),
         }
         assert!(dest.is_file());
-        assert!(!build_cached(&src, &dest, size, true).unwrap(), "second call reuses");
+        assert!(
+            !build_cached(&src, &dest, size, true).unwrap(),
+            "second call reuses"
+        );
         // No temporary files are left behind.
         let left: Vec<_> = std::fs::read_dir(root.join("cache")).unwrap().collect();
         assert_eq!(left.len(), 1);

@@ -23,7 +23,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use crate::agent::{self, protocol::{AGENT_VSOCK_PORT, ProtocolError}};
+use crate::agent::{
+    self,
+    protocol::{AGENT_VSOCK_PORT, ProtocolError},
+};
 use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
 use crate::vmm::exit::{ExitLatch, ExitReason};
 use crate::vmm::{self, Console, RunEnv, VmmError};
@@ -152,10 +155,10 @@ pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
             .stdin
             .then(|| Box::new(io::stdin()) as Box<dyn io::Read + Send>),
     };
-    let (shared, session_thread) =
-        session::spawn(spec, agent_rx, Arc::clone(&latch), outputs).map_err(ContainerError::Session)?;
+    let (shared, session_thread) = session::spawn(spec, agent_rx, Arc::clone(&latch), outputs)
+        .map_err(ContainerError::Session)?;
     let sig_latch = Arc::clone(&latch);
-    signals::spawn_forwarder(move |sig| {
+    let forwarder = signals::spawn_forwarder(move |sig| {
         if shared.forward_signal(sig) {
             log::debug!("forwarded signal {sig} to the container's process");
         } else {
@@ -164,6 +167,7 @@ pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
         }
     })
     .map_err(ContainerError::Signals)?;
+    drop(forwarder);
 
     let tail = ConsoleTail::new();
     let console = Console {

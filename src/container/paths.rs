@@ -110,7 +110,10 @@ mod tests {
             .to_string();
         assert!(err.contains("hvlite-paths-test-none/a"), "{err}");
         assert!(err.contains("hvlite-paths-test-none/b"), "{err}");
-        assert!(err.contains("--kernel") && err.contains("scripts/setup.sh"), "{err}");
+        assert!(
+            err.contains("--kernel") && err.contains("scripts/setup.sh"),
+            "{err}"
+        );
     }
 
     #[test]

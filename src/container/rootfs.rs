@@ -114,8 +114,8 @@ pub fn tree_key(root: &Path) -> Result<(String, TreeSize), RootfsError> {
     let mut hasher = Sha256::new();
     hasher.update(IMAGE_FORMAT.as_bytes());
     let mut size = TreeSize::default();
-    let root_meta = std::fs::symlink_metadata(root)
-        .map_err(|e| RootfsError::Unreadable(root.into(), e))?;
+    let root_meta =
+        std::fs::symlink_metadata(root).map_err(|e| RootfsError::Unreadable(root.into(), e))?;
     hash_entry(&mut hasher, b".", &root_meta, None);
     walk(root, root, 0, &mut hasher, &mut size)?;
     Ok((hex(&hasher.finalize()), size))
@@ -194,7 +194,8 @@ mod tests {
     use super::*;
 
     fn tree(name: &str) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("hvlite-rootfs-{name}-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("hvlite-rootfs-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();

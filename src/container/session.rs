@@ -148,7 +148,10 @@ pub fn run(
         Some(other) => return Err(SessionError::Unexpected(kind(&other), "Hello")),
         None => return Err(SessionError::Closed),
     }
-    log::info!("guest agent connected {:.1} ms after process start", since_start_ms());
+    log::info!(
+        "guest agent connected {:.1} ms after process start",
+        since_start_ms()
+    );
     *shared.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
     shared
         .send(&HostMessage::Start(spec.clone()))

@@ -70,7 +70,9 @@ fn send(h: &mut Harness, m: AgentMessage) {
 }
 
 fn recv(h: &mut Harness) -> HostMessage {
-    read_message::<_, HostMessage>(&mut h.agent).unwrap().unwrap()
+    read_message::<_, HostMessage>(&mut h.agent)
+        .unwrap()
+        .unwrap()
 }
 
 fn finish(h: Harness) -> (ExitReason, String, String) {
@@ -81,7 +83,12 @@ fn finish(h: Harness) -> (ExitReason, String, String) {
 #[test]
 fn full_session_copies_output_stdin_and_status() {
     let mut h = start(Some(b"input data"));
-    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
     assert_eq!(recv(&mut h), HostMessage::Start(spec()));
     assert!(!h.shared.forward_signal(15), "no process yet");
     send(&mut h, AgentMessage::Started { pid: 42 });
@@ -102,7 +109,12 @@ fn full_session_copies_output_stdin_and_status() {
 #[test]
 fn start_failure_is_reported_with_its_status() {
     let mut h = start(None);
-    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
     let _ = recv(&mut h);
     send(
         &mut h,
@@ -132,20 +144,31 @@ fn anything_before_hello_is_fatal() {
     let mut h = start(None);
     send(&mut h, AgentMessage::Stdout(b"x".to_vec()));
     let (reason, _, _) = finish(h);
-    assert!(matches!(&reason, ExitReason::Fatal(m) if m.contains("before Hello")), "{reason:?}");
+    assert!(
+        matches!(&reason, ExitReason::Fatal(m) if m.contains("before Hello")),
+        "{reason:?}"
+    );
 }
 
 #[test]
 fn agent_disconnecting_mid_stream_is_fatal_not_a_hang() {
     let mut h = start(None);
-    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
     let _ = recv(&mut h);
     send(&mut h, AgentMessage::Started { pid: 1 });
     send(&mut h, AgentMessage::Stdout(b"partial".to_vec()));
     // Half a frame, then gone.
     let frame = AgentMessage::Stdout(vec![1; 100]).encode();
     h.agent.write_all(&frame[..50]).unwrap();
-    drop(std::mem::replace(&mut h.agent, UnixStream::pair().unwrap().0));
+    drop(std::mem::replace(
+        &mut h.agent,
+        UnixStream::pair().unwrap().0,
+    ));
     let (reason, out, _) = finish(h);
     assert_eq!(out, "partial");
     assert!(matches!(reason, ExitReason::Fatal(_)), "{reason:?}");
@@ -154,9 +177,17 @@ fn agent_disconnecting_mid_stream_is_fatal_not_a_hang() {
 #[test]
 fn agent_closing_cleanly_without_status_is_fatal() {
     let mut h = start(None);
-    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
     let _ = recv(&mut h);
-    drop(std::mem::replace(&mut h.agent, UnixStream::pair().unwrap().0));
+    drop(std::mem::replace(
+        &mut h.agent,
+        UnixStream::pair().unwrap().0,
+    ));
     let (reason, _, _) = finish(h);
     assert!(
         matches!(&reason, ExitReason::Fatal(m) if m.contains("before reporting")),
@@ -167,7 +198,12 @@ fn agent_closing_cleanly_without_status_is_fatal() {
 #[test]
 fn oversized_frame_is_fatal() {
     let mut h = start(None);
-    send(&mut h, AgentMessage::Hello { version: PROTOCOL_VERSION });
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
     let _ = recv(&mut h);
     h.agent.write_all(&u32::MAX.to_le_bytes()).unwrap();
     let (reason, _, _) = finish(h);

@@ -25,7 +25,9 @@ impl std::str::FromStr for EnvVar {
             None => (s, None),
         };
         if key.is_empty() {
-            return Err(format!("{s:?}: the variable name is empty (expected KEY=VALUE)"));
+            return Err(format!(
+                "{s:?}: the variable name is empty (expected KEY=VALUE)"
+            ));
         }
         if key.contains('\0') || value.as_deref().is_some_and(|v| v.contains('\0')) {
             return Err(format!("{s:?}: contains a NUL byte"));
@@ -196,7 +198,10 @@ mod tests {
             stdin: false,
         }
         .to_spec(|_| None);
-        assert_eq!(plain.env, [format!("PATH={DEFAULT_PATH}"), "HOME=/root".into()]);
+        assert_eq!(
+            plain.env,
+            [format!("PATH={DEFAULT_PATH}"), "HOME=/root".into()]
+        );
         assert_eq!(plain.cwd, "/");
         assert_eq!(plain.user, User::default());
     }

@@ -95,10 +95,11 @@ impl std::str::FromStr for VsockConfig {
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("cid", n)) => {
-                    let n: u64 = n
-                        .parse()
-                        .map_err(|_| format!("cid={n}: not a number"))?;
-                    cid = Some(crate::devices::virtio::vsock::validate_cid(n).map_err(|e| e.to_string())?);
+                    let n: u64 = n.parse().map_err(|_| format!("cid={n}: not a number"))?;
+                    cid = Some(
+                        crate::devices::virtio::vsock::validate_cid(n)
+                            .map_err(|e| e.to_string())?,
+                    );
                 }
                 Some(("uds", p)) if !p.is_empty() => uds = Some(PathBuf::from(p)),
                 _ => {

@@ -28,8 +28,8 @@ use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
 use crate::devices::serial::{
     COM1_BASE, COM1_LEN, ConsoleOut, SerialConsole, spawn_stdin_forwarder,
 };
-use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::devices::virtio::EventLoopHandle;
+use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
 use crate::devices::virtio::vsock::{Vsock, VsockBackendConfig, VsockError};
 use crate::host::HostKind;
@@ -394,13 +394,7 @@ impl PendingVsock {
                 .map(|p| format!(", host socket {}", p.display()))
                 .unwrap_or_default()
         );
-        let mut device = Vsock::new(
-            self.cid,
-            VsockBackendConfig {
-                uds_path: self.uds,
-            },
-            events,
-        )?;
+        let mut device = Vsock::new(self.cid, VsockBackendConfig { uds_path: self.uds }, events)?;
         for (port, tx) in self.ports {
             device.register_host_port(port, tx);
         }
