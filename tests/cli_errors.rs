@@ -74,7 +74,14 @@ fn bad_cpu_counts() {
 fn bad_flags() {
     let out = run_hvlite(&["run", "--kernel", "/k", "--no-such-flag"]);
     assert_error(&out, "--no-such-flag");
-    let out = run_hvlite(&["run"]);
+    // No --kernel, no HVLITE_KERNEL, nothing installed.
+    let out = Command::new(hvlite())
+        .arg("run")
+        .env_remove("HVLITE_KERNEL")
+        .env("HVLITE_HOME", scratch("no-kernel-home"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     assert_error(&out, "--kernel");
     let out = run_hvlite(&["run", "--kernel", "/k", "--memory", "0"]);
     assert_error(&out, "--memory");

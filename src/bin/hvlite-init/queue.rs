@@ -15,6 +15,14 @@ impl ByteQueue {
         Self::default()
     }
 
+    /// An empty queue with room for `capacity` bytes before it reallocates.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            buf: Vec::with_capacity(capacity),
+            start: 0,
+        }
+    }
+
     /// Bytes waiting.
     pub fn len(&self) -> usize {
         self.buf.len() - self.start

@@ -25,6 +25,17 @@ use crate::sys::{self, fds, process};
 pub const STDIN_BACKLOG: usize = 1 << 20;
 /// Frames waiting for the host above which the agent stops reading the process's output.
 pub const OUTPUT_BACKLOG: usize = 1 << 20;
+/// Room reserved up front in each queue: the backlog plus one maximal frame, so the queues
+/// never grow.
+///
+/// Every buffer the kernel reads or fills for the session (the two queues and the read
+/// buffer) is allocated after the fork, large enough (above glibc's 128 KiB mmap
+/// threshold) to be a fresh anonymous mapping, and never reallocated. On PVM hosts, with
+/// small heap buffers, the kernel's copy from the agent's memory into the process's stdin
+/// pipe was seen reading the first 64 bytes of a 32 KiB chunk from the wrong page: the
+/// process got another process's freed heap data (malloc free-list pointers) instead of
+/// its input, every run. With fresh mappings the same 200 KB stdin arrives intact.
+const QUEUE_CAPACITY: usize = OUTPUT_BACKLOG + hvlite::agent::protocol::MAX_FRAME_LEN;
 /// After the process exited: how long its pipes may stay quiet before the agent stops
 /// waiting for their EOF (other processes may hold them open).
 pub const DRAIN_IDLE: Duration = Duration::from_millis(200);
@@ -36,6 +47,9 @@ pub const LINGER: Duration = Duration::from_secs(10);
 const REAP_INTERVAL_MS: libc::c_int = 1000;
 /// Bytes read from the host at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// Size of the read buffer: more than [`READ_CHUNK`] so that it is a fresh mapping (see
+/// [`QUEUE_CAPACITY`]).
+const READ_BUF: usize = 256 * 1024;
 
 /// How the session treats the rest of the system.
 #[derive(Debug, Clone, Copy)]
@@ -272,10 +286,10 @@ impl<C: Read + Write + AsFd> Session<C> {
         Ok(Self {
             conn,
             decoder: FrameDecoder::new(),
-            out: ByteQueue::new(),
+            out: ByteQueue::with_capacity(QUEUE_CAPACITY),
             pid: child.pid,
             stdin: child.stdin.map(File::from),
-            stdin_queue: ByteQueue::new(),
+            stdin_queue: ByteQueue::with_capacity(QUEUE_CAPACITY),
             stdin_close: false,
             outputs: [
                 Output {
@@ -292,7 +306,7 @@ impl<C: Read + Write + AsFd> Session<C> {
             end: None,
             ended_at: now,
             last_output: now,
-            buf: vec![0u8; READ_CHUNK],
+            buf: vec![0u8; READ_BUF],
         })
     }
 
@@ -440,7 +454,7 @@ impl<C: Read + Write + AsFd> Session<C> {
     }
 
     fn read_host(&mut self) -> Result<(), Abort> {
-        match self.conn.read(&mut self.buf) {
+        match self.conn.read(&mut self.buf[..READ_CHUNK]) {
             Ok(0) => {
                 return Err(Abort::HostGone(
                     "the host closed the connection before the process exited".into(),
