@@ -184,3 +184,31 @@ fn vsock_host_and_guest_connections_carry_4_mib_intact() {
         "guest-to-host bytes differ from the tool's pattern"
     );
 }
+
+#[test]
+fn an_agent_that_dies_is_a_clear_error() {
+    if !kvm_available("an_agent_that_dies_is_a_clear_error") {
+        return;
+    }
+    // busybox-static as the "agent": run as /hvlite-init it finds no such applet and exits,
+    // so the guest's PID 1 dies, the kernel panics and reboots.
+    let root = rootfs_dir();
+    let args = ["run", "--rootfs", root.to_str().unwrap(), "--", "/bin/true"];
+    let kernel = kernel();
+    let envs: [(&str, &OsStr); 2] = [
+        ("HVLITE_AGENT", OsStr::new("/bin/busybox")),
+        ("HVLITE_KERNEL", kernel.as_os_str()),
+    ];
+    let b = start_full(&[], &args, &envs, None).finish();
+    assert_eq!(b.status, Some(125), "{}", b.context());
+    assert!(
+        b.stderr.contains("before its agent reported"),
+        "{}",
+        b.context()
+    );
+    assert!(
+        b.stderr.contains("last guest console lines") && b.stderr.contains("Kernel panic"),
+        "{}",
+        b.context()
+    );
+}

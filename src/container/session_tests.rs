@@ -75,6 +75,25 @@ fn recv(h: &mut Harness) -> HostMessage {
         .unwrap()
 }
 
+/// The agent's side of the start: Hello, then the Start the host answers with.
+fn handshake(h: &mut Harness) {
+    send(
+        h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    assert_eq!(recv(h), HostMessage::Start(spec()));
+}
+
+/// The agent goes away without a word.
+fn hang_up(h: &mut Harness) {
+    drop(std::mem::replace(
+        &mut h.agent,
+        UnixStream::pair().unwrap().0,
+    ));
+}
+
 fn finish(h: Harness) -> (ExitReason, String, String) {
     h.thread.join().unwrap();
     (h.latch.wait(), h.out.text(), h.err.text())
@@ -109,13 +128,7 @@ fn full_session_copies_output_stdin_and_status() {
 #[test]
 fn start_failure_is_reported_with_its_status() {
     let mut h = start(None);
-    send(
-        &mut h,
-        AgentMessage::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    );
-    let _ = recv(&mut h);
+    handshake(&mut h);
     send(
         &mut h,
         AgentMessage::Error {
@@ -153,22 +166,13 @@ fn anything_before_hello_is_fatal() {
 #[test]
 fn agent_disconnecting_mid_stream_is_fatal_not_a_hang() {
     let mut h = start(None);
-    send(
-        &mut h,
-        AgentMessage::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    );
-    let _ = recv(&mut h);
+    handshake(&mut h);
     send(&mut h, AgentMessage::Started { pid: 1 });
     send(&mut h, AgentMessage::Stdout(b"partial".to_vec()));
     // Half a frame, then gone.
     let frame = AgentMessage::Stdout(vec![1; 100]).encode();
     h.agent.write_all(&frame[..50]).unwrap();
-    drop(std::mem::replace(
-        &mut h.agent,
-        UnixStream::pair().unwrap().0,
-    ));
+    hang_up(&mut h);
     let (reason, out, _) = finish(h);
     assert_eq!(out, "partial");
     assert!(matches!(reason, ExitReason::Fatal(_)), "{reason:?}");
@@ -177,17 +181,8 @@ fn agent_disconnecting_mid_stream_is_fatal_not_a_hang() {
 #[test]
 fn agent_closing_cleanly_without_status_is_fatal() {
     let mut h = start(None);
-    send(
-        &mut h,
-        AgentMessage::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    );
-    let _ = recv(&mut h);
-    drop(std::mem::replace(
-        &mut h.agent,
-        UnixStream::pair().unwrap().0,
-    ));
+    handshake(&mut h);
+    hang_up(&mut h);
     let (reason, _, _) = finish(h);
     assert!(
         matches!(&reason, ExitReason::Fatal(m) if m.contains("before reporting")),
@@ -198,13 +193,7 @@ fn agent_closing_cleanly_without_status_is_fatal() {
 #[test]
 fn oversized_frame_is_fatal() {
     let mut h = start(None);
-    send(
-        &mut h,
-        AgentMessage::Hello {
-            version: PROTOCOL_VERSION,
-        },
-    );
-    let _ = recv(&mut h);
+    handshake(&mut h);
     h.agent.write_all(&u32::MAX.to_le_bytes()).unwrap();
     let (reason, _, _) = finish(h);
     assert!(matches!(reason, ExitReason::Fatal(_)), "{reason:?}");
