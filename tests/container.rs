@@ -21,7 +21,12 @@ fn envs() -> Vec<(&'static str, PathBuf)> {
 /// environment, as a user who ran scripts/setup.sh would have them).
 fn start_container(opts: &[&str], cmd: &[&str], stdin: Option<Vec<u8>>) -> Running {
     let root = rootfs_dir();
-    let mut args = vec!["run", "--rootfs", root.to_str().expect("utf-8 path")];
+    start_container_on(root.to_str().expect("utf-8 path"), opts, cmd, stdin)
+}
+
+/// Like [`start_container`] with the root filesystem `root` (a directory or an image).
+fn start_container_on(root: &str, opts: &[&str], cmd: &[&str], stdin: Option<Vec<u8>>) -> Running {
+    let mut args = vec!["run", "--rootfs", root];
     args.extend_from_slice(opts);
     args.push("--");
     args.extend_from_slice(cmd);
@@ -211,4 +216,35 @@ fn an_agent_that_dies_is_a_clear_error() {
         "{}",
         b.context()
     );
+}
+
+#[test]
+fn an_image_rootfs_is_used_read_write() {
+    if !kvm_available("an_image_rootfs_is_used_read_write") {
+        return;
+    }
+    let dir = scratch("rootfs-image");
+    let image = dir.join("root.ext4");
+    let mkfs = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(rootfs_dir())
+        .arg(&image)
+        .arg("32M")
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs)");
+    assert!(
+        mkfs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mkfs.stderr)
+    );
+    let cmd = ["/bin/sh", "-c", "echo kept > /kept.txt"];
+    let b = start_container_on(image.to_str().unwrap(), &[], &cmd, None).finish();
+    assert_eq!(b.status, Some(0), "{}", b.context());
+    // The agent synced before reporting: the change is in the image file.
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "cat /kept.txt"])
+        .arg(&image)
+        .output()
+        .expect("debugfs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
 }
