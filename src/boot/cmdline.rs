@@ -15,8 +15,12 @@ use crate::initcmd;
 /// - `8250.nr_uarts=1`: probe one UART only (each probe is emulated port I/O on PVM).
 /// - `no_timer_check` / `tsc=reliable`: skip the IRQ0 timer check and the clocksource
 ///   watchdog; the virtual TSC and kvmclock are trusted.
-pub const DEFAULT_OPTIONS: &str =
-    "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable";
+/// - `i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd`: the i8042 (there for the reset
+///   line and Ctrl-Alt-Del) has no mouse port and no multiplexer, and the keyboard is not
+///   probed or configured: a few port accesses instead of command round trips with
+///   timeouts. Kernels without the i8042 driver ignore these.
+pub const DEFAULT_OPTIONS: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 \
+     no_timer_check tsc=reliable i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
 
 /// Added when the guest boots from an initramfs: unpack it into ramfs rather than tmpfs.
 /// ramfs does less work per page, which saves about 4 s of an emulated boot on PVM hosts
