@@ -100,7 +100,10 @@ impl Controller {
         if state != InstanceState::NotStarted {
             return ApiResponse::fault(
                 CONFLICT,
-                format!("the VM is {state:?}: resources cannot be changed after InstanceStart"),
+                format!(
+                    "the VM is {}: resources cannot be changed after InstanceStart",
+                    state_name(state)
+                ),
             );
         }
         let p = &mut self.pending;
@@ -131,7 +134,7 @@ impl Controller {
                 },
             },
             ActionType::InstanceStart if state != InstanceState::NotStarted => {
-                ApiResponse::fault(CONFLICT, format!("the VM is {state:?} already"))
+                ApiResponse::fault(CONFLICT, format!("the VM is {} already", state_name(state)))
             }
             ActionType::InstanceStart => self.instance_start(),
             ActionType::SendCtrlAltDel => match state {
@@ -143,7 +146,10 @@ impl Controller {
                 }
                 other => ApiResponse::fault(
                     CONFLICT,
-                    format!("SendCtrlAltDel needs a running VM; the VM is {other:?}"),
+                    format!(
+                        "SendCtrlAltDel needs a running VM; the VM is {}",
+                        state_name(other)
+                    ),
                 ),
             },
         }
@@ -183,7 +189,10 @@ impl Controller {
             (other, _) => {
                 return ApiResponse::fault(
                     CONFLICT,
-                    format!("the VM is {other:?}: only a started VM can be paused or resumed"),
+                    format!(
+                        "the VM is {}: only a started VM can be paused or resumed",
+                        state_name(other)
+                    ),
                 );
             }
         };
@@ -195,6 +204,14 @@ impl Controller {
             Err(e) => ApiResponse::fault(CONFLICT, e.to_string()),
         }
     }
+}
+
+/// The state as the API spells it ("Not started", "Running", ...).
+pub fn state_name(s: InstanceState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
 }
 
 /// An error and its causes, on one line.
