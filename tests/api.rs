@@ -320,3 +320,70 @@ fn check_metrics(metrics: &Path) {
     assert!(hv["boot_time_ms"].as_u64().unwrap() > 0, "{hv}");
     assert!(hv["memory"]["rss_kib"].as_u64().unwrap() > 0, "{hv}");
 }
+
+#[test]
+fn a_failed_start_leaves_the_vm_configurable_and_bad_flags_are_refused() {
+    let dir = scratch("api-fail");
+    let sock = dir.join("api.sock");
+    let mut child = std::process::Command::new(hvlite())
+        .args(["run", "--api-sock", sock.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "no API socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = put(
+        &sock,
+        "/boot-source",
+        json!({"kernel_image_path": "/nonexistent/vmlinux"}),
+    );
+    assert_eq!(r.0, 204, "{r:?}");
+    let r = put(&sock, "/actions", json!({"action_type": "InstanceStart"}));
+    assert_eq!(r.0, 400, "{r:?}");
+    assert!(fault(&r).contains("/nonexistent/vmlinux"), "{r:?}");
+    let r = request(&sock, "GET", "/vm", None);
+    assert_eq!(r.1["state"], "Not started", "{r:?}");
+    // Still configurable.
+    let r = put(
+        &sock,
+        "/machine-config",
+        json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    assert_eq!(r.0, 204, "{r:?}");
+    // A second hvlite cannot take the socket of a live one.
+    let out = run_hvlite(&["run", "--api-sock", sock.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("in use"));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    for (args, needle) in [
+        (
+            &[
+                "run",
+                "--api-sock",
+                "/tmp/x.sock",
+                "--rootfs",
+                "/tmp",
+                "--",
+                "true",
+            ][..],
+            "--api-sock",
+        ),
+        (&["run", "--id", "bad id", "--kernel", "/k"][..], "--id"),
+        (
+            &["run", "--log-format", "xml", "--kernel", "/k"][..],
+            "--log-format",
+        ),
+    ] {
+        let out = run_hvlite(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

@@ -3,8 +3,9 @@
 //! It mounts devtmpfs, proc and sysfs, prints [`INIT_MARKER`], runs the command passed on the
 //! kernel command line (or an interactive `/bin/sh` without one), prints
 //! `hvlite-init: exit status N`, writes N to the exit port and reboots. Ctrl-Alt-Del (the
-//! API's SendCtrlAltDel) ends the command with SIGTERM, then SIGKILL after a grace period. The contract is
-//! documented in [`hvlite::initcmd`]. It never returns: PID 1 exiting panics the kernel.
+//! API's SendCtrlAltDel) ends the command with SIGTERM, then SIGKILL after a grace period.
+//! The contract is documented in [`hvlite::initcmd`]. It never returns: PID 1 exiting
+//! panics the kernel.
 //!
 //! Two other modes:
 //! - the guest agent (`agent.rs`) when the kernel command line has `hvlite.agent=1`: it runs
