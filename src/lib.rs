@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod boot;
 pub mod container;
+pub mod control;
 pub mod devices;
 pub mod host;
 pub mod initcmd;

@@ -2,18 +2,21 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
-use hvlite::container::{self, ContainerConfig, Outcome, paths};
+use hvlite::container::{self, ContainerConfig, ContainerError, Outcome, paths};
+use hvlite::control::service::{self, ApiRun, ServiceError};
+use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LoggingError};
+use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
 use hvlite::vcpu::PROCESS_START;
-use hvlite::vmm::config::{
-    DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, NetConfig, VmConfig, VsockConfig,
-};
+use hvlite::vmm::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use hvlite::vmm::config_file::{self, CliOverrides, ConfigFileError, FileConfig};
 use hvlite::vmm::exit::ExitReason;
-use hvlite::vmm::{self, Console, RunEnv};
+use hvlite::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
 /// Exit status for hvlite's own failures (bad input, KVM errors), as `docker run` does;
 /// a guest command's status is passed through unchanged.
@@ -38,6 +41,25 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
+    /// A JSON config file (docs/config-file.md); options given here override it.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The VM's id in logs, metrics and the API [default: hvlite-<pid>].
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
+    id: Option<String>,
+    /// Write hvlite's log to PATH, as JSON lines unless --log-format text.
+    #[arg(long, value_name = "PATH")]
+    log: Option<PathBuf>,
+    /// Log format: text or json [default: json with --log, else text on stderr].
+    #[arg(long, value_name = "FORMAT", value_parser = parse_log_format)]
+    log_format: Option<LogFormat>,
+    /// Append metrics to PATH as JSON lines: periodically, at exit and on FlushMetrics.
+    #[arg(long, value_name = "PATH")]
+    metrics: Option<PathBuf>,
+    /// Serve the REST API on this Unix socket. Without a kernel (from --kernel or the
+    /// config file) hvlite waits for the VM's configuration and InstanceStart.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// Guest kernel: an uncompressed ELF vmlinux or a bzImage [default: $HVLITE_KERNEL, else
     /// the kernel scripts/setup.sh installed].
     #[arg(long, value_name = "PATH")]
@@ -52,25 +74,19 @@ struct RunArgs {
     rootfs: Option<PathBuf>,
     /// Environment variable for the container's process, KEY=VALUE (or KEY to pass the
     /// host's value); repeatable.
-    #[arg(
-        short = 'e',
-        long = "env",
-        value_name = "KEY=VALUE",
-        requires = "rootfs"
-    )]
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<EnvVar>,
     /// Working directory of the container's process [default: /].
-    #[arg(short = 'w', long, value_name = "DIR", requires = "rootfs",
-          value_parser = spec::parse_workdir)]
+    #[arg(short = 'w', long, value_name = "DIR", value_parser = spec::parse_workdir)]
     workdir: Option<String>,
     /// User of the container's process, UID[:GID] [default: 0:0].
-    #[arg(short = 'u', long, value_name = "UID[:GID]", requires = "rootfs")]
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
     user: Option<UserSpec>,
     /// Forward hvlite's stdin to the container's process (otherwise it reads /dev/null).
-    #[arg(short = 'i', long, requires = "rootfs")]
+    #[arg(short = 'i', long)]
     interactive: bool,
     /// Show the guest kernel's console on stderr (container runs keep it quiet).
-    #[arg(long, requires = "rootfs")]
+    #[arg(long)]
     console: bool,
     /// A virtio-vsock device, cid=N[,uds=PATH]: host programs connect to PATH and send
     /// `CONNECT <port>` to reach a guest listener; guest connections to the host (CID 2)
@@ -80,14 +96,12 @@ struct RunArgs {
     /// Extra kernel command-line options, appended to hvlite's defaults.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
-    /// Number of vCPUs (1-32).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CPUS,
-          value_parser = clap::value_parser!(u8).range(1..=32))]
-    cpus: u8,
-    /// Guest memory in MiB.
-    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    memory: u64,
+    /// Number of vCPUs (1-32) [default: 1].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
+    cpus: Option<u8>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    memory: Option<u64>,
     /// A disk image for the guest, PATH[,ro]; repeatable: /dev/vda, /dev/vdb, ...
     #[arg(long = "disk", value_name = "PATH[,ro]")]
     disks: Vec<DiskConfig>,
@@ -99,54 +113,196 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+fn parse_id(s: &str) -> Result<String, String> {
+    hvlite::api::model::Id::try_from(s.to_string()).map(|id| id.as_str().to_string())
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    match s {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        other => Err(format!("{other:?}: expected text or json")),
+    }
+}
+
+/// hvlite's own failures; each exits with [`EXIT_VMM_ERROR`].
+#[derive(Debug, thiserror::Error)]
+enum MainError {
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+    #[error(transparent)]
+    Logging(#[from] LoggingError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Paths(#[from] paths::PathsError),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("{0}")]
+    Usage(String),
+}
+
 /// What `hvlite run` was asked to do.
 enum Job {
     /// Boot a VM (with the command for hvlite-init, if any).
     Vm(VmConfig),
     /// Run a container's process in a VM.
     Container(ContainerConfig),
+    /// Serve the API (booting `kernel` at once when given).
+    Api {
+        socket: PathBuf,
+        kernel: Option<PathBuf>,
+        base: VmConfig,
+    },
 }
 
 impl RunArgs {
-    fn into_job(self) -> Result<Job, Box<dyn std::error::Error>> {
-        let kernel = match self.kernel {
+    fn overrides(&self) -> CliOverrides {
+        CliOverrides {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            cpus: self.cpus,
+            memory_mib: self.memory,
+            disks: self.disks.clone(),
+            nets: self.nets.clone(),
+            vsock: self.vsock.clone(),
+            command: self.command.clone(),
+        }
+    }
+
+    fn into_job(self, file: &FileConfig) -> Result<Job, MainError> {
+        let (kernel, mut vm) = file.to_partial_vm_config(self.overrides());
+        vm.guest_profile = std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from);
+        let rootfs = self.rootfs.clone().or(file.rootfs.clone());
+        if let Some(socket) = self.api_sock.clone() {
+            if rootfs.is_some() {
+                return Err(usage("--api-sock cannot run containers (--rootfs) yet"));
+            }
+            return Ok(Job::Api {
+                socket,
+                kernel,
+                base: vm,
+            });
+        }
+        vm.kernel = match kernel {
             Some(k) => k,
             None => paths::default_kernel()?,
         };
-        let vm = VmConfig {
-            kernel,
-            initrd: self.initrd,
-            cmdline: self.cmdline,
-            cpus: self.cpus,
-            memory_mib: self.memory,
-            command: None,
-            disks: self.disks,
-            nets: self.nets,
-            vsock: self.vsock,
-            guest_profile: std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from),
+        let Some(rootfs) = rootfs else {
+            let container_only = [
+                (!self.env.is_empty(), "--env"),
+                (self.workdir.is_some(), "--workdir"),
+                (self.user.is_some(), "--user"),
+                (self.interactive, "--interactive"),
+                (self.console, "--console"),
+            ];
+            if let Some((_, flag)) = container_only.iter().find(|(given, _)| *given) {
+                return Err(usage(&format!("{flag} needs --rootfs")));
+            }
+            return Ok(Job::Vm(vm));
         };
-        let Some(rootfs) = self.rootfs else {
-            return Ok(Job::Vm(VmConfig {
-                command: (!self.command.is_empty()).then_some(self.command),
-                ..vm
-            }));
-        };
-        if self.command.is_empty() {
-            return Err("--rootfs needs the command to run after `--`".into());
+        if vm.initrd.is_some() {
+            return Err(usage("a container run (rootfs) cannot have an initrd"));
         }
+        let Some(args) = vm.command.take() else {
+            return Err(usage("--rootfs needs the command to run after `--`"));
+        };
+        let file_process = file.process.clone().unwrap_or_default();
+        let env = if self.env.is_empty() {
+            (file_process.env.iter())
+                .map(|e| e.as_str().parse::<EnvVar>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| usage(&format!("process.env: {e}")))?
+        } else {
+            self.env
+        };
+        let workdir = self
+            .workdir
+            .or_else(|| file_process.cwd.map(|c| c.to_string_lossy().into_owned()));
+        let user = self.user.or(file_process.user.map(|u| UserSpec {
+            uid: u.uid,
+            gid: u.gid,
+        }));
         Ok(Job::Container(ContainerConfig {
             vm,
             rootfs,
             process: ProcessOptions {
-                args: self.command,
-                env: self.env,
-                workdir: self.workdir,
-                user: self.user,
+                args,
+                env,
+                workdir,
+                user,
                 stdin: self.interactive,
             },
             console: self.console,
         }))
     }
+}
+
+fn usage(msg: &str) -> MainError {
+    MainError::Usage(msg.to_string())
+}
+
+/// Installs the logger: JSON lines with `--log`, `--log-format json` or the config
+/// file's `logger`, env_logger's text otherwise. `HVLITE_LOG` beats the file's level.
+fn init_logging(args: &RunArgs, file: &FileConfig, vm_id: &str) -> Result<(), LoggingError> {
+    let logger = file.logger.clone().unwrap_or_default();
+    let dest = match args.log.clone().or(logger.log_path) {
+        Some(p) => LogDest::File(p),
+        None => LogDest::Stderr,
+    };
+    let default_format = if dest == LogDest::Stderr {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    };
+    let format = args.log_format.or(logger.format).unwrap_or(default_format);
+    let env_set = std::env::var(logging::LOG_ENV).is_ok_and(|v| !v.trim().is_empty());
+    let spec = match logger.level {
+        Some(level) if !env_set => level,
+        _ => LevelSpec::from_env()?,
+    };
+    if format == LogFormat::Json {
+        return logging::init_json(&dest, vm_id, spec);
+    }
+    let mut builder = env_logger::Builder::new();
+    builder
+        .parse_filters(&spec.to_string())
+        .format_target(false);
+    if let LogDest::File(path) = &dest {
+        let file = logging::open_append(path).map_err(|e| LoggingError::Open(path.clone(), e))?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    builder
+        .try_init()
+        .map_err(|_| LoggingError::Level("(logger already set)".into()))
+}
+
+/// The metrics writer and its periodic flusher, when a metrics file is configured.
+fn start_metrics(
+    args: &RunArgs,
+    file: &FileConfig,
+    vm_id: &str,
+) -> Result<Option<(Arc<MetricsWriter>, PeriodicFlusher)>, MetricsError> {
+    let from_file = file.metrics.clone();
+    let Some(path) = args
+        .metrics
+        .clone()
+        .or(from_file.as_ref().map(|m| m.metrics_path.clone()))
+    else {
+        return Ok(None);
+    };
+    let interval = from_file.map_or(hvlite::metrics::DEFAULT_FLUSH_INTERVAL, |m| {
+        m.flush_interval()
+    });
+    let metrics = Arc::new(Metrics::new(vm_id));
+    let writer = Arc::new(MetricsWriter::open(&path, metrics)?);
+    let flusher = PeriodicFlusher::start(Arc::clone(&writer), interval)?;
+    Ok(Some((writer, flusher)))
 }
 
 /// Prints one error line, with its causes, and returns hvlite's error status.
@@ -210,9 +366,6 @@ fn container_exit_code(outcome: Outcome) -> ExitCode {
 
 fn main() -> ExitCode {
     let _ = PROCESS_START.set(Instant::now());
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("HVLITE_LOG", "info"))
-        .format_target(false)
-        .init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -226,15 +379,55 @@ fn main() -> ExitCode {
         }
     };
     let Command::Run(args) = cli.command;
-    match args.into_job() {
-        Ok(Job::Vm(cfg)) => match vmm::run(&cfg, RunEnv::new(Console::default())) {
-            Ok(reason) => exit_code(reason, cfg.command.is_some()),
-            Err(e) => fail(&e),
-        },
-        Ok(Job::Container(cfg)) => match container::run(cfg) {
-            Ok(outcome) => container_exit_code(outcome),
-            Err(e) => fail(&e),
-        },
-        Err(e) => fail(e.as_ref()),
+    match run(args) {
+        Ok(code) => code,
+        Err(e) => fail(&e),
     }
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, MainError> {
+    let file = match &args.config {
+        Some(path) => config_file::load(path)?,
+        None => FileConfig::default(),
+    };
+    let vm_id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("hvlite-{}", std::process::id()));
+    init_logging(&args, &file, &vm_id)?;
+    let metrics = start_metrics(&args, &file, &vm_id)?;
+    let writer = metrics.as_ref().map(|(w, _)| Arc::clone(w));
+    let hooks = RunHooks {
+        metrics: writer.as_ref().map(|w| Arc::clone(w.metrics())),
+        control: None,
+    };
+    let code = match args.into_job(&file)? {
+        Job::Vm(cfg) => {
+            let reason = vmm::run_with(&cfg, RunEnv::new(Console::default()), hooks)?;
+            exit_code(reason, cfg.command.is_some())
+        }
+        Job::Container(cfg) => {
+            if writer.is_some() {
+                return Err(usage("metrics are not supported for container runs yet"));
+            }
+            container_exit_code(container::run(cfg)?)
+        }
+        Job::Api {
+            socket,
+            kernel,
+            base,
+        } => {
+            let (reason, cfg) = service::run_api(ApiRun {
+                id: vm_id,
+                socket,
+                kernel,
+                base,
+                metrics: writer,
+            })?;
+            exit_code(reason, cfg.command.is_some())
+        }
+    };
+    // Stopping the flusher writes the last metrics line.
+    drop(metrics);
+    Ok(code)
 }

@@ -16,6 +16,7 @@ use serde_json::{Map, Value, json};
 
 use crate::devices::virtio::block::BlockCounters;
 use crate::devices::virtio::net::NetCounters;
+use crate::devices::virtio::vsock::VsockCounters;
 use crate::logging::{open_append, timestamp_now};
 use crate::vcpu::PROCESS_START;
 use crate::vcpu::counters::VcpuExitCounters;
@@ -123,6 +124,28 @@ impl Metrics {
     /// Adds a virtio-net device's counters as `hvlite.net.<id>`.
     pub fn register_net(&self, id: &str, counters: Arc<NetCounters>) {
         self.register("net", id, move || to_json(&counters.snapshot()));
+    }
+
+    /// Adds a virtio-vsock device's counters as `hvlite.vsock.<id>`.
+    pub fn register_vsock(&self, id: &str, counters: Arc<VsockCounters>) {
+        self.register("vsock", id, move || {
+            let s = counters.snapshot();
+            json!({
+                "packets_to_guest": s.packets_to_guest,
+                "bytes_to_guest": s.bytes_to_guest,
+                "packets_from_guest": s.packets_from_guest,
+                "bytes_from_guest": s.bytes_from_guest,
+                "connections_opened": s.connections_opened,
+                "resets_sent": s.resets_sent,
+                "resets_received": s.resets_received,
+                "malformed": s.malformed,
+                "dropped": s.dropped,
+                "host_rejected": s.host_rejected,
+                "rx_dropped": s.rx_dropped,
+                "queue_errors": s.queue_errors,
+                "interrupts": s.interrupts,
+            })
+        });
     }
 
     /// Tells where guest memory is mapped (host addresses of the mappings' starts), so

@@ -15,8 +15,15 @@ use crate::initcmd;
 /// - `8250.nr_uarts=1`: probe one UART only (each probe is emulated port I/O on PVM).
 /// - `no_timer_check` / `tsc=reliable`: skip the IRQ0 timer check and the clocksource
 ///   watchdog; the virtual TSC and kvmclock are trusted.
-pub const DEFAULT_OPTIONS: &str =
-    "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable";
+/// - `i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd`: the i8042 (there for the reset
+///   line and Ctrl-Alt-Del) has no mouse port and no multiplexer, and the keyboard is not
+///   probed or configured: a few port accesses instead of command round trips with
+///   timeouts. Kernels without the i8042 driver ignore these.
+pub const DEFAULT_OPTIONS: &str = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 \
+     no_timer_check tsc=reliable i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd";
+
+/// What the guest init runs when no command is given.
+pub const DEFAULT_SHELL: &str = "/bin/sh";
 
 /// Added when the guest boots from an initramfs: unpack it into ramfs rather than tmpfs.
 /// ramfs does less work per page, which saves about 4 s of an emulated boot on PVM hosts
@@ -136,6 +143,12 @@ pub fn build(spec: &CmdlineSpec<'_>) -> Result<Cmdline, CmdlineError> {
         (Some(_), Some(init)) if !init.is_empty() => return Err(CmdlineError::InitArgsTwice),
         (Some(cmd), _) => cl.insert_init_args(initcmd::encode_checked(cmd)?)?,
         (None, Some(init)) if !init.is_empty() => cl.insert_init_args(init)?,
+        // No command: the init runs its shell. On PVM hosts say so explicitly: the kernel
+        // hands unknown bare words of the command line (`noxsave` of PVM_OPTIONS on 6.1)
+        // to init as arguments, and the init takes its last argument for the command.
+        (None, _) if host.is_pvm() => {
+            cl.insert_init_args(initcmd::encode_checked(&[DEFAULT_SHELL.to_string()])?)?;
+        }
         (None, _) => {}
     }
     Ok(cl)
@@ -208,7 +221,9 @@ mod tests {
         let hw = text(&build3(HostKind::Hardware, None, None).unwrap());
         assert!(!hw.contains("clearcpuid") && !hw.contains("noxsave"));
         let pvm = text(&build3(HostKind::Pvm, None, None).unwrap());
-        assert_eq!(pvm, format!("{DEFAULT_OPTIONS} {PVM_OPTIONS}"));
+        // Without a command the init is told to run its shell explicitly there.
+        let shell = initcmd::encode(&[DEFAULT_SHELL.to_string()]);
+        assert_eq!(pvm, format!("{DEFAULT_OPTIONS} {PVM_OPTIONS} -- {shell}"));
     }
 
     #[test]

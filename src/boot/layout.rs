@@ -63,6 +63,8 @@ pub const KVM_TSS_ADDR: u64 = 0xfffb_d000;
 /// Address handed to KVM_SET_IDENTITY_MAP_ADDR (one page, just below the TSS).
 pub const KVM_IDENTITY_MAP_ADDR: u64 = 0xfffb_c000;
 
+/// IRQ (GSI, IOAPIC pin) of the i8042 keyboard.
+pub const KEYBOARD_IRQ: u32 = 1;
 /// IRQ (GSI, IOAPIC pin) of the serial console (COM1).
 pub const SERIAL_IRQ: u32 = 4;
 /// IRQ of the first virtio-mmio device; device `n` uses `VIRTIO_MMIO_IRQ_BASE + n`.

@@ -3,6 +3,7 @@
 pub mod counters;
 pub mod emulation;
 pub mod exits;
+pub mod pause;
 pub mod profile;
 pub mod regs;
 
@@ -59,6 +60,7 @@ pub struct Vcpu {
     latch: Arc<ExitLatch>,
     profile: Option<profile::Profile>,
     exits: Arc<VcpuExitCounters>,
+    pause: Arc<pause::PauseGate>,
 }
 
 impl Vcpu {
@@ -88,6 +90,7 @@ impl Vcpu {
             latch,
             profile: None,
             exits: Arc::default(),
+            pause: Arc::default(),
         })
     }
 
@@ -101,6 +104,12 @@ impl Vcpu {
     /// metrics); without it they go to a private set nobody reads.
     pub fn set_exit_counters(&mut self, exits: Arc<VcpuExitCounters>) {
         self.exits = exits;
+    }
+
+    /// Makes this vCPU obey `gate` (shared by the VM's vCPUs, raised by the VMM to pause
+    /// them); without it the vCPU never pauses.
+    pub fn set_pause_gate(&mut self, gate: Arc<pause::PauseGate>) {
+        self.pause = gate;
     }
 
     /// Makes this the boot vCPU: 64-bit mode at `entry`.
@@ -125,6 +134,10 @@ impl Vcpu {
     fn run(mut self) {
         let mut first = true;
         while !self.latch.is_set() {
+            if self.pause.is_requested() {
+                self.pause.park(&self.latch);
+                continue;
+            }
             if first && self.index == 0 {
                 first = false;
                 if let Some(start) = PROCESS_START.get() {

@@ -137,6 +137,12 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Sample the boot vCPU's guest RIP into this file (a developer aid).
     pub guest_profile: Option<PathBuf>,
+    /// Names of the disks in metrics (`drive_id`s), in the order of `disks`; a disk
+    /// without one is named after its guest device (`vda`, `vdb`, ...).
+    pub disk_ids: Vec<String>,
+    /// Names of the network interfaces in metrics (`iface_id`s), in the order of `nets`;
+    /// an interface without one is named after its guest device (`eth0`, ...).
+    pub net_ids: Vec<String>,
 }
 
 /// Errors in a [`VmConfig`].
@@ -166,7 +172,37 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             guest_profile: None,
+            disk_ids: Vec::new(),
+            net_ids: Vec::new(),
         }
+    }
+
+    /// The metrics name of disk `index`.
+    pub fn disk_id(&self, index: usize) -> String {
+        self.disk_ids.get(index).cloned().unwrap_or_else(|| {
+            let mut name = String::from("vd");
+            let mut n = index;
+            // vda..vdz, then vdaa, vdab, ... as Linux names them.
+            let mut letters = Vec::new();
+            loop {
+                letters.push(b'a' + (n % 26) as u8);
+                if n < 26 {
+                    break;
+                }
+                n = n / 26 - 1;
+            }
+            letters.reverse();
+            name.push_str(&String::from_utf8_lossy(&letters));
+            name
+        })
+    }
+
+    /// The metrics name of network interface `index`.
+    pub fn net_id(&self, index: usize) -> String {
+        self.net_ids
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| format!("eth{index}"))
     }
 
     /// Guest memory in bytes.
@@ -278,6 +314,18 @@ mod tests {
         for bad in ["", "uds=/x", "cid=2", "cid=x", "cid=3,uds=", "cid=3,port=1"] {
             assert!(bad.parse::<VsockConfig>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn device_names() {
+        let mut c = VmConfig::new("k".into());
+        assert_eq!(
+            [0, 1, 25, 26, 27].map(|i| c.disk_id(i)),
+            ["vda", "vdb", "vdz", "vdaa", "vdab"]
+        );
+        c.disk_ids = vec!["root".into()];
+        assert_eq!((c.disk_id(0), c.disk_id(1)), ("root".into(), "vdb".into()));
+        assert_eq!(c.net_id(1), "eth1");
     }
 
     #[test]

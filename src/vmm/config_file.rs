@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{DiskConfig, NetConfig, VmConfig};
+use super::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use crate::boot::mptable::MAX_CPUS;
 use crate::devices::virtio::net::{format_mac, parse_mac, tap};
 use crate::logging::{LevelSpec, LogDest, LogFormat};
@@ -358,6 +358,7 @@ pub struct CliOverrides {
     pub memory_mib: Option<u64>,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
+    pub vsock: Option<VsockConfig>,
     pub command: Vec<String>,
 }
 
@@ -416,13 +417,21 @@ impl FileConfig {
 
     /// The VM this file describes, with `cli`'s values taking precedence.
     pub fn to_vm_config(&self, cli: CliOverrides) -> Result<VmConfig, ConfigFileError> {
+        let (kernel, cfg) = self.to_partial_vm_config(cli);
+        let kernel = kernel.ok_or(ConfigFileError::NoKernel)?;
+        Ok(VmConfig { kernel, ..cfg })
+    }
+
+    /// Like [`Self::to_vm_config`], but the kernel may be missing (an API-driven start
+    /// sets it later): returns it apart; the config's own `kernel` is then empty.
+    pub fn to_partial_vm_config(
+        &self,
+        cli: CliOverrides,
+    ) -> (Option<std::path::PathBuf>, VmConfig) {
         let boot = self.boot_source.clone().unwrap_or_default();
         let machine = self.machine_config.clone().unwrap_or_default();
-        let kernel = cli
-            .kernel
-            .or(boot.kernel_image_path)
-            .ok_or(ConfigFileError::NoKernel)?;
-        let mut cfg = VmConfig::new(kernel);
+        let kernel = cli.kernel.or(boot.kernel_image_path);
+        let mut cfg = VmConfig::new(kernel.clone().unwrap_or_default());
         cfg.initrd = cli.initrd.or(boot.initrd_path);
         cfg.cmdline = cli.cmdline.or(boot.boot_args);
         if let Some(n) = cli.cpus.or(machine.vcpu_count.map(VcpuCount::get)) {
@@ -431,25 +440,42 @@ impl FileConfig {
         if let Some(m) = cli.memory_mib.or(machine.mem_size_mib.map(MemSizeMib::get)) {
             cfg.memory_mib = m;
         }
-        cfg.disks = if cli.disks.is_empty() {
-            self.drives.iter().map(Drive::to_disk).collect()
+        if cli.disks.is_empty() {
+            cfg.disks = self.drives.iter().map(Drive::to_disk).collect();
+            cfg.disk_ids = self
+                .drives
+                .iter()
+                .map(|d| d.drive_id.as_str().to_string())
+                .collect();
         } else {
-            cli.disks
-        };
-        cfg.nets = if cli.nets.is_empty() {
-            self.network_interfaces
+            cfg.disks = cli.disks;
+        }
+        if cli.nets.is_empty() {
+            cfg.nets = self
+                .network_interfaces
                 .iter()
                 .map(NetworkInterface::to_net)
-                .collect()
+                .collect();
+            cfg.net_ids = self
+                .network_interfaces
+                .iter()
+                .map(|n| n.iface_id.as_str().to_string())
+                .collect();
         } else {
-            cli.nets
-        };
+            cfg.nets = cli.nets;
+        }
+        cfg.vsock = cli.vsock.or_else(|| {
+            self.vsock.as_ref().map(|v| VsockConfig {
+                cid: u64::from(v.guest_cid.get()),
+                uds: Some(v.uds_path.clone()),
+            })
+        });
         cfg.command = if cli.command.is_empty() {
             self.process.as_ref().and_then(|p| p.args.clone())
         } else {
             Some(cli.command)
         };
-        Ok(cfg)
+        (kernel, cfg)
     }
 }
 

@@ -238,6 +238,11 @@ fn the_file_fills_a_vm_config() {
             mac: Some([0x02, 0xfc, 0, 0, 0, 5])
         }]
     );
+    assert_eq!(vm.disk_ids, ["rootfs", "scratch"]);
+    assert_eq!(vm.net_ids, ["eth0"]);
+    let vsock = vm.vsock.as_ref().unwrap();
+    assert_eq!(vsock.cid, 3);
+    assert_eq!(vsock.uds, Some(PathBuf::from("/run/hvlite/vm1.vsock")));
     assert_eq!(vm.command.unwrap()[0], "/bin/sh");
 }
 
@@ -252,6 +257,7 @@ fn the_command_line_wins() {
         memory_mib: None,
         disks: vec!["d.img,ro".parse().unwrap()],
         nets: vec![],
+        vsock: None,
         command: vec!["true".into()],
     };
     let vm = cfg.to_vm_config(cli).unwrap();

@@ -1,8 +1,10 @@
 //! VM construction and lifetime: turns a [`config::VmConfig`] into a running VM, waits
 //! for its end and stops every vCPU.
 
+pub mod boot_marker;
 pub mod config;
 pub mod config_file;
+pub mod control;
 pub mod devices;
 pub mod event_loop;
 pub mod exit;
@@ -12,7 +14,7 @@ use std::io;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY, kvm_pit_config};
 use kvm_ioctls::{Kvm, VmFd};
@@ -33,9 +35,12 @@ use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
 use crate::devices::virtio::vsock::{Vsock, VsockBackendConfig, VsockError};
 use crate::host::HostKind;
-use crate::initcmd::EXIT_PORT;
-use crate::vcpu::{self, Vcpu, VcpuError};
+use crate::initcmd::{EXIT_PORT, INIT_MARKER};
+use crate::metrics::Metrics;
+use crate::vcpu::{self, PROCESS_START, Vcpu, VcpuError};
+use boot_marker::MarkerWatch;
 use config::{ConfigError, VmConfig};
+use control::VmControl;
 use devices::VirtioMmioSlots;
 use event_loop::EventLoop;
 use exit::{ExitLatch, ExitReason};
@@ -219,13 +224,19 @@ fn load_guest(
     })
 }
 
+/// The legacy devices on the port-I/O bus, and the keyboard for the VM's controllers.
+struct LegacyDevices {
+    buses: Buses,
+    keyboard: Arc<Mutex<I8042>>,
+}
+
 /// Creates the legacy devices on the port-I/O bus.
 fn setup_devices(
     vm: &VmFd,
     latch: &Arc<ExitLatch>,
     console_out: ConsoleOut,
     forward_stdin: bool,
-) -> Result<Buses, VmmError> {
+) -> Result<LegacyDevices, VmmError> {
     let mut buses = Buses::default();
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&irq, layout::SERIAL_IRQ)
@@ -238,8 +249,12 @@ fn setup_devices(
         // The forwarder thread is detached: it blocks on stdin until EOF or exit.
         spawn_stdin_forwarder(io::stdin(), serial).map_err(VmmError::Stdin)?;
     }
+    let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
+    vm.register_irqfd(&kbd_irq, layout::KEYBOARD_IRQ)
+        .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
+    let keyboard = Arc::new(Mutex::new(I8042::new(latch.clone(), Some(kbd_irq))));
     buses.pio.insert(
-        Arc::new(Mutex::new(I8042::new(latch.clone()))),
+        keyboard.clone(),
         u64::from(I8042_BASE),
         u64::from(I8042_LEN),
     )?;
@@ -248,7 +263,7 @@ fn setup_devices(
         u64::from(EXIT_PORT),
         1,
     )?;
-    Ok(buses)
+    Ok(LegacyDevices { buses, keyboard })
 }
 
 /// Where the guest's console goes and whether host stdin is forwarded to it.
@@ -290,8 +305,23 @@ impl RunEnv {
     }
 }
 
+/// Optional observers and controllers of a VM run.
+#[derive(Default)]
+pub struct RunHooks {
+    /// Counters to fill: vCPU exits, devices (named by the config's ids), guest memory,
+    /// boot time.
+    pub metrics: Option<Arc<Metrics>>,
+    /// A handle that other threads use to pause, resume or press keys on the VM.
+    pub control: Option<Arc<VmControl>>,
+}
+
 /// Boots the VM described by `cfg` and runs it until it ends; returns why it ended.
 pub fn run(cfg: &VmConfig, env: RunEnv) -> Result<ExitReason, VmmError> {
+    run_with(cfg, env, RunHooks::default())
+}
+
+/// [`run`], with metrics and a control handle.
+pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReason, VmmError> {
     let RunEnv {
         console,
         latch,
@@ -319,17 +349,32 @@ pub fn run(cfg: &VmConfig, env: RunEnv) -> Result<ExitReason, VmmError> {
     let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
     setup_irqchip(&vm)?;
     let mem = create_memory(&vm, cfg.memory_mib)?;
+    let metrics = hooks.metrics.as_deref();
+    if let Some(m) = metrics {
+        m.set_guest_memory(mem.iter().map(|r| r.as_ptr() as u64).collect());
+    }
+    let start = PROCESS_START.get().copied().unwrap_or_else(Instant::now);
+    let console_out: ConsoleOut = Box::new(MarkerWatch::new(
+        console.out,
+        INIT_MARKER,
+        start,
+        hooks.metrics.clone(),
+    ));
 
     let events = EventLoop::start(latch.clone())?;
     // Whatever happens from here on, the event loop thread is stopped before returning.
     let result = (|| {
-        let mut buses = setup_devices(&vm, &latch, console.out, console.forward_stdin)?;
+        let legacy = setup_devices(&vm, &latch, console_out, console.forward_stdin)?;
+        let mut buses = legacy.buses;
         let mut slots = VirtioMmioSlots::new();
-        for disk in disks {
+        for (i, disk) in disks.into_iter().enumerate() {
             let device = Block::new(disk, events.handle());
+            if let Some(m) = metrics {
+                m.register_block(&cfg.disk_id(i), device.counters());
+            }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
         }
-        for (tap, mac) in taps {
+        for (i, (tap, mac)) in taps.into_iter().enumerate() {
             log::info!(
                 "net: {} (mac {}{})",
                 tap.name(),
@@ -341,15 +386,31 @@ pub fn run(cfg: &VmConfig, env: RunEnv) -> Result<ExitReason, VmmError> {
                 }
             );
             let device = Net::new(tap, mac, events.handle());
+            if let Some(m) = metrics {
+                m.register_net(&cfg.net_id(i), device.counters());
+            }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
         }
         if let Some(vsock) = vsock {
             let device = vsock.build(events.handle()).map_err(VmmError::Vsock)?;
+            if let Some(m) = metrics {
+                m.register_vsock("vsock", device.counters());
+            }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
         }
         let buses = Arc::new(buses);
         let boot = load_guest(cfg, host, &mem, slots.entries())?;
-        run_vcpus(&kvm, &vm, cfg, host, &boot, &buses, &mem, &latch)
+        let parts = VcpuParts {
+            kvm: &kvm,
+            vm: &vm,
+            host,
+            boot: &boot,
+            buses: &buses,
+            mem: &mem,
+            latch: &latch,
+            keyboard: legacy.keyboard,
+        };
+        run_vcpus(cfg, parts, &hooks)
     })();
     events.stop();
     let reason = result?;
@@ -418,39 +479,49 @@ fn open_vsock(
     }
 }
 
-/// Creates the vCPUs, runs them until the VM ends and stops them all.
-#[allow(clippy::too_many_arguments)]
-fn run_vcpus(
-    kvm: &Kvm,
-    vm: &VmFd,
-    cfg: &VmConfig,
+/// What the vCPUs are made from.
+struct VcpuParts<'a> {
+    kvm: &'a Kvm,
+    vm: &'a VmFd,
     host: HostKind,
-    boot: &BootImage,
-    buses: &Arc<Buses>,
-    mem: &GuestMemoryMmap,
-    latch: &Arc<ExitLatch>,
-) -> Result<ExitReason, VmmError> {
-    let base_cpuid = kvm
+    boot: &'a BootImage,
+    buses: &'a Arc<Buses>,
+    mem: &'a GuestMemoryMmap,
+    latch: &'a Arc<ExitLatch>,
+    keyboard: Arc<Mutex<I8042>>,
+}
+
+/// Creates the vCPUs, runs them until the VM ends and stops them all.
+fn run_vcpus(cfg: &VmConfig, p: VcpuParts, hooks: &RunHooks) -> Result<ExitReason, VmmError> {
+    let latch = p.latch;
+    let base_cpuid = p
+        .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
         let mut cpuid = base_cpuid.clone();
-        cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, host);
+        cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, p.host);
         let mut v = Vcpu::new(
-            vm,
+            p.vm,
             index,
             &cpuid,
-            host,
-            buses.clone(),
-            mem.clone(),
+            p.host,
+            p.buses.clone(),
+            p.mem.clone(),
             latch.clone(),
         )?;
         if index == 0 {
-            v.setup_boot(boot.entry, &boot.segments, boot.cr3)?;
+            v.setup_boot(p.boot.entry, &p.boot.segments, p.boot.cr3)?;
             if let Some(path) = &cfg.guest_profile {
                 v.enable_profile(path);
             }
+        }
+        if let Some(m) = &hooks.metrics {
+            v.set_exit_counters(m.vcpu_exits());
+        }
+        if let Some(c) = &hooks.control {
+            v.set_pause_gate(c.pause_gate());
         }
         vcpus.push(v);
     }
@@ -466,6 +537,9 @@ fn run_vcpus(
             }
         }
     }
+    if let Some(c) = &hooks.control {
+        c.attach(&threads, p.keyboard);
+    }
     let sampler = match (&cfg.guest_profile, threads.first()) {
         (Some(_), Some(boot_cpu)) => {
             let s = vcpu::profile::spawn_sampler(
@@ -480,6 +554,9 @@ fn run_vcpus(
         _ => None,
     };
     let reason = latch.wait();
+    if let Some(c) = &hooks.control {
+        c.detach();
+    }
     if let Some(s) = sampler {
         let _ = s.join();
     }

@@ -49,6 +49,22 @@ pub fn memory_usage(guest_starts: &[u64]) -> std::io::Result<MemoryUsage> {
     Ok(parse_smaps(&smaps, guest_starts))
 }
 
+/// CPU time (user + system) this process has used so far, all threads included.
+pub fn process_cpu_time() -> std::io::Result<std::time::Duration> {
+    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid, writable rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let micros = |t: libc::timeval| {
+        u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec).unwrap_or(0)
+    };
+    Ok(std::time::Duration::from_micros(
+        micros(ru.ru_utime) + micros(ru.ru_stime),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -199,6 +199,17 @@ impl Running {
         }
     }
 
+    /// The guest console so far.
+    pub fn console(&mut self) -> String {
+        self.pump(Duration::from_millis(10));
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Whether hvlite is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends signal `sig` to hvlite.
     pub fn signal(&self, sig: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid");

@@ -2,8 +2,10 @@
 //!
 //! It mounts devtmpfs, proc and sysfs, prints [`INIT_MARKER`], runs the command passed on the
 //! kernel command line (or an interactive `/bin/sh` without one), prints
-//! `hvlite-init: exit status N`, writes N to the exit port and reboots. The contract is
-//! documented in [`hvlite::initcmd`]. It never returns: PID 1 exiting panics the kernel.
+//! `hvlite-init: exit status N`, writes N to the exit port and reboots. Ctrl-Alt-Del (the
+//! API's SendCtrlAltDel) ends the command with SIGTERM, then SIGKILL after a grace period.
+//! The contract is documented in [`hvlite::initcmd`]. It never returns: PID 1 exiting
+//! panics the kernel.
 //!
 //! Two other modes:
 //! - the guest agent (`agent.rs`) when the kernel command line has `hvlite.agent=1`: it runs
@@ -87,6 +89,11 @@ fn run() -> u8 {
         agent::run(&cmdline);
     }
 
+    if let Err(e) = sys::catch_ctrl_alt_del() {
+        say(&format!(
+            "hvlite-init: Ctrl-Alt-Del will reboot at once: {e}"
+        ));
+    }
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let argv = match exec::encoded_command(&args) {
         None => vec![exec::SHELL.to_string()],
@@ -126,7 +133,10 @@ fn run() -> u8 {
 fn spawn_and_wait(cmd: &Prepared) -> u8 {
     let child = match sys::fork() {
         Ok(Forked::Child) => run_child(cmd),
-        Ok(Forked::Parent(pid)) => pid,
+        Ok(Forked::Parent(pid)) => {
+            sys::set_ctrl_alt_del_target(pid);
+            pid
+        }
         Err(e) => {
             say(&format!("hvlite-init: fork: {e}"));
             return STATUS_INIT_ERROR;

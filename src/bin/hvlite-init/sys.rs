@@ -299,3 +299,76 @@ pub fn wait_any() -> io::Result<(libc::pid_t, libc::c_int)> {
         }
     }
 }
+
+/// Ctrl-Alt-Del: the pid of the command to stop (its process group too), 0 before it runs.
+static CAD_TARGET: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Whether Ctrl-Alt-Del was pressed.
+static CAD_PRESSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Seconds between SIGTERM and SIGKILL after Ctrl-Alt-Del.
+pub const CAD_GRACE_SECONDS: libc::c_uint = 2;
+
+/// Writes `msg` to the console with write(2) alone (async-signal-safe).
+fn raw_say(msg: &[u8]) {
+    // SAFETY: `msg` is valid for `msg.len()` bytes; fd 1 is the console.
+    unsafe { libc::write(1, msg.as_ptr().cast(), msg.len()) };
+}
+
+/// Sends `sig` to the command's process group and to the command.
+fn signal_cad_target(sig: libc::c_int) {
+    let pid = CAD_TARGET.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill takes plain values; `pid` is our child (a session leader).
+        unsafe {
+            libc::kill(-pid, sig);
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+extern "C" fn on_ctrl_alt_del(_: libc::c_int) {
+    if CAD_PRESSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    raw_say(b"hvlite-init: Ctrl-Alt-Del: stopping the command\n");
+    signal_cad_target(libc::SIGTERM);
+    // SAFETY: alarm is async-signal-safe and takes a plain value.
+    unsafe { libc::alarm(CAD_GRACE_SECONDS) };
+}
+
+extern "C" fn on_cad_grace_over(_: libc::c_int) {
+    raw_say(b"hvlite-init: Ctrl-Alt-Del: the command is still running, killing it\n");
+    signal_cad_target(libc::SIGKILL);
+}
+
+fn set_handler(sig: libc::c_int, handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    // SAFETY: an all-zero sigaction is a valid start; the handler only uses
+    // async-signal-safe calls (atomics, write, kill, alarm). SA_RESTART keeps waitpid going.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        check(libc::sigaction(sig, &sa, ptr::null_mut())).map(drop)
+    }
+}
+
+/// Makes Ctrl-Alt-Del stop the command cleanly: the kernel then sends init SIGINT instead
+/// of rebooting at once (reboot(RB_DISABLE_CAD)); init sends the command (and its process
+/// group) SIGTERM, and SIGKILL after [`CAD_GRACE_SECONDS`]. The command's end then stops
+/// the VM as usual.
+pub fn catch_ctrl_alt_del() -> io::Result<()> {
+    set_handler(libc::SIGALRM, on_cad_grace_over)?;
+    set_handler(libc::SIGINT, on_ctrl_alt_del)?;
+    // SAFETY: reboot with RB_DISABLE_CAD only changes what Ctrl-Alt-Del does.
+    check(unsafe { libc::reboot(libc::RB_DISABLE_CAD) }).map(drop)
+}
+
+/// Names the command Ctrl-Alt-Del stops; if it was pressed already, stops it now.
+pub fn set_ctrl_alt_del_target(pid: libc::pid_t) {
+    CAD_TARGET.store(pid, std::sync::atomic::Ordering::SeqCst);
+    if CAD_PRESSED.load(std::sync::atomic::Ordering::SeqCst) {
+        signal_cad_target(libc::SIGTERM);
+        // SAFETY: alarm takes a plain value.
+        unsafe { libc::alarm(CAD_GRACE_SECONDS) };
+    }
+}

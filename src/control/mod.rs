@@ -1,0 +1,306 @@
+//! The VMM side of the API: a thread that takes the [`ApiRequest`]s the server hands
+//! over and answers them, keeping the instance's state:
+//!
+//! ```text
+//! Not started --InstanceStart--> Running <--PATCH /vm--> Paused
+//!                                   \                      /
+//!                                    +---> Stopped <------+   (the guest ended)
+//! ```
+//!
+//! Before InstanceStart the PUT requests fill a [`PendingVm`]; InstanceStart sends the
+//! resulting [`VmConfig`] to the thread that runs VMs (the main thread) and answers once
+//! the vCPUs run or the boot failed (then the state stays Not started and the
+//! configuration can be fixed). After the start, resources are fixed (409).
+
+pub mod pending;
+pub mod service;
+
+use std::sync::{Arc, Mutex, mpsc};
+
+use crate::api::{
+    ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VmInfo, VmStateRequest,
+};
+use crate::metrics::MetricsWriter;
+use crate::vmm::config::VmConfig;
+use crate::vmm::control::VmControl;
+pub use pending::{PendingError, PendingVm};
+
+/// Status for a request the current state does not allow.
+pub const CONFLICT: u16 = 409;
+
+/// The instance's state, shared with the thread that runs the VM (which sets Stopped).
+pub type SharedState = Arc<Mutex<InstanceState>>;
+
+/// Answers API requests for one instance.
+pub struct Controller {
+    id: String,
+    state: SharedState,
+    pending: PendingVm,
+    control: Arc<VmControl>,
+    metrics: Option<Arc<MetricsWriter>>,
+    /// Where InstanceStart sends the VM to boot.
+    start: mpsc::Sender<VmConfig>,
+}
+
+impl Controller {
+    /// A controller for instance `id` in `state` (Not started, or Running when the VM
+    /// was booted from the command line).
+    pub fn new(
+        id: String,
+        state: SharedState,
+        pending: PendingVm,
+        control: Arc<VmControl>,
+        metrics: Option<Arc<MetricsWriter>>,
+        start: mpsc::Sender<VmConfig>,
+    ) -> Self {
+        Self {
+            id,
+            state,
+            pending,
+            control,
+            metrics,
+            start,
+        }
+    }
+
+    /// Serves requests until the server goes away.
+    pub fn serve(mut self, requests: mpsc::Receiver<(ApiRequest, mpsc::Sender<ApiResponse>)>) {
+        for (req, reply) in requests {
+            let resp = self.handle(req);
+            // The client may have gone; nothing to do about it.
+            let _ = reply.send(resp);
+        }
+    }
+
+    fn state(&self) -> InstanceState {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_state(&self, s: InstanceState) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, req: ApiRequest) -> ApiResponse {
+        let state = self.state();
+        match req {
+            ApiRequest::GetInstanceInfo => {
+                ApiResponse::ok_json(&InstanceInfo::new(&self.id, state))
+            }
+            ApiRequest::GetVm => ApiResponse::ok_json(&VmInfo { state }),
+            ApiRequest::GetMachineConfig => ApiResponse::ok_json(&self.pending.machine_config()),
+            ApiRequest::Action(action) => self.action(action, state),
+            ApiRequest::PatchVm(want) => self.patch_vm(want, state),
+            other => self.configure(other, state),
+        }
+    }
+
+    /// A PUT of a resource: allowed before the start only.
+    fn configure(&mut self, req: ApiRequest, state: InstanceState) -> ApiResponse {
+        if state != InstanceState::NotStarted {
+            return ApiResponse::fault(
+                CONFLICT,
+                format!(
+                    "the VM is {}: resources cannot be changed after InstanceStart",
+                    state_name(state)
+                ),
+            );
+        }
+        let p = &mut self.pending;
+        match req {
+            ApiRequest::PutMachineConfig(m) => p.set_machine_config(&m),
+            ApiRequest::PutBootSource(b) => p.set_boot_source(&b),
+            ApiRequest::PutDrive(d) => {
+                if let Err(e) = p.put_drive(&d) {
+                    return ApiResponse::fault(400, e.to_string());
+                }
+            }
+            ApiRequest::PutNetworkInterface(n) => p.put_net(&n),
+            ApiRequest::PutVsock(v) => p.set_vsock(&v),
+            other => {
+                return ApiResponse::fault(500, format!("unhandled request {other:?}"));
+            }
+        }
+        ApiResponse::no_content()
+    }
+
+    fn action(&mut self, action: ActionType, state: InstanceState) -> ApiResponse {
+        match action {
+            ActionType::FlushMetrics => match &self.metrics {
+                None => ApiResponse::fault(400, "no metrics file is configured (--metrics)"),
+                Some(w) => match w.flush_now() {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::fault(500, error_chain(&e)),
+                },
+            },
+            ActionType::InstanceStart if state != InstanceState::NotStarted => {
+                ApiResponse::fault(CONFLICT, format!("the VM is {} already", state_name(state)))
+            }
+            ActionType::InstanceStart => self.instance_start(),
+            ActionType::SendCtrlAltDel => match state {
+                InstanceState::Running | InstanceState::Paused => {
+                    match self.control.ctrl_alt_del() {
+                        Ok(()) => ApiResponse::no_content(),
+                        Err(e) => ApiResponse::fault(CONFLICT, e.to_string()),
+                    }
+                }
+                other => ApiResponse::fault(
+                    CONFLICT,
+                    format!(
+                        "SendCtrlAltDel needs a running VM; the VM is {}",
+                        state_name(other)
+                    ),
+                ),
+            },
+        }
+    }
+
+    fn instance_start(&mut self) -> ApiResponse {
+        let cfg = match self.pending.to_vm_config() {
+            Ok(c) => c,
+            Err(e) => return ApiResponse::fault(400, e.to_string()),
+        };
+        self.control.reset();
+        if self.start.send(cfg).is_err() {
+            return ApiResponse::fault(503, "the VMM no longer starts VMs");
+        }
+        match self.control.wait_started() {
+            Ok(()) => {
+                self.set_state(InstanceState::Running);
+                log::info!("API: the VM started");
+                ApiResponse::no_content()
+            }
+            Err(msg) => ApiResponse::fault(400, format!("the VM did not start: {msg}")),
+        }
+    }
+
+    fn patch_vm(&mut self, want: VmStateRequest, state: InstanceState) -> ApiResponse {
+        let result = match (state, want) {
+            (InstanceState::Running, VmStateRequest::Paused) => self
+                .control
+                .pause()
+                .map(|()| self.set_state(InstanceState::Paused)),
+            (InstanceState::Paused, VmStateRequest::Resumed) => self
+                .control
+                .resume()
+                .map(|()| self.set_state(InstanceState::Running)),
+            (InstanceState::Running, VmStateRequest::Resumed)
+            | (InstanceState::Paused, VmStateRequest::Paused) => Ok(()),
+            (other, _) => {
+                return ApiResponse::fault(
+                    CONFLICT,
+                    format!(
+                        "the VM is {}: only a started VM can be paused or resumed",
+                        state_name(other)
+                    ),
+                );
+            }
+        };
+        match result {
+            Ok(()) => {
+                log::info!("API: VM {want:?}");
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::fault(CONFLICT, e.to_string()),
+        }
+    }
+}
+
+/// The state as the API spells it ("Not started", "Running", ...).
+pub fn state_name(s: InstanceState) -> String {
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{s:?}"))
+}
+
+/// An error and its causes, on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::MachineConfig;
+
+    fn controller() -> (Controller, mpsc::Receiver<VmConfig>, Arc<VmControl>) {
+        let (tx, rx) = mpsc::channel();
+        let control = Arc::new(VmControl::new());
+        let state = Arc::new(Mutex::new(InstanceState::NotStarted));
+        let pending = PendingVm::new(None, VmConfig::new(Default::default()));
+        let c = Controller::new("vm1".into(), state, pending, control.clone(), None, tx);
+        (c, rx, control)
+    }
+
+    #[test]
+    fn requests_in_the_wrong_state_conflict() {
+        let (mut c, _rx, _) = controller();
+        let status = |c: &mut Controller, r| c.handle(r).status;
+        assert_eq!(
+            status(&mut c, ApiRequest::PatchVm(VmStateRequest::Paused)),
+            409
+        );
+        assert_eq!(
+            status(&mut c, ApiRequest::Action(ActionType::SendCtrlAltDel)),
+            409
+        );
+        assert_eq!(
+            status(&mut c, ApiRequest::Action(ActionType::FlushMetrics)),
+            400
+        );
+        // No boot source yet.
+        assert_eq!(
+            status(&mut c, ApiRequest::Action(ActionType::InstanceStart)),
+            400
+        );
+        let m = MachineConfig {
+            vcpu_count: 2,
+            mem_size_mib: 64,
+        };
+        assert_eq!(status(&mut c, ApiRequest::PutMachineConfig(m.clone())), 204);
+        let got = c.handle(ApiRequest::GetMachineConfig);
+        assert_eq!(got.body, Some(serde_json::to_value(&m).unwrap()));
+        c.set_state(InstanceState::Running);
+        assert_eq!(status(&mut c, ApiRequest::PutMachineConfig(m)), 409);
+        assert_eq!(
+            status(&mut c, ApiRequest::Action(ActionType::InstanceStart)),
+            409
+        );
+        let info = c.handle(ApiRequest::GetInstanceInfo).body.unwrap();
+        assert_eq!(info["state"], "Running");
+        assert_eq!(info["id"], "vm1");
+    }
+
+    #[test]
+    fn a_failed_start_leaves_the_vm_configurable() {
+        let (mut c, rx, control) = controller();
+        let b = crate::api::BootSource {
+            kernel_image_path: "/k".into(),
+            initrd_path: None,
+            boot_args: None,
+        };
+        assert_eq!(c.handle(ApiRequest::PutBootSource(b)).status, 204);
+        let runner = std::thread::spawn(move || {
+            let cfg = rx.recv().unwrap();
+            control.fail(format!("cannot open {}", cfg.kernel.display()));
+        });
+        let resp = c.handle(ApiRequest::Action(ActionType::InstanceStart));
+        runner.join().unwrap();
+        assert_eq!(resp.status, 400);
+        assert!(
+            resp.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot open /k")
+        );
+        assert_eq!(c.state(), InstanceState::NotStarted);
+    }
+}

@@ -1,0 +1,112 @@
+//! `hvlite run --api-sock PATH`: serves the API and runs the VM it starts (or the one the
+//! command line gave, at once), until the guest ends.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, mpsc};
+
+use super::{Controller, PendingVm, error_chain};
+use crate::api::{ApiServer, ApiServerError, InstanceState};
+use crate::metrics::MetricsWriter;
+use crate::vmm::config::VmConfig;
+use crate::vmm::control::VmControl;
+use crate::vmm::exit::ExitReason;
+use crate::vmm::{self, Console, RunEnv, RunHooks, VmmError};
+
+/// Errors of an API-driven run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Server(#[from] ApiServerError),
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error("cannot start the API controller thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the API controller stopped before the VM started")]
+    ControllerGone,
+}
+
+/// What an API-driven run needs.
+pub struct ApiRun {
+    /// The instance id (`GET /`).
+    pub id: String,
+    /// The API socket.
+    pub socket: PathBuf,
+    /// The kernel from the command line or config file: boot at once.
+    pub kernel: Option<PathBuf>,
+    /// Everything else the command line and config file gave.
+    pub base: VmConfig,
+    /// The metrics, if a file was given.
+    pub metrics: Option<Arc<MetricsWriter>>,
+}
+
+/// Logs how long the API socket took to listen, in wall and CPU time (the benchmark
+/// reads this line).
+fn report_socket_ready() {
+    let Some(start) = crate::vcpu::PROCESS_START.get() else {
+        return;
+    };
+    let wall = start.elapsed().as_secs_f64() * 1e3;
+    match crate::vmm::stats::process_cpu_time() {
+        Ok(cpu) => log::info!(
+            "API socket ready {wall:.2} ms after process start ({:.2} ms CPU)",
+            cpu.as_secs_f64() * 1e3
+        ),
+        Err(e) => log::info!("API socket ready {wall:.2} ms after process start ({e})"),
+    }
+}
+
+/// Serves the API and runs the VM until it ends; returns why, with the VM's config.
+pub fn run_api(run: ApiRun) -> Result<(ExitReason, VmConfig), ServiceError> {
+    let control = Arc::new(VmControl::new());
+    let boot_now = run.kernel.is_some();
+    let state = Arc::new(Mutex::new(if boot_now {
+        InstanceState::Running
+    } else {
+        InstanceState::NotStarted
+    }));
+    let pending = PendingVm::new(run.kernel, run.base);
+    let first = pending.to_vm_config().ok();
+    let (api_tx, api_rx) = mpsc::channel();
+    let (start_tx, start_rx) = mpsc::channel();
+    let controller = Controller::new(
+        run.id,
+        Arc::clone(&state),
+        pending,
+        Arc::clone(&control),
+        run.metrics.clone(),
+        start_tx,
+    );
+    let server = ApiServer::start(&run.socket, api_tx)?;
+    report_socket_ready();
+    std::thread::Builder::new()
+        .name("hvlite-ctl".into())
+        .spawn(move || controller.serve(api_rx))
+        .map_err(ServiceError::Thread)?;
+    if !boot_now {
+        log::info!("waiting for the VM's configuration and InstanceStart on the API");
+    }
+    let hooks = || RunHooks {
+        metrics: run.metrics.as_ref().map(|w| Arc::clone(w.metrics())),
+        control: Some(Arc::clone(&control)),
+    };
+    let mut cfg = match first {
+        Some(cfg) if boot_now => cfg,
+        _ => start_rx.recv().map_err(|_| ServiceError::ControllerGone)?,
+    };
+    loop {
+        match vmm::run_with(&cfg, RunEnv::new(Console::default()), hooks()) {
+            Ok(reason) => {
+                *state.lock().unwrap_or_else(|p| p.into_inner()) = InstanceState::Stopped;
+                drop(server);
+                return Ok((reason, cfg));
+            }
+            Err(e) if !boot_now => {
+                let msg = error_chain(&e);
+                log::error!("InstanceStart failed: {msg}");
+                control.fail(msg);
+                cfg = start_rx.recv().map_err(|_| ServiceError::ControllerGone)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
