@@ -44,6 +44,10 @@ mkdir -p fuzz/corpus/blk_request
 # cargo-fuzz passes -Z flags to rustc; RUSTC_BOOTSTRAP lets the stable toolchain take them.
 RUSTC_BOOTSTRAP=1 cargo fuzz run blk_request fuzz/corpus/blk_request fuzz/seeds/blk_request \
     -- -max_total_time=20 -timeout=10 2>&1 | tail -n 5
+log "fuzz smoke run: API request parser (HTTP and JSON bodies)"
+mkdir -p fuzz/corpus/api_request
+RUSTC_BOOTSTRAP=1 cargo fuzz run api_request fuzz/corpus/api_request fuzz/seeds/api_request \
+    -- -max_total_time=20 -timeout=10 2>&1 | tail -n 5
 
 log "cargo test (unit and integration tests)"
 cargo test 2>&1

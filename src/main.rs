@@ -193,13 +193,17 @@ impl RunArgs {
             Some(k) => k,
             None => paths::default_kernel()?,
         };
+        let file_stdin = file.process.as_ref().is_some_and(|p| p.stdin);
         let Some(rootfs) = rootfs else {
             let container_only = [
                 (!self.env.is_empty(), "--env"),
                 (self.workdir.is_some(), "--workdir"),
                 (self.user.is_some(), "--user"),
-                (self.interactive, "--interactive"),
-                (self.console, "--console"),
+                (
+                    self.interactive || file_stdin,
+                    "--interactive (process.stdin)",
+                ),
+                (self.console || file.console, "--console"),
             ];
             if let Some((_, flag)) = container_only.iter().find(|(given, _)| *given) {
                 return Err(usage(&format!("{flag} needs --rootfs")));
@@ -236,9 +240,9 @@ impl RunArgs {
                 env,
                 workdir,
                 user,
-                stdin: self.interactive,
+                stdin: self.interactive || file_stdin,
             },
-            console: self.console,
+            console: self.console || file.console,
         }))
     }
 }

@@ -71,6 +71,9 @@ pub struct FileConfig {
     /// The guest's root filesystem.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<PathBuf>,
+    /// Show the guest kernel's console on stderr in a container run (`--console`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub console: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logger: Option<Logger>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,6 +149,9 @@ pub struct Process {
     pub cwd: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<User>,
+    /// Forward hvlite's stdin to the process (`-i`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
 }
 
 /// `process.user`: whom the command runs as.

@@ -289,3 +289,19 @@ fn defaults_and_the_kernel_requirement() {
         .unwrap();
     assert_eq!(vm, VmConfig::new("k".into()));
 }
+
+#[test]
+fn container_switches_round_trip() {
+    let text = r#"{"rootfs": "/srv/root", "console": true,
+        "process": {"args": ["cat"], "stdin": true}}"#;
+    let cfg = FileConfig::parse(text, "c.json").unwrap();
+    assert!(cfg.console);
+    assert!(cfg.process.as_ref().is_some_and(|p| p.stdin));
+    let again = FileConfig::parse(&cfg.to_json_pretty(), "again.json").unwrap();
+    assert_eq!(again, cfg);
+    // Off by default, and then not written out.
+    let plain = FileConfig::parse(r#"{"process": {"args": ["true"]}}"#, "p.json").unwrap();
+    assert!(!plain.console && !plain.process.as_ref().is_some_and(|p| p.stdin));
+    assert!(!plain.to_json_pretty().contains("stdin"));
+    assert_err(r#"{"console": "yes"}"#, "vm.json: console: invalid type");
+}
