@@ -68,6 +68,8 @@ pub struct Boot {
     pub status: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// stdout as the bytes hvlite wrote.
+    pub stdout_bytes: Vec<u8>,
 }
 
 impl Boot {
@@ -250,6 +252,7 @@ impl Running {
             status: status.code(),
             stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            stdout_bytes: self.stdout,
         }
     }
 }

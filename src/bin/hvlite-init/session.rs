@@ -26,15 +26,9 @@ pub const STDIN_BACKLOG: usize = 1 << 20;
 /// Frames waiting for the host above which the agent stops reading the process's output.
 pub const OUTPUT_BACKLOG: usize = 1 << 20;
 /// Room reserved up front in each queue: the backlog plus one maximal frame, so the queues
-/// never grow.
-///
-/// Every buffer the kernel reads or fills for the session (the two queues and the read
-/// buffer) is allocated after the fork, large enough (above glibc's 128 KiB mmap
-/// threshold) to be a fresh anonymous mapping, and never reallocated. On PVM hosts, with
-/// small heap buffers, the kernel's copy from the agent's memory into the process's stdin
-/// pipe was seen reading the first 64 bytes of a 32 KiB chunk from the wrong page: the
-/// process got another process's freed heap data (malloc free-list pointers) instead of
-/// its input, every run. With fresh mappings the same 200 KB stdin arrives intact.
+/// never grow (no reallocation and copying while data flows). Together with the read
+/// buffer ([`READ_BUF`]) they are above glibc's mmap threshold, so each is its own
+/// anonymous mapping.
 const QUEUE_CAPACITY: usize = OUTPUT_BACKLOG + hvlite::agent::protocol::MAX_FRAME_LEN;
 /// After the process exited: how long its pipes may stay quiet before the agent stops
 /// waiting for their EOF (other processes may hold them open).
@@ -47,8 +41,7 @@ pub const LINGER: Duration = Duration::from_secs(10);
 const REAP_INTERVAL_MS: libc::c_int = 1000;
 /// Bytes read from the host at a time.
 const READ_CHUNK: usize = 64 * 1024;
-/// Size of the read buffer: more than [`READ_CHUNK`] so that it is a fresh mapping (see
-/// [`QUEUE_CAPACITY`]).
+/// Size of the read buffer (see [`QUEUE_CAPACITY`]).
 const READ_BUF: usize = 256 * 1024;
 
 /// How the session treats the rest of the system.
