@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, SubscriberOps};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::GuestAddress;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::super::queue::NetCounters;
@@ -15,11 +15,13 @@ use crate::devices::virtio::Subscriber;
 
 const QS: u16 = 16;
 
-#[test]
-fn starved_rx_parks_the_tap_until_a_kick_and_tx_flows() {
-    let mem = guest_memory();
-    let rxq = MockSplitQueue::new(&mem, QS);
-    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QS);
+/// An RX queue (no mergeable buffers, 1530-byte frames) and a TX queue on the mock rings,
+/// sharing one set of counters.
+fn queues(
+    mem: &GuestMemoryMmap,
+    rxq: &MockSplitQueue<GuestMemoryMmap>,
+    txq: &MockSplitQueue<GuestMemoryMmap>,
+) -> (RxQueue, TxQueue, Arc<NetCounters>) {
     let counters = Arc::new(NetCounters::default());
     let config = RxConfig {
         mergeable: false,
@@ -37,6 +39,15 @@ fn starved_rx_parks_the_tap_until_a_kick_and_tx_flows() {
         txq.create_queue().expect("q"),
         Arc::clone(&counters),
     );
+    (rx, tx, counters)
+}
+
+#[test]
+fn starved_rx_parks_the_tap_until_a_kick_and_tx_flows() {
+    let mem = guest_memory();
+    let rxq = MockSplitQueue::new(&mem, QS);
+    let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QS);
+    let (rx, tx, counters) = queues(&mem, &rxq, &txq);
     let rx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let tx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
@@ -97,23 +108,7 @@ fn broken_tx_ring_unregisters_its_kick() {
     let rxq = MockSplitQueue::new(&mem, QS);
     let txq = MockSplitQueue::create(&mem, GuestAddress(TXQ), QS);
     txq.avail().idx().store(QS + 2);
-    let counters = Arc::new(NetCounters::default());
-    let config = RxConfig {
-        mergeable: false,
-        guest_csum: true,
-        frame_capacity: 1530,
-    };
-    let rx = RxQueue::new(
-        mem.clone(),
-        rxq.create_queue().expect("q"),
-        Arc::clone(&counters),
-        config,
-    );
-    let tx = TxQueue::new(
-        mem.clone(),
-        txq.create_queue().expect("q"),
-        Arc::clone(&counters),
-    );
+    let (rx, tx, counters) = queues(&mem, &rxq, &txq);
     let tx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
     let (dev, _host) = fake_tap();
