@@ -96,7 +96,7 @@ struct RunArgs {
     /// Extra kernel command-line options, appended to hvlite's defaults.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
-    /// Number of vCPUs (1-32) [default: 1].
+    /// Number of vCPUs (1-32) [default: 1; 2 for container runs on PVM hosts, see README].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
     cpus: Option<u8>,
     /// Guest memory in MiB [default: 128].
@@ -212,6 +212,12 @@ impl RunArgs {
         };
         if vm.initrd.is_some() {
             return Err(usage("a container run (rootfs) cannot have an initrd"));
+        }
+        let cpus_given = self.cpus.is_some()
+            || (file.machine_config.as_ref()).is_some_and(|m| m.vcpu_count.is_some());
+        if !cpus_given {
+            let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            vm.cpus = hvlite::host::HostKind::detect().default_container_cpus(host_cpus);
         }
         let Some(args) = vm.command.take() else {
             return Err(usage("--rootfs needs the command to run after `--`"));

@@ -8,6 +8,8 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::linux::{Boot, Running, agent, kernel, rootfs_dir, start_full};
@@ -35,8 +37,63 @@ fn start_container_on(root: &str, opts: &[&str], cmd: &[&str], stdin: Option<Vec
     start_full(&[], &args, &envs, stdin)
 }
 
+/// Runs a container to its end. A run in which a guest process crashed on a PVM host is
+/// repeated once: see [`hit_pvm_defect`].
 fn run_container(opts: &[&str], cmd: &[&str], stdin: Option<Vec<u8>>) -> Boot {
+    let b = start_container(opts, cmd, stdin.clone()).finish();
+    if !hit_pvm_defect(&b) {
+        return b;
+    }
+    known_defect_repeat(&b);
     start_container(opts, cmd, stdin).finish()
+}
+
+/// A static x86-64 Linux executable that runs `code` (mapped at 0x400078, page-aligned with
+/// its file offset as the kernel's ELF loader wants).
+fn user_elf(code: &[u8]) -> Vec<u8> {
+    const HEADERS: u64 = 64 + 56;
+    let vaddr = 0x40_0000 + HEADERS;
+    let size = HEADERS + code.len() as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&vaddr.to_le_bytes()); // entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // flags
+    for half in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&half.to_le_bytes()); // ehsize, phentsize, phnum, sh*
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    f.extend_from_slice(&0u64.to_le_bytes()); // offset
+    f.extend_from_slice(&0x40_0000u64.to_le_bytes()); // vaddr
+    f.extend_from_slice(&0x40_0000u64.to_le_bytes()); // paddr
+    f.extend_from_slice(&size.to_le_bytes());
+    f.extend_from_slice(&size.to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(f.len() as u64, HEADERS);
+    f.extend_from_slice(code);
+    f
+}
+
+/// Whether hvlite reported a crashed guest process on a PVM host. There, processes that
+/// run at the same time sometimes read another address space's memory and crash at start
+/// (a host defect: see the README); on hardware KVM they never do, and the commands run
+/// through [`run_container`] never crash on purpose, so there a crash fails the test.
+fn hit_pvm_defect(b: &Boot) -> bool {
+    is_pvm() && b.stderr.contains("guest process crashed")
+}
+
+fn known_defect_repeat(b: &Boot) {
+    let line = b
+        .stderr
+        .lines()
+        .find(|l| l.contains("guest process crashed"))
+        .unwrap_or_default();
+    eprintln!("KNOWN PVM HOST DEFECT (a guest process crashed), repeating the run once:\n{line}");
 }
 
 #[test]
@@ -159,13 +216,72 @@ fn sigterm_is_forwarded_and_the_signal_status_returned() {
 }
 
 /// Accepts one connection on `listener` and reads it to the end.
-fn read_all_from(listener: UnixListener) -> std::thread::JoinHandle<Vec<u8>> {
+/// How long any one socket step of the vsock test may block before the test fails
+/// (instead of hanging the suite).
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn read_all_from(
+    listener: UnixListener,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<Vec<u8>, String>> {
     std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().expect("accept guest connection");
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if stop.load(Ordering::Relaxed) {
+                        return Err("the guest never connected to host port 6000".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(SOCKET_TIMEOUT))
+            .map_err(|e| e.to_string())?;
         let mut v = Vec::new();
-        s.read_to_end(&mut v).expect("read guest stream");
-        v
+        match s.read_to_end(&mut v) {
+            Ok(_) => Ok(v),
+            Err(e) => Err(format!("after {} bytes from the guest: {e}", v.len())),
+        }
     })
+}
+
+/// Connects to the guest's port 5000 through hvlite's vsock socket `uds`, sends `data`,
+/// half-closes, and returns everything the guest sent back.
+fn echo_through_guest(uds: &std::path::Path, data: &[u8]) -> Result<Vec<u8>, String> {
+    let mut s = UnixStream::connect(uds).map_err(|e| format!("connect {}: {e}", uds.display()))?;
+    s.set_read_timeout(Some(SOCKET_TIMEOUT))
+        .and_then(|()| s.set_write_timeout(Some(SOCKET_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"CONNECT 5000\n")
+        .map_err(|e| format!("CONNECT: {e}"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        s.read_exact(&mut byte)
+            .map_err(|e| format!("reading the OK line (got {line:?}): {e}"))?;
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line).into_owned();
+    if !line.starts_with("OK ") {
+        return Err(format!("CONNECT answered {line:?}"));
+    }
+    let mut writer = s.try_clone().map_err(|e| e.to_string())?;
+    let sent = data.to_vec();
+    let w = std::thread::spawn(move || {
+        writer
+            .write_all(&sent)
+            .and_then(|()| writer.shutdown(std::net::Shutdown::Write))
+    });
+    let mut echoed = Vec::new();
+    let read = s.read_to_end(&mut echoed);
+    let wrote = w.join().map_err(|_| "writer thread panicked".to_string())?;
+    read.map_err(|e| format!("after {} echoed bytes: {e}", echoed.len()))?;
+    wrote.map_err(|e| format!("writing to the guest: {e}"))?;
+    Ok(echoed)
 }
 
 #[test]
@@ -173,56 +289,71 @@ fn vsock_host_and_guest_connections_carry_4_mib_intact() {
     if !kvm_available("vsock_host_and_guest_connections_carry_4_mib_intact") {
         return;
     }
+    for attempt in 1..=2 {
+        match vsock_round_trips(attempt) {
+            Ok(()) => return,
+            Err((msg, b)) if attempt == 1 && hit_pvm_defect(&b) => {
+                eprintln!("{msg}");
+                known_defect_repeat(&b);
+            }
+            Err((msg, b)) => panic!("{msg}\n{}", b.context()),
+        }
+    }
+}
+
+/// One boot of the vsock test: a guest listener echoes 4 MiB from the host while a guest
+/// client sends 4 MiB to a host listener. An error has what hvlite printed.
+fn vsock_round_trips(attempt: u32) -> Result<(), (String, Boot)> {
     const SIZE: usize = 4 << 20;
-    let dir = scratch("vsock");
+    let dir = scratch(&format!("vsock-{attempt}"));
     let uds = dir.join("v.sock");
     // Guest-initiated connections to host port 6000 land here.
-    let from_guest = read_all_from(UnixListener::bind(dir.join("v.sock_6000")).unwrap());
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = UnixListener::bind(dir.join("v.sock_6000")).expect("bind v.sock_6000");
+    let from_guest = read_all_from(listener, Arc::clone(&stop));
     let vsock = format!("cid=7,uds={}", uds.display());
     let script = format!(
         "hvlite-vsock listen 5000 echo & \
          hvlite-vsock send 2 6000 {SIZE} || echo SEND-FAILED; wait; echo guest-done"
     );
     let mut r = start_container(&["--vsock", &vsock], &["/bin/sh", "-c", &script], None);
-    r.wait_for("listening");
-
-    // Host-initiated: CONNECT to the guest's echo listener, 4 MiB each way.
-    let mut s = UnixStream::connect(&uds).expect("connect to the vsock socket");
-    s.write_all(b"CONNECT 5000\n").unwrap();
-    let mut line = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        s.read_exact(&mut byte).expect("OK line");
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line).into_owned();
-    assert!(line.starts_with("OK "), "{line:?}");
-    let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 253) as u8).collect();
-    let mut writer = s.try_clone().unwrap();
-    let sent = data.clone();
-    let w = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    let echoed = r.try_wait_for("listening").and_then(|()| {
+        // Host-initiated: CONNECT to the guest's echo listener, 4 MiB each way. Every
+        // step has a deadline.
+        let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 % 253) as u8).collect();
+        let echoed = echo_through_guest(&uds, &data)?;
+        if echoed.len() != SIZE {
+            return Err(format!("{} bytes echoed of {SIZE}", echoed.len()));
+        }
+        if echoed != data {
+            return Err("echoed bytes differ".into());
+        }
+        Ok(())
     });
-    let mut echoed = Vec::new();
-    s.read_to_end(&mut echoed).unwrap();
-    w.join().unwrap();
-    assert_eq!(echoed.len(), SIZE, "echo length");
-    assert!(echoed == data, "echoed bytes differ");
-
-    let got = from_guest.join().unwrap();
+    if let Err(e) = echoed {
+        stop.store(true, Ordering::Relaxed);
+        return Err((format!("host-to-guest echo: {e}"), r.kill()));
+    }
     let b = r.finish();
-    assert_eq!(b.status, Some(0), "{}", b.context());
-    assert!(
-        b.stdout.contains("guest-done") && !b.stdout.contains("SEND-FAILED"),
-        "{}",
-        b.context()
-    );
-    assert_eq!(got.len(), SIZE, "guest-to-host length; {}", b.context());
-    assert!(
-        got.iter().enumerate().all(|(i, &v)| v == i as u8),
-        "guest-to-host bytes differ from the tool's pattern"
-    );
+    stop.store(true, Ordering::Relaxed);
+    let got = from_guest.join().expect("reader thread");
+    let check = || -> Result<(), String> {
+        if b.status != Some(0)
+            || !b.stdout.contains("guest-done")
+            || b.stdout.contains("SEND-FAILED")
+        {
+            return Err(format!("guest script failed (status {:?})", b.status));
+        }
+        let got = got?;
+        if got.len() != SIZE {
+            return Err(format!("guest-to-host: {} bytes of {SIZE}", got.len()));
+        }
+        if !got.iter().enumerate().all(|(i, &v)| v == i as u8) {
+            return Err("guest-to-host bytes differ from the tool's pattern".into());
+        }
+        Ok(())
+    };
+    check().map_err(|e| (e, b))
 }
 
 #[test]
@@ -272,9 +403,37 @@ fn an_image_rootfs_is_used_read_write() {
         "{}",
         String::from_utf8_lossy(&mkfs.stderr)
     );
-    let cmd = ["/bin/sh", "-c", "echo kept > /kept.txt"];
+    // A program that dereferences NULL, to see hvlite report a crashed guest process.
+    let crasher = dir.join("crasher");
+    std::fs::write(&crasher, user_elf(&[0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0])).unwrap();
+    let debugfs = std::process::Command::new("debugfs")
+        .args(["-w", "-R"])
+        .arg(format!("write {} /crasher", crasher.display()))
+        .arg(&image)
+        .output()
+        .expect("debugfs");
+    assert!(debugfs.status.success(), "{debugfs:?}");
+    let chmod = std::process::Command::new("debugfs")
+        .args(["-w", "-R", "sif /crasher mode 0100755"])
+        .arg(&image)
+        .output()
+        .expect("debugfs");
+    assert!(chmod.status.success(), "{chmod:?}");
+    let cmd = [
+        "/bin/sh",
+        "-c",
+        "echo kept > /kept.txt; /crasher; echo crasher=$?",
+    ];
     let b = start_container_on(image.to_str().unwrap(), &[], &cmd, None).finish();
     assert_eq!(b.status, Some(0), "{}", b.context());
+    assert!(b.stdout.contains("crasher=139"), "{}", b.context());
+    // The kernel's report reaches hvlite's log even though the console is quiet.
+    let report = b
+        .stderr
+        .lines()
+        .find(|l| l.contains("guest process crashed: crasher["))
+        .unwrap_or_else(|| panic!("no crash report; {}", b.context()));
+    assert!(report.contains("segfault at 0 ip "), "{report}");
     // The agent synced before reporting: the change is in the image file.
     let out = std::process::Command::new("debugfs")
         .args(["-R", "cat /kept.txt"])

@@ -1,6 +1,7 @@
 //! The guest console of a container run: quiet by default, but its last lines are kept so
 //! that a guest that fails before its agent reports (a kernel panic, an agent that dies)
-//! still leaves an explanation.
+//! still leaves an explanation. The kernel's reports of crashed processes are logged
+//! whether or not the console is shown ([`CrashWatch`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -45,9 +46,121 @@ impl Write for ConsoleTail {
     }
 }
 
+/// Longest console line examined; the rest of a longer line is ignored.
+const LINE_MAX: usize = 512;
+/// Crash reports logged per run; more are counted, not logged.
+const REPORTS_MAX: usize = 10;
+
+/// The kernel's report of a user process killed by a fault, if `line` is one: `segfault at`,
+/// `trap ...` and `general protection fault` (x86 `show_signal_msg` and `do_trap`), without
+/// the timestamp.
+pub fn crash_report(line: &str) -> Option<&str> {
+    let text = match line.trim_end().split_once("] ") {
+        Some((stamp, rest)) if stamp.trim_start().starts_with('[') => rest,
+        _ => line.trim_end(),
+    };
+    let crashed = (text.contains("]: segfault at ") && text.contains(" ip "))
+        || (text.starts_with("traps: ")
+            && (text.contains("] trap ") || text.contains("] general protection fault ")));
+    crashed.then_some(text)
+}
+
+/// Passes the guest console through to `inner` and logs each crash report in it as a
+/// warning. On PVM hosts the first one says that it may be the host's stale-memory defect.
+pub struct CrashWatch<W> {
+    inner: W,
+    line: Vec<u8>,
+    reports: usize,
+    pvm: bool,
+}
+
+impl<W: Write> CrashWatch<W> {
+    /// Watches what is written to `inner`; `pvm`: the host is a PVM host.
+    pub fn new(inner: W, pvm: bool) -> Self {
+        Self {
+            inner,
+            line: Vec::new(),
+            reports: 0,
+            pvm,
+        }
+    }
+
+    fn end_line(&mut self) {
+        let line = String::from_utf8_lossy(&self.line).into_owned();
+        self.line.clear();
+        let Some(report) = crash_report(&line) else {
+            return;
+        };
+        self.reports += 1;
+        match self.reports {
+            1 if self.pvm => log::warn!(
+                "guest process crashed: {report} (on PVM hosts processes that run at the same \
+                 time sometimes read stale memory, a host defect described in the README)"
+            ),
+            n if n <= REPORTS_MAX => log::warn!("guest process crashed: {report}"),
+            n if n == REPORTS_MAX + 1 => log::warn!("more guest processes crashed; not logged"),
+            _ => {}
+        }
+    }
+}
+
+impl<W: Write> Write for CrashWatch<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        for &b in &data[..n] {
+            match b {
+                b'\n' => self.end_line(),
+                _ if self.line.len() < LINE_MAX => self.line.push(b),
+                _ => {}
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crash_reports_are_recognised() {
+        let seg = "[   20.871880] hvlite-vsock[27]: segfault at 7f3b537fd980 ip 00007fa8a9c0b1f2 \
+                   sp 00007ffc33b40148 error 4 in hvlite-vsock[7fa8a9ba7000+101000]\r";
+        assert!(crash_report(seg).is_some_and(|r| r.starts_with("hvlite-vsock[27]: segfault")));
+        let trap = "traps: a.out[41] trap invalid opcode ip:401000 sp:7ffc0 error:0 in a.out";
+        assert_eq!(crash_report(trap), Some(trap));
+        let gp = "[ 1.0] traps: sh[9] general protection fault ip:4a sp:7f error:0 in sh";
+        assert!(crash_report(gp).is_some());
+        for line in [
+            "EXT4-fs (vdb): mounted filesystem without journal.",
+            "sh: segfault at the end of my script",
+            "[ 1.0] hvlite-agent: connected to the host",
+            "",
+        ] {
+            assert_eq!(crash_report(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn watching_passes_everything_through_in_pieces() {
+        let tail = ConsoleTail::new();
+        let mut w = CrashWatch::new(tail.clone(), true);
+        let text = "boot\n[ 2.0] sh[3]: segfault at 0 ip 1 sp 2 error 4\nafter";
+        for piece in text.as_bytes().chunks(5) {
+            w.write_all(piece).unwrap();
+        }
+        assert_eq!(tail.text(), text);
+        assert_eq!(w.reports, 1);
+        let long = vec![b'y'; LINE_MAX * 3];
+        w.write_all(&long).unwrap();
+        w.write_all(b"\n").unwrap();
+        assert_eq!(w.reports, 1);
+        assert!(w.line.is_empty());
+    }
 
     #[test]
     fn keeps_only_the_tail() {

@@ -30,7 +30,7 @@ use crate::agent::{
 use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
 use crate::vmm::exit::{ExitLatch, ExitReason};
 use crate::vmm::{self, Console, RunEnv, VmmError};
-use console::ConsoleTail;
+use console::{ConsoleTail, CrashWatch};
 use rootfs::RootMode;
 use spec::ProcessOptions;
 
@@ -144,6 +144,7 @@ pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
         uds: None,
     });
     log::debug!("container VM: vsock cid {}", vsock.cid);
+    log::info!("container VM: {} vCPU(s), {} MiB", vm.cpus, vm.memory_mib);
 
     let latch = Arc::new(ExitLatch::new());
     let (agent_tx, agent_rx) = mpsc::channel();
@@ -170,11 +171,12 @@ pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
     drop(forwarder);
 
     let tail = ConsoleTail::new();
+    let pvm = crate::host::HostKind::detect().is_pvm();
     let console = Console {
         out: if cfg.console {
-            Box::new(io::stderr())
+            Box::new(CrashWatch::new(io::stderr(), pvm))
         } else {
-            Box::new(tail.clone())
+            Box::new(CrashWatch::new(tail.clone(), pvm))
         },
         forward_stdin: false,
     };

@@ -84,7 +84,7 @@ pub struct Running {
     child: Child,
     out_rx: mpsc::Receiver<Vec<u8>>,
     stdout: Vec<u8>,
-    err_reader: std::thread::JoinHandle<Vec<u8>>,
+    err_reader: Option<std::thread::JoinHandle<Vec<u8>>>,
     start: Instant,
     _one_at_a_time: MutexGuard<'static, ()>,
 }
@@ -158,7 +158,7 @@ pub fn start_full(
         child,
         out_rx,
         stdout: Vec::new(),
-        err_reader,
+        err_reader: Some(err_reader),
         start: Instant::now(),
         _one_at_a_time: guard,
     }
@@ -174,31 +174,48 @@ impl Running {
         }
     }
 
-    /// Waits until `text` appears on the guest console; panics on timeout or exit.
+    /// Waits until `text` appears on the guest console; panics on timeout or exit, showing
+    /// everything hvlite printed.
     pub fn wait_for(&mut self, text: &str) {
+        if let Err(e) = self.try_wait_for(text) {
+            panic!("{e}; {}", self.printed());
+        }
+    }
+
+    /// Waits until `text` appears on the guest console; an error (saying why) when hvlite
+    /// exits first or [`BOOT_TIMEOUT`] passes (hvlite is killed then).
+    pub fn try_wait_for(&mut self, text: &str) -> Result<(), String> {
         loop {
             if String::from_utf8_lossy(&self.stdout).contains(text) {
-                return;
+                return Ok(());
             }
             if self.start.elapsed() > BOOT_TIMEOUT {
                 let _ = self.child.kill();
-                panic!(
-                    "{text:?} not seen in time; console:\n{}",
-                    String::from_utf8_lossy(&self.stdout)
-                );
+                let _ = self.child.wait();
+                return Err(format!("{text:?} not seen within {BOOT_TIMEOUT:?}"));
             }
             if let Ok(Some(st)) = self.child.try_wait() {
                 self.pump(Duration::from_millis(200));
                 if String::from_utf8_lossy(&self.stdout).contains(text) {
-                    return;
+                    return Ok(());
                 }
-                panic!(
-                    "hvlite exited ({st}) before {text:?}; console:\n{}",
-                    String::from_utf8_lossy(&self.stdout)
-                );
+                return Err(format!("hvlite exited ({st}) before {text:?}"));
             }
             self.pump(Duration::from_millis(100));
         }
+    }
+
+    /// stdout so far and (once hvlite has exited) its stderr, for failure messages.
+    fn printed(&mut self) -> String {
+        self.pump(Duration::from_millis(200));
+        let stderr = match self.err_reader.take() {
+            Some(h) => String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned(),
+            None => String::new(),
+        };
+        format!(
+            "stdout:\n{}\nstderr:\n{stderr}",
+            String::from_utf8_lossy(&self.stdout)
+        )
     }
 
     /// The guest console so far.
@@ -236,8 +253,8 @@ impl Running {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
                 panic!(
-                    "hvlite did not finish within {BOOT_TIMEOUT:?}; console so far:\n{}",
-                    String::from_utf8_lossy(&self.stdout)
+                    "hvlite did not finish within {BOOT_TIMEOUT:?}; {}",
+                    self.printed()
                 );
             }
             self.pump(Duration::from_millis(50));
@@ -246,13 +263,27 @@ impl Running {
         while let Ok(chunk) = self.out_rx.recv_timeout(Duration::from_secs(5)) {
             self.stdout.extend(chunk);
         }
-        let stderr = self.err_reader.join().unwrap_or_default();
+        let stderr = self
+            .err_reader
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
         eprintln!("hvlite ran {:.1} s", self.start.elapsed().as_secs_f64());
         Boot {
             status: status.code(),
             stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&stderr).into_owned(),
-            stdout_bytes: self.stdout,
+            stdout_bytes: std::mem::take(&mut self.stdout),
+        }
+    }
+}
+
+impl Drop for Running {
+    /// A test that fails half-way must not leave its VM running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 }

@@ -21,7 +21,7 @@ use hvlite::agent::protocol::{AGENT_VSOCK_PORT, AgentMessage, PROTOCOL_VERSION, 
 use hvlite::initcmd::STATUS_INIT_ERROR;
 
 use crate::session::{self, Options, Outcome};
-use crate::sys::{fds, process, say, vsock};
+use crate::sys::{self, fds, process, say, vsock};
 use crate::{cmdline, container, finish};
 
 /// How long the agent keeps trying to connect to the host.
@@ -101,6 +101,11 @@ pub fn run(cmdline: &str) -> ! {
             })
         })
         .and_then(|()| sigchld.map_err(|e| format!("SIGCHLD pipe: {e}")));
+    // The boot was `quiet` (console output is slow on emulated hosts); from here on the
+    // kernel's reports of crashed processes reach the host, which logs them.
+    if let Err(e) = sys::set_console_log_level(sys::CONSOLE_LEVEL_INFO) {
+        say(&format!("hvlite-agent: console log level: {e}"));
+    }
     let outcome = match ready {
         Ok(sigchld) => session::serve(
             conn,

@@ -123,6 +123,22 @@ pub fn sync() {
     unsafe { libc::sync() };
 }
 
+/// The console log level at which the kernel prints `KERN_INFO` messages, among them its
+/// reports of user processes killed by a fault ("segfault at ...").
+pub const CONSOLE_LEVEL_INFO: libc::c_int = 7;
+
+/// Sets the kernel's console log level (syslog(2) `SYSLOG_ACTION_CONSOLE_LEVEL`): messages
+/// more urgent than `level` reach the console. Undoes a `quiet` boot's level.
+pub fn set_console_log_level(level: libc::c_int) -> io::Result<()> {
+    const SYSLOG_ACTION_CONSOLE_LEVEL: libc::c_int = 8;
+    // SAFETY: this action reads no buffer (null, length 0 is allowed) and only takes `level`.
+    let rc = unsafe { libc::klogctl(SYSLOG_ACTION_CONSOLE_LEVEL, std::ptr::null_mut(), level) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Writes `status` to I/O port `port` through `/dev/port` (the kernel does the `out`).
 pub fn write_port_devport(port: u16, status: u8) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open("/dev/port")?;
