@@ -27,6 +27,7 @@ LOG_PATTERNS = {
     "first_kvm_run_ms": re.compile(r"first KVM_RUN ([0-9.]+) ms"),
     "agent_connected_ms": re.compile(r"guest agent connected ([0-9.]+) ms"),
     "process_ended_ms": re.compile(r"container process ended .* ([0-9.]+) ms"),
+    "vcpus": re.compile(r"container VM: ([0-9]+) vCPU"),
 }
 
 
@@ -146,6 +147,7 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
 
     summary = {
+        "hvlite_vcpus": median(hv, "vcpus"),
         "hvlite_wall_s": median(hv, "wall_s"),
         "runc_wall_s": median(rc, "wall_s"),
         "hvlite_first_kvm_run_ms": median(hv, "first_kvm_run_ms"),
