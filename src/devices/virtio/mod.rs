@@ -12,6 +12,7 @@
 //! the VMM at the transport's QueueNotify register), and the device interrupts the guest
 //! through an irqfd ([`IrqTrigger`]). The vCPU threads never run device I/O.
 
+pub mod activation;
 pub mod block;
 pub mod mmio;
 pub mod net;

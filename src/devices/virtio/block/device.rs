@@ -2,17 +2,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use event_manager::SubscriberId;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_queue::QueueT;
 
 use super::config::{ConfigSpace, QUEUE_SIZE, avail_features, has_event_idx};
 use super::disk::DiskImage;
 use super::handler::BlockHandler;
 use super::queue::{BlockCounters, BlockQueue, BlockStats};
+use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice, subscribe_handler,
-    unsubscribe_handler, unsubscribe_handler_nowait,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
 };
 
 /// A virtio-blk device with one request queue.
@@ -22,8 +20,7 @@ pub struct Block {
     avail_features: u64,
     acked_features: u64,
     queue_sizes: [u16; 1],
-    events: EventLoopHandle,
-    handler: Option<SubscriberId>,
+    handler: HandlerSlot,
     counters: Arc<BlockCounters>,
 }
 
@@ -36,8 +33,7 @@ impl Block {
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE],
             disk: Arc::new(disk),
-            events,
-            handler: None,
+            handler: HandlerSlot::new(events, "virtio-blk"),
             counters: Arc::new(BlockCounters::default()),
         }
     }
@@ -59,13 +55,7 @@ impl Block {
 
     /// Whether the queue handler is on the event loop.
     pub fn is_active(&self) -> bool {
-        self.handler.is_some()
-    }
-
-    fn remove_handler(&mut self) {
-        if let Some(id) = self.handler.take() {
-            unsubscribe_handler(&self.events, id, "virtio-blk");
-        }
+        self.handler.is_active()
     }
 }
 
@@ -108,56 +98,23 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.handler.is_some() {
-            return Err(ActivateError::Device("already active".into()));
-        }
-        let ActivateContext {
-            mem,
-            queues,
-            kicks,
-            interrupt,
-        } = ctx;
-        if queues.len() != self.queue_sizes.len() || kicks.len() != queues.len() {
-            return Err(ActivateError::QueueCount {
-                got: queues.len().min(kicks.len()),
-                want: self.queue_sizes.len(),
-            });
-        }
-        let (Some(mut queue), Some(kick)) = (queues.into_iter().next(), kicks.into_iter().next())
-        else {
-            return Err(ActivateError::QueueCount {
-                got: 0,
-                want: self.queue_sizes.len(),
-            });
-        };
-        queue.set_event_idx(has_event_idx(self.acked_features));
-        if !queue.is_valid(&mem) {
-            return Err(ActivateError::Device(
-                "the request queue is not valid in guest memory".into(),
-            ));
-        }
+        self.handler.check_idle()?;
+        let event_idx = has_event_idx(self.acked_features);
+        let ([queue], [kick]) = ready_queues(&ctx.mem, ctx.queues, ctx.kicks, event_idx)?;
         let queue = BlockQueue::new(
-            mem,
+            ctx.mem,
             queue,
             Arc::clone(&self.disk),
             Arc::clone(&self.counters),
         );
-        let handler: Subscriber = Arc::new(Mutex::new(BlockHandler::new(queue, kick, interrupt)));
-        self.handler = Some(subscribe_handler(&self.events, handler)?);
-        Ok(())
+        let handler = BlockHandler::new(queue, kick, ctx.interrupt);
+        self.handler
+            .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
-        self.remove_handler();
+        self.handler.remove();
         self.acked_features = 0;
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        if let Some(id) = self.handler.take() {
-            unsubscribe_handler_nowait(&self.events, id);
-        }
     }
 }
 

@@ -2,12 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use event_manager::SubscriberId;
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 
 use super::config::{
     ConfigSpace, QUEUE_SIZE, avail_features, has, rx_frame_capacity, tap_offloads,
@@ -17,9 +14,9 @@ use super::queue::{NetCounters, NetStats};
 use super::rx::{RxConfig, RxQueue};
 use super::tap::Tap;
 use super::tx::TxQueue;
+use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice, subscribe_handler,
-    unsubscribe_handler, unsubscribe_handler_nowait,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
 };
 
 /// MTU assumed when the TAP's cannot be read.
@@ -33,8 +30,7 @@ pub struct Net {
     avail_features: u64,
     acked_features: u64,
     queue_sizes: [u16; 2],
-    events: EventLoopHandle,
-    handler: Option<SubscriberId>,
+    handler: HandlerSlot,
     counters: Arc<NetCounters>,
 }
 
@@ -49,8 +45,7 @@ impl Net {
             avail_features: avail_features(),
             acked_features: 0,
             queue_sizes: [QUEUE_SIZE; 2],
-            events,
-            handler: None,
+            handler: HandlerSlot::new(events, "virtio-net"),
             counters: Arc::new(NetCounters::default()),
         }
     }
@@ -77,23 +72,7 @@ impl Net {
 
     /// Whether the queue handler is on the event loop.
     pub fn is_active(&self) -> bool {
-        self.handler.is_some()
-    }
-
-    fn remove_handler(&mut self) {
-        if let Some(id) = self.handler.take() {
-            unsubscribe_handler(&self.events, id, "virtio-net");
-        }
-    }
-
-    fn prepare(&self, mem: &GuestMemoryMmap, queue: &mut Queue) -> Result<(), ActivateError> {
-        queue.set_event_idx(has(self.acked_features, VIRTIO_RING_F_EVENT_IDX));
-        if !queue.is_valid(mem) {
-            return Err(ActivateError::Device(
-                "a queue is not valid in guest memory".into(),
-            ));
-        }
-        Ok(())
+        self.handler.is_active()
     }
 }
 
@@ -137,25 +116,15 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.handler.is_some() {
-            return Err(ActivateError::Device("already active".into()));
-        }
+        self.handler.check_idle()?;
         let ActivateContext {
             mem,
             queues,
             kicks,
             interrupt,
         } = ctx;
-        let want = self.queue_sizes.len();
-        let got = queues.len().min(kicks.len());
-        let (Ok([mut rxq, mut txq]), Ok([rx_kick, tx_kick])) = (
-            <[Queue; 2]>::try_from(queues),
-            <[vmm_sys_util::eventfd::EventFd; 2]>::try_from(kicks),
-        ) else {
-            return Err(ActivateError::QueueCount { got, want });
-        };
-        self.prepare(&mem, &mut rxq)?;
-        self.prepare(&mem, &mut txq)?;
+        let event_idx = has(self.acked_features, VIRTIO_RING_F_EVENT_IDX);
+        let ([rxq, txq], [rx_kick, tx_kick]) = ready_queues(&mem, queues, kicks, event_idx)?;
         let acked = self.acked_features;
         self.tap
             .set_offloads(tap_offloads(acked))
@@ -172,24 +141,15 @@ impl VirtioDevice for Net {
         let rx = RxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
         let tx = TxQueue::new(mem, txq, Arc::clone(&self.counters));
         let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);
-        let handler: Subscriber = Arc::new(Mutex::new(handler));
-        self.handler = Some(subscribe_handler(&self.events, handler)?);
-        Ok(())
+        self.handler
+            .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
-        self.remove_handler();
+        self.handler.remove();
         self.acked_features = 0;
         if let Err(e) = self.tap.set_offloads(0) {
             log::warn!("virtio-net: {e}");
-        }
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        if let Some(id) = self.handler.take() {
-            unsubscribe_handler_nowait(&self.events, id);
         }
     }
 }

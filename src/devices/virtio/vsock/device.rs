@@ -7,11 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
-use event_manager::SubscriberId;
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{
     NUM_QUEUES, QUEUE_SIZE, Timeouts, avail_features, has_event_idx, read_config, validate_cid,
@@ -23,9 +20,9 @@ use super::muxer::Muxer;
 use super::ring::Ring;
 use super::rx::RxQueue;
 use super::tx::TxQueue;
+use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice, subscribe_handler,
-    unsubscribe_handler, unsubscribe_handler_nowait,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
 };
 
 /// The size of each queue.
@@ -58,8 +55,7 @@ pub struct VsockBackendConfig {
 pub struct Vsock {
     guest_cid: u64,
     acked_features: u64,
-    events: EventLoopHandle,
-    handler: Option<SubscriberId>,
+    handler: HandlerSlot,
     counters: Arc<VsockCounters>,
     backend: Arc<Backend>,
     timeouts: Timeouts,
@@ -86,8 +82,7 @@ impl Vsock {
         Ok(Self {
             guest_cid,
             acked_features: 0,
-            events,
-            handler: None,
+            handler: HandlerSlot::new(events, "virtio-vsock"),
             counters: Arc::new(VsockCounters::default()),
             backend: Arc::new(backend),
             timeouts: Timeouts::default(),
@@ -130,35 +125,14 @@ impl Vsock {
 
     /// Whether the queue handler is on the event loop.
     pub fn is_active(&self) -> bool {
-        self.handler.is_some()
+        self.handler.is_active()
     }
 
-    fn queues(
-        &self,
-        mem: &GuestMemoryMmap,
-        queues: Vec<Queue>,
-        kicks: Vec<EventFd>,
-    ) -> Result<VsockQueues, ActivateError> {
-        let count = ActivateError::QueueCount {
-            got: queues.len().min(kicks.len()),
-            want: NUM_QUEUES,
-        };
-        let (Ok(queues), Ok([rx_kick, tx_kick, _event_kick])) = (
-            <[Queue; NUM_QUEUES]>::try_from(queues),
-            <[EventFd; NUM_QUEUES]>::try_from(kicks),
-        ) else {
-            return Err(count);
-        };
+    fn queues(&self, ctx: ActivateContext) -> Result<VsockQueues, ActivateError> {
+        let mem: &GuestMemoryMmap = &ctx.mem;
         let event_idx = has_event_idx(self.acked_features);
-        let [rx, tx, event] = queues.map(|mut q| {
-            q.set_event_idx(event_idx);
-            q
-        });
-        if ![&rx, &tx, &event].iter().all(|q| q.is_valid(mem)) {
-            return Err(ActivateError::Device(
-                "a queue is not valid in guest memory".into(),
-            ));
-        }
+        let ([rx, tx, event], [rx_kick, tx_kick, _event_kick]) =
+            ready_queues::<NUM_QUEUES>(mem, ctx.queues, ctx.kicks, event_idx)?;
         let counters = Arc::clone(&self.counters);
         Ok(VsockQueues {
             rx: RxQueue::new(Ring::new(mem.clone(), rx, Arc::clone(&counters))),
@@ -210,10 +184,9 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        if self.handler.is_some() {
-            return Err(ActivateError::Device("already active".into()));
-        }
-        let queues = self.queues(&ctx.mem, ctx.queues, ctx.kicks)?;
+        self.handler.check_idle()?;
+        let interrupt = Arc::clone(&ctx.interrupt);
+        let queues = self.queues(ctx)?;
         let muxer = Muxer::new(
             self.guest_cid,
             Arc::clone(&self.backend),
@@ -221,27 +194,21 @@ impl VirtioDevice for Vsock {
             self.timeouts,
         )
         .map_err(|e| ActivateError::Device(e.to_string()))?;
-        let handler = VsockHandler::new(queues, muxer, ctx.interrupt);
-        let handler: Subscriber = Arc::new(Mutex::new(handler));
-        self.handler = Some(subscribe_handler(&self.events, handler)?);
-        Ok(())
+        let handler = VsockHandler::new(queues, muxer, interrupt);
+        self.handler
+            .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
         // Dropping the handler closes every host stream of the connections.
-        if let Some(id) = self.handler.take() {
-            unsubscribe_handler(&self.events, id, "virtio-vsock");
-        }
+        self.handler.remove();
         self.acked_features = 0;
     }
 }
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        if let Some(id) = self.handler.take() {
-            unsubscribe_handler_nowait(&self.events, id);
-        }
-        // The listener's socket file was created by `new`.
+        // The handler slot takes the handler off the event loop as it drops. The listener's socket file was created by `new`.
         if let Some(path) = self.backend.uds_path()
             && let Err(e) = std::fs::remove_file(path)
         {
