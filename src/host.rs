@@ -74,8 +74,6 @@ mod tests {
         dir
     }
 
-    /// On a hardware-KVM host none of the PVM measures apply: no command-line options, no
-    /// CPUID masks on the KVM leaf, no help for emulation failures.
     #[test]
     fn containers_get_two_vcpus_only_on_pvm_hosts_with_two_cpus() {
         assert_eq!(HostKind::Pvm.default_container_cpus(2), 2);
@@ -84,6 +82,8 @@ mod tests {
         assert_eq!(HostKind::Hardware.default_container_cpus(64), 1);
     }
 
+    /// On a hardware-KVM host none of the PVM measures apply: no command-line options, no
+    /// CPUID masks on the KVM leaf, no help for emulation failures.
     #[test]
     fn no_pvm_measures_on_hardware() {
         use crate::boot::{cmdline, cpuid};

@@ -7,10 +7,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{
-    ActivateError, EventLoopHandle, Subscriber, subscribe_handler, unsubscribe_handler,
-    unsubscribe_handler_nowait,
-};
+use super::{ActivateError, EventLoopHandle, Subscriber};
 
 /// The driver's `N` queues and their kick eventfds, with `VIRTIO_F_RING_EVENT_IDX` applied
 /// (`event_idx`) and each queue checked to lie in guest memory `mem`. The wrong number of
@@ -78,7 +75,11 @@ impl HandlerSlot {
     /// Puts `handler` on the event loop (after [`Self::check_idle`]).
     pub fn install(&mut self, handler: Subscriber) -> Result<(), ActivateError> {
         self.check_idle()?;
-        self.id = Some(subscribe_handler(&self.events, handler)?);
+        let id = self
+            .events
+            .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(handler)))
+            .map_err(|e| ActivateError::EventLoop(e.to_string()))?;
+        self.id = Some(id);
         Ok(())
     }
 
@@ -86,15 +87,26 @@ impl HandlerSlot {
     /// handler, and what it holds, is dropped on the loop's thread.
     pub fn remove(&mut self) {
         if let Some(id) = self.id.take() {
-            unsubscribe_handler(&self.events, id, self.device);
+            let removed =
+                (self.events).call_blocking(move |ops| ops.remove_subscriber(id).map(drop));
+            if let Err(e) = removed {
+                log::error!(
+                    "{}: cannot remove the queue handler from the event loop: {e}",
+                    self.device
+                );
+            }
         }
     }
 }
 
 impl Drop for HandlerSlot {
+    /// Removes the handler without waiting: the event loop may already be gone or stopped
+    /// at shutdown.
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            unsubscribe_handler_nowait(&self.events, id);
+            let _ = self.events.fire(move |ops| {
+                let _ = ops.remove_subscriber(id);
+            });
         }
     }
 }

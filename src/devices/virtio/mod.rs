@@ -25,7 +25,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use event_manager::{MutEventSubscriber, RemoteEndpoint, SubscriberId};
+use event_manager::{MutEventSubscriber, RemoteEndpoint};
 use std::sync::Mutex;
 use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::GuestMemoryMmap;
@@ -234,34 +234,6 @@ pub enum ActivateError {
     EventLoop(String),
     #[error("device activation failed: {0}")]
     Device(String),
-}
-
-/// Adds a device's queue handler to the event loop behind `events` (on activation).
-pub fn subscribe_handler(
-    events: &EventLoopHandle,
-    handler: Subscriber,
-) -> Result<SubscriberId, ActivateError> {
-    events
-        .call_blocking(move |ops| Ok::<_, event_manager::Error>(ops.add_subscriber(handler)))
-        .map_err(|e| ActivateError::EventLoop(e.to_string()))
-}
-
-/// Removes a device's queue handler from the event loop and waits until it is gone (on
-/// reset): the handler, and what it holds, is dropped on the loop's thread. `device`
-/// names the device in the log.
-pub fn unsubscribe_handler(events: &EventLoopHandle, id: SubscriberId, device: &str) {
-    let removed = events.call_blocking(move |ops| ops.remove_subscriber(id).map(|_| ()));
-    if let Err(e) = removed {
-        log::error!("{device}: cannot remove the queue handler from the event loop: {e}");
-    }
-}
-
-/// Removes a device's queue handler without waiting (when the device is dropped: the
-/// event loop may already be gone or stopped at shutdown).
-pub fn unsubscribe_handler_nowait(events: &EventLoopHandle, id: SubscriberId) {
-    let _ = events.fire(move |ops| {
-        let _ = ops.remove_subscriber(id);
-    });
 }
 
 /// A virtio device as seen by its transport.

@@ -8,7 +8,9 @@ use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 use super::config::{
     NUM_QUEUES, QUEUE_SIZE, Timeouts, avail_features, has_event_idx, read_config, validate_cid,
@@ -128,11 +130,15 @@ impl Vsock {
         self.handler.is_active()
     }
 
-    fn queues(&self, ctx: ActivateContext) -> Result<VsockQueues, ActivateError> {
-        let mem: &GuestMemoryMmap = &ctx.mem;
+    fn queues(
+        &self,
+        mem: &GuestMemoryMmap,
+        queues: Vec<Queue>,
+        kicks: Vec<EventFd>,
+    ) -> Result<VsockQueues, ActivateError> {
         let event_idx = has_event_idx(self.acked_features);
         let ([rx, tx, event], [rx_kick, tx_kick, _event_kick]) =
-            ready_queues::<NUM_QUEUES>(mem, ctx.queues, ctx.kicks, event_idx)?;
+            ready_queues::<NUM_QUEUES>(mem, queues, kicks, event_idx)?;
         let counters = Arc::clone(&self.counters);
         Ok(VsockQueues {
             rx: RxQueue::new(Ring::new(mem.clone(), rx, Arc::clone(&counters))),
@@ -185,8 +191,7 @@ impl VirtioDevice for Vsock {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         self.handler.check_idle()?;
-        let interrupt = Arc::clone(&ctx.interrupt);
-        let queues = self.queues(ctx)?;
+        let queues = self.queues(&ctx.mem, ctx.queues, ctx.kicks)?;
         let muxer = Muxer::new(
             self.guest_cid,
             Arc::clone(&self.backend),
@@ -194,7 +199,7 @@ impl VirtioDevice for Vsock {
             self.timeouts,
         )
         .map_err(|e| ActivateError::Device(e.to_string()))?;
-        let handler = VsockHandler::new(queues, muxer, interrupt);
+        let handler = VsockHandler::new(queues, muxer, ctx.interrupt);
         self.handler
             .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
@@ -208,7 +213,8 @@ impl VirtioDevice for Vsock {
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        // The handler slot takes the handler off the event loop as it drops. The listener's socket file was created by `new`.
+        // The handler slot takes the handler off the event loop as it drops. The listener's
+        // socket file was created by `new`.
         if let Some(path) = self.backend.uds_path()
             && let Err(e) = std::fs::remove_file(path)
         {
