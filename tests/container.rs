@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use hvlite::container::console::CRASH_WARNING;
+
 use common::linux::{Boot, Running, agent, kernel, rootfs_dir, start_full};
 use common::*;
 
@@ -48,35 +50,12 @@ fn run_container(opts: &[&str], cmd: &[&str], stdin: Option<Vec<u8>>) -> Boot {
     start_container(opts, cmd, stdin).finish()
 }
 
-/// A static x86-64 Linux executable that runs `code` (mapped at 0x400078, page-aligned with
-/// its file offset as the kernel's ELF loader wants).
+/// A static x86-64 Linux executable that runs `code`: the file from offset 0 is mapped at
+/// 0x400000 (file offset and address agree modulo the page size, as Linux's ELF loader
+/// wants), so the code after the 120 bytes of headers starts at 0x400078.
 fn user_elf(code: &[u8]) -> Vec<u8> {
-    const HEADERS: u64 = 64 + 56;
-    let vaddr = 0x40_0000 + HEADERS;
-    let size = HEADERS + code.len() as u64;
-    let mut f = Vec::new();
-    f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00\0\0\0\0\0\0\0\0");
-    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&vaddr.to_le_bytes()); // entry
-    f.extend_from_slice(&64u64.to_le_bytes()); // phoff
-    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
-    f.extend_from_slice(&0u32.to_le_bytes()); // flags
-    for half in [64u16, 56, 1, 64, 0, 0] {
-        f.extend_from_slice(&half.to_le_bytes()); // ehsize, phentsize, phnum, sh*
-    }
-    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    f.extend_from_slice(&0u64.to_le_bytes()); // offset
-    f.extend_from_slice(&0x40_0000u64.to_le_bytes()); // vaddr
-    f.extend_from_slice(&0x40_0000u64.to_le_bytes()); // paddr
-    f.extend_from_slice(&size.to_le_bytes());
-    f.extend_from_slice(&size.to_le_bytes());
-    f.extend_from_slice(&0x1000u64.to_le_bytes());
-    assert_eq!(f.len() as u64, HEADERS);
-    f.extend_from_slice(code);
-    f
+    const BASE: u64 = 0x40_0000;
+    elf64(code, 0, BASE, BASE + 64 + 56, 5)
 }
 
 /// Whether hvlite reported a crashed guest process on a PVM host. There, processes that
@@ -84,14 +63,14 @@ fn user_elf(code: &[u8]) -> Vec<u8> {
 /// (a host defect: see the README); on hardware KVM they never do, and the commands run
 /// through [`run_container`] never crash on purpose, so there a crash fails the test.
 fn hit_pvm_defect(b: &Boot) -> bool {
-    is_pvm() && b.stderr.contains("guest process crashed")
+    is_pvm() && b.stderr.contains(CRASH_WARNING)
 }
 
 fn known_defect_repeat(b: &Boot) {
     let line = b
         .stderr
         .lines()
-        .find(|l| l.contains("guest process crashed"))
+        .find(|l| l.contains(CRASH_WARNING))
         .unwrap_or_default();
     eprintln!("KNOWN PVM HOST DEFECT (a guest process crashed), repeating the run once:\n{line}");
 }
@@ -147,9 +126,7 @@ fn stdin_is_forwarded_and_changes_are_discarded() {
     expected.extend_from_slice(b"\ndone\n");
     let got = &b.stdout_bytes;
     if got != &expected {
-        let bad: Vec<usize> = (0..got.len().min(expected.len()))
-            .filter(|&i| got[i] != expected[i])
-            .collect();
+        let bad = differing(&expected, got);
         let known = is_pvm() && known_pvm_pipe_corruption(&expected, got);
         assert!(
             known,
@@ -180,6 +157,13 @@ fn stdin_is_forwarded_and_changes_are_discarded() {
     assert_eq!(b.stdout, "clean\n", "{}", b.context());
 }
 
+/// The offsets, within the shorter of the two, at which `a` and `b` differ.
+fn differing(a: &[u8], b: &[u8]) -> Vec<usize> {
+    (0..a.len().min(b.len()))
+        .filter(|&i| a[i] != b[i])
+        .collect()
+}
+
 /// The one corruption seen on PVM hosts (never on hardware KVM): a single 64-byte,
 /// 64-byte-aligned block of the stream, at the start of one of the agent's 32 KiB writes
 /// into the process's stdin pipe, holds another process's freed heap (malloc free-list
@@ -191,7 +175,7 @@ fn known_pvm_pipe_corruption(expected: &[u8], got: &[u8]) -> bool {
     if got.len() != expected.len() {
         return false;
     }
-    let bad: Vec<usize> = (0..got.len()).filter(|&i| got[i] != expected[i]).collect();
+    let bad = differing(expected, got);
     match (bad.first(), bad.last()) {
         (Some(&first), Some(&last)) => {
             let block = first - first % 64;
@@ -215,11 +199,12 @@ fn sigterm_is_forwarded_and_the_signal_status_returned() {
     assert_eq!(b.status, Some(128 + libc::SIGTERM), "{}", b.context());
 }
 
-/// Accepts one connection on `listener` and reads it to the end.
 /// How long any one socket step of the vsock test may block before the test fails
 /// (instead of hanging the suite).
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(240);
 
+/// Accepts one connection on `listener` (giving up once `stop` is set) and reads it to the
+/// end.
 fn read_all_from(
     listener: UnixListener,
     stop: Arc<AtomicBool>,
@@ -431,7 +416,7 @@ fn an_image_rootfs_is_used_read_write() {
     let report = b
         .stderr
         .lines()
-        .find(|l| l.contains("guest process crashed: crasher["))
+        .find(|l| l.contains(&format!("{CRASH_WARNING}: crasher[")))
         .unwrap_or_else(|| panic!("no crash report; {}", b.context()));
     assert!(report.contains("segfault at 0 ip "), "{report}");
     // The agent synced before reporting: the change is in the image file.

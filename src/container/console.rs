@@ -46,6 +46,9 @@ impl Write for ConsoleTail {
     }
 }
 
+/// How hvlite's warning about a crashed guest process starts (tests look for it).
+pub const CRASH_WARNING: &str = "guest process crashed";
+
 /// Longest console line examined; the rest of a longer line is ignored.
 const LINE_MAX: usize = 512;
 /// Crash reports logged per run; more are counted, not logged.
@@ -94,10 +97,10 @@ impl<W: Write> CrashWatch<W> {
         self.reports += 1;
         match self.reports {
             1 if self.pvm => log::warn!(
-                "guest process crashed: {report} (on PVM hosts processes that run at the same \
+                "{CRASH_WARNING}: {report} (on PVM hosts processes that run at the same \
                  time sometimes read stale memory, a host defect described in the README)"
             ),
-            n if n <= REPORTS_MAX => log::warn!("guest process crashed: {report}"),
+            n if n <= REPORTS_MAX => log::warn!("{CRASH_WARNING}: {report}"),
             n if n == REPORTS_MAX + 1 => log::warn!("more guest processes crashed; not logged"),
             _ => {}
         }

@@ -172,12 +172,13 @@ pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
 
     let tail = ConsoleTail::new();
     let pvm = crate::host::HostKind::detect().is_pvm();
+    let shown: Box<dyn io::Write + Send> = if cfg.console {
+        Box::new(io::stderr())
+    } else {
+        Box::new(tail.clone())
+    };
     let console = Console {
-        out: if cfg.console {
-            Box::new(CrashWatch::new(io::stderr(), pvm))
-        } else {
-            Box::new(CrashWatch::new(tail.clone(), pvm))
-        },
+        out: Box::new(CrashWatch::new(shown, pvm)),
         forward_stdin: false,
     };
     let env = RunEnv {

@@ -47,16 +47,24 @@ pub const GUEST_BASE: u64 = 0x100_0000;
 /// Wraps `image` (loaded at [`GUEST_BASE`], entered at its first byte in 64-bit mode)
 /// in a minimal ELF64 executable with one PT_LOAD segment.
 pub fn elf_guest(image: &[u8]) -> Vec<u8> {
+    const HEADERS: u64 = 64 + 56;
+    elf64(image, HEADERS, GUEST_BASE, GUEST_BASE, 7)
+}
+
+/// A minimal x86-64 ELF64 executable: the ELF and program headers, then `image`. Its one
+/// PT_LOAD segment (flags `flags`: 4 R, 2 W, 1 X) maps the file from `offset` to its end at
+/// address `addr` (virtual and physical); execution starts at `entry`.
+pub fn elf64(image: &[u8], offset: u64, addr: u64, entry: u64, flags: u32) -> Vec<u8> {
     const EHDR: usize = 64;
     const PHDR: usize = 56;
-    let off = (EHDR + PHDR) as u64;
+    let size = (EHDR + PHDR + image.len()) as u64 - offset;
     let mut f = Vec::new();
     f.extend_from_slice(b"\x7fELF\x02\x01\x01\x00");
     f.extend_from_slice(&[0u8; 8]);
     f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
     f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
     f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&GUEST_BASE.to_le_bytes()); // entry
+    f.extend_from_slice(&entry.to_le_bytes());
     f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // phoff
     f.extend_from_slice(&0u64.to_le_bytes()); // shoff
     f.extend_from_slice(&0u32.to_le_bytes()); // flags
@@ -68,12 +76,12 @@ pub fn elf_guest(image: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&0u16.to_le_bytes());
     assert_eq!(f.len(), EHDR);
     f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f.extend_from_slice(&7u32.to_le_bytes()); // RWX
-    f.extend_from_slice(&off.to_le_bytes());
-    f.extend_from_slice(&GUEST_BASE.to_le_bytes()); // vaddr
-    f.extend_from_slice(&GUEST_BASE.to_le_bytes()); // paddr
-    f.extend_from_slice(&(image.len() as u64).to_le_bytes());
-    f.extend_from_slice(&(image.len() as u64).to_le_bytes());
+    f.extend_from_slice(&flags.to_le_bytes());
+    f.extend_from_slice(&offset.to_le_bytes());
+    f.extend_from_slice(&addr.to_le_bytes()); // vaddr
+    f.extend_from_slice(&addr.to_le_bytes()); // paddr
+    f.extend_from_slice(&size.to_le_bytes());
+    f.extend_from_slice(&size.to_le_bytes());
     f.extend_from_slice(&0x1000u64.to_le_bytes());
     assert_eq!(f.len(), EHDR + PHDR);
     f.extend_from_slice(image);
