@@ -15,7 +15,9 @@ import re
 import selectors
 import statistics
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 
 MARKER = b"hvlite-init: started"
@@ -96,14 +98,19 @@ def median(xs):
 
 
 def bench_hvlite(args, rootfs=None):
+    # The guest writes to its root disk, so each run boots a fresh copy of the image, made
+    # in a temporary directory that is removed afterwards (never next to the results).
+    with tempfile.TemporaryDirectory(prefix="hvlite-bench-boot-") as tmp:
+        return bench_hvlite_runs(args, rootfs, os.path.join(tmp, "root.ext4"))
+
+
+def bench_hvlite_runs(args, rootfs, disk):
     runs = []
     env = dict(os.environ, HVLITE_LOG="info")
     for i in range(args.runs):
         cmd = [args.hvlite, "run", "--kernel", args.kernel, "--memory", str(args.memory)]
         if rootfs:
-            disk = os.path.join(os.path.dirname(os.path.abspath(args.out)), ".bench-root.ext4")
-            with open(rootfs, "rb") as src, open(disk, "wb") as dst:
-                dst.write(src.read())
+            shutil.copyfile(rootfs, disk)
             cmd += ["--disk", disk, "--cmdline", "root=/dev/vda"]
         else:
             cmd += ["--initrd", args.initrd]
