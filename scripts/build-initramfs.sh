@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds hvlite's guest initramfs: an uncompressed newc cpio with
-#   /init          hvlite-init (static Rust PID 1, src/bin/hvlite-init)
+#   /init          hvlite-init (static Rust PID 1, crates/hvlite-agent)
 #   /bin/busybox   from Debian's busybox-static, with a symlink per applet
 #                  (at the place `busybox --list-full` gives: /bin, /sbin, /usr/bin, /usr/sbin)
 #   /dev/console, /dev/null (when mknod works), /proc /sys /dev /tmp /root /etc
@@ -70,7 +70,7 @@ log "building hvlite-init (static, $TARGET, target dir $TARGET_DIR)"
     # LTO and one codegen unit (set here, not in Cargo.toml) make the init ~15% smaller.
     RUSTFLAGS="-C target-feature=+crt-static" \
         CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-        cargo build --release --bin hvlite-init --target "$TARGET" --target-dir "$TARGET_DIR" >&2
+        cargo build --release -p hvlite-agent --bin hvlite-init --target "$TARGET" --target-dir "$TARGET_DIR" >&2
 )
 INIT_BUILT="$TARGET_DIR/$TARGET/release/hvlite-init"
 [ -x "$INIT_BUILT" ] || die "no binary at $INIT_BUILT"

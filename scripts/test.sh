@@ -14,11 +14,11 @@ for comp in rustfmt clippy; do
     fi
 done
 
-log "cargo fmt --check"
-cargo fmt --check
+log "cargo fmt --all --check"
+cargo fmt --all --check
 
-log "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -- -D warnings
+log "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
 
 log "guest kernel (scripts/build-kernel.sh)"
 HVLITE_KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
@@ -49,5 +49,5 @@ mkdir -p fuzz/corpus/api_request
 RUSTC_BOOTSTRAP=1 cargo fuzz run api_request fuzz/corpus/api_request fuzz/seeds/api_request \
     -- -max_total_time=20 -timeout=10 2>&1 | tail -n 5
 
-log "cargo test (unit and integration tests)"
-cargo test 2>&1
+log "cargo test --workspace (unit and integration tests)"
+cargo test --workspace 2>&1

@@ -1,14 +1,15 @@
 //! hvlite: a hypervisor-lite virtual machine monitor built on KVM and the rust-vmm crates.
 
-pub mod agent;
 pub mod api;
 pub mod boot;
 pub mod container;
 pub mod control;
 pub mod devices;
 pub mod host;
-pub mod initcmd;
 pub mod logging;
 pub mod metrics;
 pub mod vcpu;
 pub mod vmm;
+
+// The host/guest contract lives in its own crate, which the static guest agent also builds.
+pub use hvlite_protocol::{agent, initcmd};

@@ -1,5 +1,5 @@
 //! Agent mode (`hvlite.agent=1` on the kernel command line): runs one container process for
-//! the host over vsock. The protocol is [`hvlite::agent::protocol`].
+//! the host over vsock. The protocol is [`hvlite_protocol::agent::protocol`].
 //!
 //! 1. Connect to the host (CID 2, port [`AGENT_VSOCK_PORT`]), retrying for
 //!    [`CONNECT_TIMEOUT`] while the vsock device is probed, and send `Hello`.
@@ -17,8 +17,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use hvlite::agent::protocol::{AGENT_VSOCK_PORT, AgentMessage, PROTOCOL_VERSION, write_message};
-use hvlite::initcmd::STATUS_INIT_ERROR;
+use hvlite_protocol::agent::protocol::{
+    AGENT_VSOCK_PORT, AgentMessage, PROTOCOL_VERSION, write_message,
+};
+use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
 use crate::session::{self, Options, Outcome};
 use crate::sys::{self, fds, process, say, vsock};

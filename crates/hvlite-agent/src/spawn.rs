@@ -12,8 +12,8 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use hvlite::agent::protocol::ProcessSpec;
-use hvlite::initcmd::STATUS_INIT_ERROR;
+use hvlite_protocol::agent::protocol::ProcessSpec;
+use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
 use crate::exec::{self, ExecFailures};
 use crate::sys::{self, Forked, Prepared, fds, process};

@@ -1,5 +1,5 @@
 use super::*;
-use hvlite::initcmd::{STATUS_NOT_EXECUTABLE, STATUS_NOT_FOUND};
+use hvlite_protocol::initcmd::{STATUS_NOT_EXECUTABLE, STATUS_NOT_FOUND};
 
 #[test]
 fn path_from_the_environment() {

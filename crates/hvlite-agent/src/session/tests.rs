@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::thread;
 
-use hvlite::agent::protocol::{MAX_CHUNK, ProcessSpec};
+use hvlite_protocol::agent::protocol::{MAX_CHUNK, ProcessSpec};
 
 use super::*;
 

@@ -2,7 +2,7 @@
 //! program, and which status a failed `execve` means. No system calls here, so all of it is
 //! unit-tested on the host.
 
-use hvlite::initcmd::{STATUS_NOT_EXECUTABLE, STATUS_NOT_FOUND};
+use hvlite_protocol::initcmd::{STATUS_NOT_EXECUTABLE, STATUS_NOT_FOUND};
 
 /// The search path given to the command and used to find its program.
 pub const PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";

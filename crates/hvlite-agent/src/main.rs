@@ -4,7 +4,7 @@
 //! kernel command line (or an interactive `/bin/sh` without one), prints
 //! `hvlite-init: exit status N`, writes N to the exit port and reboots. Ctrl-Alt-Del (the
 //! API's SendCtrlAltDel) ends the command with SIGTERM, then SIGKILL after a grace period.
-//! The contract is documented in [`hvlite::initcmd`]. It never returns: PID 1 exiting
+//! The contract is documented in [`hvlite_protocol::initcmd`]. It never returns: PID 1 exiting
 //! panics the kernel.
 //!
 //! Two other modes:
@@ -24,7 +24,7 @@ mod vsock;
 
 use std::ffi::{CStr, OsString};
 
-use hvlite::initcmd::{self, EXIT_PORT, INIT_MARKER, STATUS_INIT_ERROR};
+use hvlite_protocol::initcmd::{self, EXIT_PORT, INIT_MARKER, STATUS_INIT_ERROR};
 
 use exec::ExecFailures;
 use sys::{Forked, Prepared, say};

@@ -2,7 +2,7 @@
 //! unit-tested) and making them ([`execute`]).
 //!
 //! The agent disk (the VM's root, read-only) must have the directories
-//! [`hvlite::agent::AGENT_DISK_DIRS`].
+//! [`hvlite_protocol::agent::AGENT_DISK_DIRS`].
 //! Overlay mode mounts the container image read-only at `/lower` (with `noload` if its
 //! journal needs a recovery that a read-only device cannot take), a tmpfs at `/run` holding
 //! the overlay's `upper` and `work` directories, and the overlay at [`NEWROOT`]; read-write
@@ -221,7 +221,7 @@ pub fn execute(steps: &[Step], mut warn: impl FnMut(&str)) -> Result<(), String>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hvlite::agent::AGENT_DISK_DIRS;
+    use hvlite_protocol::agent::AGENT_DISK_DIRS;
 
     fn targets(steps: &[Step]) -> Vec<&str> {
         steps

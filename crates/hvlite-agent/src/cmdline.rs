@@ -9,7 +9,7 @@
 //!
 //! Pure logic, unit-tested on the host.
 
-use hvlite::agent::{
+use hvlite_protocol::agent::{
     CMDLINE_AGENT, CMDLINE_ROOT as ROOT, CMDLINE_ROOT_MODE as ROOT_MODE,
     DEFAULT_ROOT_DEVICE as DEFAULT_ROOT, ROOT_MODE_OVERLAY, ROOT_MODE_RW,
 };

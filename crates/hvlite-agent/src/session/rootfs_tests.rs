@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use hvlite::agent::protocol::{HostMessage, ProcessSpec};
+use hvlite_protocol::agent::protocol::{HostMessage, ProcessSpec};
 
 use super::Outcome;
 use super::tests::{Seen, root, session_in};
@@ -112,7 +112,7 @@ fn agent_root_on_loop_devices() {
 /// Builds the root in `mode` under `base/dir` from `image` and runs [`SCRIPT`] in it.
 fn run_in_root(base: &str, dir: &str, image: &str, mode: RootMode) -> (String, String) {
     let base = format!("{base}/{dir}");
-    for d in hvlite::agent::AGENT_DISK_DIRS {
+    for d in hvlite_protocol::agent::AGENT_DISK_DIRS {
         std::fs::create_dir_all(format!("{base}{d}")).unwrap();
     }
     let dev = run(Command::new("losetup").args(["-f", "--show", image])).unwrap();

@@ -1,5 +1,5 @@
 //! One agent session on an established connection, from `Start` to `Exited` (see
-//! [`hvlite::agent::protocol`] for the sequence): starts the process, then runs a poll(2)
+//! [`hvlite_protocol::agent::protocol`] for the sequence): starts the process, then runs a poll(2)
 //! loop that forwards its stdout/stderr to the host, the host's stdin and signals to it, and
 //! notices its end through SIGCHLD.
 //!
@@ -11,11 +11,11 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use hvlite::agent::protocol::{
+use hvlite_protocol::agent::protocol::{
     AgentMessage, FrameDecoder, HostMessage, MAX_CHUNK, Message, ProcessEnd, ProtocolError,
     encode_frame, frame_type, read_message, write_message,
 };
-use hvlite::initcmd::STATUS_INIT_ERROR;
+use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
 use crate::queue::ByteQueue;
 use crate::spawn::{self, ChildSetup, Spawned};
@@ -29,7 +29,7 @@ pub const OUTPUT_BACKLOG: usize = 1 << 20;
 /// never grow (no reallocation and copying while data flows). Together with the read
 /// buffer ([`READ_BUF`]) they are above glibc's mmap threshold, so each is its own
 /// anonymous mapping.
-const QUEUE_CAPACITY: usize = OUTPUT_BACKLOG + hvlite::agent::protocol::MAX_FRAME_LEN;
+const QUEUE_CAPACITY: usize = OUTPUT_BACKLOG + hvlite_protocol::agent::protocol::MAX_FRAME_LEN;
 /// After the process exited: how long its pipes may stay quiet before the agent stops
 /// waiting for their EOF (other processes may hold them open).
 pub const DRAIN_IDLE: Duration = Duration::from_millis(200);
