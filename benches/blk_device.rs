@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
 use hvlite::devices::virtio::block::{BlockCounters, BlockHandler, BlockQueue, DiskImage};
-use hvlite::devices::virtio::{IrqTrigger, Subscriber};
+use hvlite::devices::virtio::{Subscriber, VirtioInterrupt};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
@@ -59,7 +59,7 @@ struct Rig<'m> {
     mem: &'m GuestMemoryMmap,
     em: EventManager<Subscriber>,
     kick: EventFd,
-    irq: Arc<IrqTrigger>,
+    irq: Arc<VirtioInterrupt>,
     counters: Arc<BlockCounters>,
     avail_idx: u16,
     /// The driver's copy of the avail ring entries.
@@ -75,7 +75,7 @@ impl<'m> Rig<'m> {
         queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
         queue.set_ready(true);
         let kick = EventFd::new(EFD_NONBLOCK)?;
-        let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK)?));
+        let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK)?));
         let counters = Arc::new(BlockCounters::default());
         let queue = BlockQueue::new(mem.clone(), queue, disk, Arc::clone(&counters));
         let handler = BlockHandler::new(queue, kick.try_clone()?, Arc::clone(&irq));

@@ -1,6 +1,6 @@
 //! virtio-net TX device-path benchmark, no guest kernel: a host-side driver puts frames
 //! in a split TX virtqueue in guest memory, kicks the queue's eventfd, and a real event
-//! loop (event-manager, same thread) runs the `NetHandler` → `TxQueue` → one writev per
+//! loop (event-manager, same thread) runs the `NetHandler` → `NetTxQueue` → one writev per
 //! chain straight from guest memory into a real TAP → used ring → interrupt eventfd. The
 //! same frames are then written with a plain writev loop from the same guest buffers to
 //! the same TAP fd, and the two are compared.
@@ -22,8 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, SubscriberOps};
-use hvlite::devices::virtio::net::{NetCounters, NetHandler, RxConfig, RxQueue, Tap, TxQueue};
-use hvlite::devices::virtio::{IrqTrigger, Subscriber};
+use hvlite::devices::virtio::net::{
+    NetCounters, NetHandler, NetRxQueue, NetTxQueue, RxConfig, Tap,
+};
+use hvlite::devices::virtio::{Subscriber, VirtioInterrupt};
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor;
@@ -113,7 +115,7 @@ struct Rig<'m> {
     mem: &'m GuestMemoryMmap,
     em: EventManager<Subscriber>,
     kick: EventFd,
-    irq: Arc<IrqTrigger>,
+    irq: Arc<VirtioInterrupt>,
     counters: Arc<NetCounters>,
     avail_idx: u16,
 }
@@ -136,19 +138,19 @@ impl<'m> Rig<'m> {
             guest_csum: true,
             frame_capacity: 65566,
         };
-        let rx = RxQueue::new(
+        let rx = NetRxQueue::new(
             mem.clone(),
             queue(RX_DESC, RX_AVAIL, RX_USED)?,
             Arc::clone(&counters),
             config,
         );
-        let tx = TxQueue::new(
+        let tx = NetTxQueue::new(
             mem.clone(),
             queue(TX_DESC, TX_AVAIL, TX_USED)?,
             Arc::clone(&counters),
         );
         let kick = EventFd::new(EFD_NONBLOCK)?;
-        let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK)?));
+        let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK)?));
         let handler = NetHandler::new(
             tap,
             rx,

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
-use hvlite::container::{self, ContainerConfig, ContainerError, Outcome, paths};
+use hvlite::container::{self, ContainerConfig, ContainerError, RunOutcome, paths};
 use hvlite::control::service::{self, ApiRun, ServiceError};
 use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LoggingError};
 use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
@@ -353,7 +353,7 @@ fn exit_code(reason: ExitReason, has_command: bool) -> ExitCode {
 
 /// Maps how a container run ended to hvlite's exit status; a failure shows the tail of
 /// the (otherwise hidden) guest console.
-fn container_exit_code(outcome: Outcome) -> ExitCode {
+fn container_exit_code(outcome: RunOutcome) -> ExitCode {
     let msg = match outcome.reason {
         ExitReason::GuestStatus(status) => return ExitCode::from(status),
         ExitReason::Reset | ExitReason::Shutdown => {

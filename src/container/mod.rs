@@ -72,7 +72,7 @@ pub enum ContainerError {
 
 /// How a container run ended.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct RunOutcome {
     /// Why the VM ended: `GuestStatus` carries the process's status.
     pub reason: ExitReason,
     /// The last lines of the guest console (empty with `--console`, which showed them).
@@ -101,7 +101,7 @@ pub fn kernel_options(mode: RootMode, console: bool) -> String {
 ///
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread first: call it before starting
 /// any other thread.
-pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
+pub fn run(cfg: ContainerConfig) -> Result<RunOutcome, ContainerError> {
     signals::block_forwarded().map_err(ContainerError::Signals)?;
     let spec = cfg.process.to_spec(|k| std::env::var(k).ok());
     spec.validate().map_err(ContainerError::Spec)?;
@@ -194,7 +194,7 @@ pub fn run(cfg: ContainerConfig) -> Result<Outcome, ContainerError> {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let reason = result?;
-    Ok(Outcome {
+    Ok(RunOutcome {
         reason,
         console_tail: tail.text(),
     })

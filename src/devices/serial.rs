@@ -22,9 +22,9 @@ pub const COM1_BASE: u16 = 0x3f8;
 pub const COM1_LEN: u16 = 8;
 
 /// Raises the serial IRQ by writing to an eventfd that KVM injects as an interrupt.
-pub struct IrqTrigger(EventFd);
+pub struct SerialIrq(EventFd);
 
-impl Trigger for IrqTrigger {
+impl Trigger for SerialIrq {
     type E = io::Error;
 
     fn trigger(&self) -> io::Result<()> {
@@ -37,14 +37,14 @@ pub type ConsoleOut = Box<dyn Write + Send>;
 
 /// A COM1 UART on the port-I/O bus.
 pub struct SerialConsole {
-    uart: Serial<IrqTrigger, NoEvents, ConsoleOut>,
+    uart: Serial<SerialIrq, NoEvents, ConsoleOut>,
 }
 
 impl SerialConsole {
     /// A UART that writes guest output to `out` and signals its interrupt on `irq`.
     pub fn new(irq: EventFd, out: ConsoleOut) -> Self {
         Self {
-            uart: Serial::new(IrqTrigger(irq), out),
+            uart: Serial::new(SerialIrq(irq), out),
         }
     }
 

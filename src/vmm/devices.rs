@@ -13,7 +13,7 @@ use crate::boot::cmdline::VirtioMmioEntry;
 use crate::boot::layout;
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::virtio::mmio::{MMIO_WINDOW_SIZE, MmioError, MmioTransport, NOTIFY_REG_OFFSET};
-use crate::devices::virtio::{IrqTrigger, VirtioDevice};
+use crate::devices::virtio::{VirtioDevice, VirtioInterrupt};
 
 /// Errors attaching a device.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl VirtioMmioSlots {
         let transport = MmioTransport::new(
             device,
             mem.clone(),
-            Arc::new(IrqTrigger::new(irq_evt)),
+            Arc::new(VirtioInterrupt::new(irq_evt)),
             kicks,
         )?;
         buses

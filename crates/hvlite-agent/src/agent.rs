@@ -22,7 +22,7 @@ use hvlite_protocol::agent::protocol::{
 };
 use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
-use crate::session::{self, Options, Outcome};
+use crate::session::{self, Options, SessionOutcome};
 use crate::sys::{self, fds, process, say, vsock};
 use crate::{cmdline, container, finish};
 
@@ -124,8 +124,8 @@ pub fn run(cmdline: &str) -> ! {
         }
     };
     match outcome {
-        Outcome::Reported { status } => finish(status),
-        Outcome::Aborted { reason } => fail_early(&reason),
+        SessionOutcome::Reported { status } => finish(status),
+        SessionOutcome::Aborted { reason } => fail_early(&reason),
     }
 }
 

@@ -55,7 +55,7 @@ pub struct Options {
 
 /// How a session ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub enum SessionOutcome {
     /// `Exited` or `Error` was sent with this status (the host closed the connection, or did
     /// not within [`LINGER`]).
     Reported { status: u8 },
@@ -98,7 +98,7 @@ pub fn serve<C: Read + Write + AsFd>(
     root: Option<&str>,
     sigchld: Option<OwnedFd>,
     opts: Options,
-) -> Outcome {
+) -> SessionOutcome {
     let spec = match read_message::<_, HostMessage>(&mut conn) {
         Ok(Some(HostMessage::Start(spec))) => spec,
         Ok(Some(other)) => {
@@ -106,13 +106,13 @@ pub fn serve<C: Read + Write + AsFd>(
             return report_error(conn, STATUS_INIT_ERROR, msg);
         }
         Ok(None) => {
-            return Outcome::Aborted {
+            return SessionOutcome::Aborted {
                 reason: "the host closed the connection before Start".into(),
             };
         }
         Err(e) => {
             return match Abort::from(e) {
-                Abort::HostGone(reason) => Outcome::Aborted { reason },
+                Abort::HostGone(reason) => SessionOutcome::Aborted { reason },
                 Abort::Protocol(msg) => report_error(conn, STATUS_INIT_ERROR, msg),
             };
         }
@@ -145,7 +145,7 @@ pub fn serve<C: Read + Write + AsFd>(
         Ok(session) => session.run(),
         Err(e) => {
             kill_group(pid, opts);
-            Outcome::Aborted {
+            SessionOutcome::Aborted {
                 reason: format!("connection to the host: {e}"),
             }
         }
@@ -153,12 +153,16 @@ pub fn serve<C: Read + Write + AsFd>(
 }
 
 /// Sends `Error` on `conn` (blocking mode) and lingers.
-pub fn report_error<C: Read + Write + AsFd>(mut conn: C, status: u8, message: String) -> Outcome {
+pub fn report_error<C: Read + Write + AsFd>(
+    mut conn: C,
+    status: u8,
+    message: String,
+) -> SessionOutcome {
     let sent = write_message(&mut conn, &AgentMessage::Error { status, message });
     if sent.is_ok() {
         linger_blocking(&mut conn);
     }
-    Outcome::Reported { status }
+    SessionOutcome::Reported { status }
 }
 
 /// Waits (blocking mode) for the host to close the connection, at most [`LINGER`].
@@ -303,7 +307,7 @@ impl<C: Read + Write + AsFd> Session<C> {
         })
     }
 
-    fn run(mut self) -> Outcome {
+    fn run(mut self) -> SessionOutcome {
         let result = self.run_loop();
         // Whatever is left of the group must not write to the container's files after the
         // sync, nor outlive a session that failed.
@@ -314,17 +318,17 @@ impl<C: Read + Write + AsFd> Session<C> {
                     sys::sync();
                 }
                 self.push(&AgentMessage::Exited(end));
-                Outcome::Reported {
+                SessionOutcome::Reported {
                     status: end.status(),
                 }
             }
-            Err(Abort::HostGone(reason)) => return Outcome::Aborted { reason },
+            Err(Abort::HostGone(reason)) => return SessionOutcome::Aborted { reason },
             Err(Abort::Protocol(message)) => {
                 self.push(&AgentMessage::Error {
                     status: STATUS_INIT_ERROR,
                     message,
                 });
-                Outcome::Reported {
+                SessionOutcome::Reported {
                     status: STATUS_INIT_ERROR,
                 }
             }

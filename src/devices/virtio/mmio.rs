@@ -7,7 +7,7 @@
 //!
 //! Every register is guest-controlled: misuse (wrong access size, wrong phase, bad values)
 //! is ignored with a debug log, and a configuration the device cannot run with is reported
-//! to the driver through DEVICE_NEEDS_RESET ([`IrqTrigger::signal_needs_reset`]).
+//! to the driver through DEVICE_NEEDS_RESET ([`VirtioInterrupt::signal_needs_reset`]).
 
 use std::sync::Arc;
 
@@ -21,7 +21,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{ActivateContext, ActivateError, IrqTrigger, VIRTIO_F_VERSION_1, VirtioDevice};
+use super::{ActivateContext, ActivateError, VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
 use crate::devices::bus::BusDevice;
 
 /// Size of a transport's MMIO window.
@@ -171,7 +171,7 @@ pub struct MmioTransport {
     device_type: u32,
     avail_features: u64,
     mem: GuestMemoryMmap,
-    interrupt: Arc<IrqTrigger>,
+    interrupt: Arc<VirtioInterrupt>,
     kicks: Vec<EventFd>,
     queues: Vec<QueueConfig>,
     queue_sel: u32,
@@ -191,7 +191,7 @@ impl MmioTransport {
     pub fn new(
         device: Box<dyn VirtioDevice>,
         mem: GuestMemoryMmap,
-        interrupt: Arc<IrqTrigger>,
+        interrupt: Arc<VirtioInterrupt>,
         kicks: Vec<EventFd>,
     ) -> Result<Self, MmioError> {
         let max_sizes = device.queue_max_sizes();

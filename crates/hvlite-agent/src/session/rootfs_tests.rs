@@ -9,7 +9,7 @@ use std::process::Command;
 
 use hvlite_protocol::agent::protocol::{HostMessage, ProcessSpec};
 
-use super::Outcome;
+use super::SessionOutcome;
 use super::tests::{Seen, root, session_in};
 use crate::cmdline::{AgentOptions, RootMode};
 use crate::container::{self, NEWROOT};
@@ -130,9 +130,9 @@ fn run_in_root(base: &str, dir: &str, image: &str, mode: RootMode) -> (String, S
     spec.env = vec!["PATH=/bin".into()];
     spec.cwd = "/work/dir".into();
     let newroot = format!("{base}{NEWROOT}");
-    let (outcome, seen): (Outcome, Seen) =
+    let (outcome, seen): (SessionOutcome, Seen) =
         session_in(Some(&newroot), HostMessage::Start(spec), |_, _| {});
-    assert_eq!(outcome, Outcome::Reported { status: 0 }, "{seen:?}");
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 }, "{seen:?}");
     (String::from_utf8(seen.stdout).unwrap(), base)
 }
 

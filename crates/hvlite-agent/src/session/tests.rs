@@ -60,7 +60,10 @@ fn read_until_end(conn: &mut UnixStream, seen: &mut Seen) {
 }
 
 /// Runs a session: sends `first`, lets `host` talk, then reads to the end and closes.
-fn session(first: HostMessage, host: impl FnOnce(&mut UnixStream, &mut Seen)) -> (Outcome, Seen) {
+fn session(
+    first: HostMessage,
+    host: impl FnOnce(&mut UnixStream, &mut Seen),
+) -> (SessionOutcome, Seen) {
     session_in(None, first, host)
 }
 
@@ -69,7 +72,7 @@ pub(super) fn session_in(
     root: Option<&str>,
     first: HostMessage,
     host: impl FnOnce(&mut UnixStream, &mut Seen),
-) -> (Outcome, Seen) {
+) -> (SessionOutcome, Seen) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = root.map(str::to_string);
     let (agent_end, mut host_end) = UnixStream::pair().unwrap();
@@ -90,12 +93,12 @@ pub(super) fn session_in(
 }
 
 /// The session ended with `Error` 125 whose message contains `needle`.
-fn assert_setup_error(outcome: &Outcome, seen: &Seen, needle: &str) {
+fn assert_setup_error(outcome: &SessionOutcome, seen: &Seen, needle: &str) {
     assert!(
         matches!(&seen.last, Some(AgentMessage::Error { status: 125, message }) if message.contains(needle)),
         "{seen:?}"
     );
-    assert_eq!(*outcome, Outcome::Reported { status: 125 });
+    assert_eq!(*outcome, SessionOutcome::Reported { status: 125 });
 }
 
 fn start(s: ProcessSpec) -> HostMessage {
@@ -129,7 +132,7 @@ fn output_and_exit_status() {
     assert_eq!(seen.stdout, b"out\n");
     assert_eq!(seen.stderr, b"err\n");
     assert_eq!(seen.last, Some(AgentMessage::Exited(ProcessEnd::Exited(3))));
-    assert_eq!(outcome, Outcome::Reported { status: 3 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 3 });
 }
 
 #[test]
@@ -143,7 +146,7 @@ fn large_output_in_chunks() {
     assert_eq!(seen.stdout.len(), total);
     assert!(seen.max_chunk <= MAX_CHUNK);
     assert!(seen.stdout.starts_with(b"0123456789abcdef\n0123"));
-    assert_eq!(outcome, Outcome::Reported { status: 0 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
 }
 
 #[test]
@@ -160,7 +163,7 @@ fn start_failures_are_errors() {
             message: "hvlite-no-such-command: command not found".into()
         })
     );
-    assert_eq!(outcome, Outcome::Reported { status: 127 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 127 });
 
     let mut s = spec(&["true"]);
     s.terminal = true;
@@ -198,7 +201,7 @@ fn stdin_is_forwarded_with_backpressure() {
     });
     assert_eq!(seen.stdout.len(), data.len());
     assert!(seen.stdout == data);
-    assert_eq!(outcome, Outcome::Reported { status: 0 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
 }
 
 #[test]
@@ -211,7 +214,7 @@ fn stdin_is_dev_null_unless_asked() {
         write_message(conn, &HostMessage::Stdin(b"ignored".to_vec())).unwrap();
     });
     assert_eq!(seen.stdout, b"");
-    assert_eq!(outcome, Outcome::Reported { status: 0 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
 }
 
 #[test]
@@ -227,7 +230,7 @@ fn signals_reach_the_process() {
         seen.last,
         Some(AgentMessage::Exited(ProcessEnd::Signaled(15)))
     );
-    assert_eq!(outcome, Outcome::Reported { status: 143 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 143 });
 }
 
 #[test]
@@ -240,7 +243,7 @@ fn host_disconnect_kills_the_process() {
         conn.shutdown(std::net::Shutdown::Both).unwrap();
     });
     assert!(
-        matches!(&outcome, Outcome::Aborted { reason } if reason.contains("closed")),
+        matches!(&outcome, SessionOutcome::Aborted { reason } if reason.contains("closed")),
         "{outcome:?}"
     );
     assert!(is_gone(seen.pid.unwrap() as libc::pid_t));
@@ -272,7 +275,7 @@ fn background_processes_do_not_hold_the_session() {
     );
     assert!(begin.elapsed() < DRAIN_MAX, "{:?}", begin.elapsed());
     assert_eq!(seen.stdout, b"hi\n");
-    assert_eq!(outcome, Outcome::Reported { status: 4 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 4 });
 }
 
 #[test]
@@ -298,6 +301,6 @@ fn user_and_working_directory() {
     let mut groups: Vec<&str> = lines[3].split(' ').collect();
     groups.sort_unstable();
     assert_eq!(groups, ["65531", "65532", "65533"]);
-    assert_eq!(outcome, Outcome::Reported { status: 0 });
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
     std::fs::remove_dir_all(dir).unwrap();
 }

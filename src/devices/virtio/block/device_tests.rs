@@ -12,9 +12,9 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::super::test_utils::*;
 use super::*;
 use crate::devices::virtio::test_utils::EventLoop;
-use crate::devices::virtio::{IrqTrigger, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioInterrupt};
 
-fn wait_for_interrupt(irq: &IrqTrigger) -> bool {
+fn wait_for_interrupt(irq: &VirtioInterrupt) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
         if irq.eventfd().read().is_ok() {
@@ -29,7 +29,7 @@ fn context(
     mem: &GuestMemoryMmap,
     queue: Queue,
     kick: &EventFd,
-    irq: &Arc<IrqTrigger>,
+    irq: &Arc<VirtioInterrupt>,
 ) -> ActivateContext {
     ActivateContext {
         mem: mem.clone(),
@@ -71,7 +71,9 @@ fn activate_serve_reset_reactivate() {
     dev.set_acked_features(dev.avail_features());
     let vq = MockSplitQueue::new(&mem, 256);
     let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+    let irq = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("irq"),
+    ));
 
     dev.activate(context(
         &mem,
@@ -143,7 +145,9 @@ fn activate_rejects_bad_contexts() {
     let mem = guest_memory();
     let (_f, disk) = temp_disk(DISK_SECTORS, false);
     let mut dev = Block::new(disk, ev.handle.clone());
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+    let irq = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("irq"),
+    ));
     let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let vq = MockSplitQueue::new(&mem, 256);
 

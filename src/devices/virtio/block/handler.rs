@@ -1,5 +1,5 @@
 //! Event-loop glue: reacts to the driver's queue notifications (the kick eventfd) by
-//! running the [`BlockQueue`], and interrupts the guest through the [`IrqTrigger`].
+//! running the [`BlockQueue`], and interrupts the guest through the [`VirtioInterrupt`].
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::queue::BlockQueue;
-use crate::devices::virtio::IrqTrigger;
+use crate::devices::virtio::VirtioInterrupt;
 
 /// Event token of the request queue's kick eventfd.
 pub const KICK_EVENT: u32 = 0;
@@ -17,12 +17,12 @@ pub const KICK_EVENT: u32 = 0;
 pub struct BlockHandler {
     queue: BlockQueue,
     kick: EventFd,
-    interrupt: Arc<IrqTrigger>,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 impl BlockHandler {
     /// Serves `queue` whenever `kick` becomes readable.
-    pub fn new(queue: BlockQueue, kick: EventFd, interrupt: Arc<IrqTrigger>) -> Self {
+    pub fn new(queue: BlockQueue, kick: EventFd, interrupt: Arc<VirtioInterrupt>) -> Self {
         Self {
             queue,
             kick,

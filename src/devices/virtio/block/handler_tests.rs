@@ -19,7 +19,7 @@ const QSIZE: u16 = 256;
 
 struct Rig {
     kick: EventFd,
-    irq: Arc<IrqTrigger>,
+    irq: Arc<VirtioInterrupt>,
     counters: Arc<BlockCounters>,
     handler: Arc<Mutex<BlockHandler>>,
 }
@@ -30,7 +30,9 @@ fn rig(mem: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>, disk: DiskIm
 
 fn rig_with(mem: &GuestMemoryMmap, queue: Queue, disk: DiskImage) -> Rig {
     let kick = EventFd::new(EFD_NONBLOCK).expect("kick");
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+    let irq = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("irq"),
+    ));
     let counters = Arc::new(BlockCounters::default());
     let queue = BlockQueue::new(mem.clone(), queue, Arc::new(disk), Arc::clone(&counters));
     let handler = BlockHandler::new(queue, kick.try_clone().expect("clone"), Arc::clone(&irq));

@@ -21,5 +21,5 @@ mod test_utils;
 pub use device::Block;
 pub use disk::{DiskError, DiskImage};
 pub use handler::BlockHandler;
-pub use queue::{BlockCounters, BlockQueue, BlockStats, QueueError, QueueSignal};
-pub use request::{Completion, Outcome, RequestError, RequestType, process_request};
+pub use queue::{BlockCounters, BlockQueue, BlockQueueError, BlockStats};
+pub use request::{Completion, RequestError, RequestOutcome, RequestType, process_request};

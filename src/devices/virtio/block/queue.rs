@@ -10,30 +10,12 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::disk::DiskImage;
-use super::request::{Outcome, process_request};
-use crate::devices::virtio::{DrainError, IrqTrigger, drain_queue};
-
-/// How queue processing reaches the driver.
-pub trait QueueSignal {
-    /// Buffers were used: raise the used-ring interrupt.
-    fn signal_used_queue(&self) -> io::Result<()>;
-    /// The driver broke the queue (a malformed ring): ask it to reset the device.
-    fn signal_needs_reset(&self) -> io::Result<()>;
-}
-
-impl QueueSignal for IrqTrigger {
-    fn signal_used_queue(&self) -> io::Result<()> {
-        IrqTrigger::signal_used_queue(self)
-    }
-
-    fn signal_needs_reset(&self) -> io::Result<()> {
-        IrqTrigger::signal_needs_reset(self)
-    }
-}
+use super::request::{RequestOutcome, process_request};
+use crate::devices::virtio::{DrainError, QueueSignal, drain_queue};
 
 /// Why the queue stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum QueueError {
+pub enum BlockQueueError {
     #[error("malformed available ring")]
     AvailRing(#[source] virtio_queue::Error),
     #[error("cannot update the used ring")]
@@ -44,12 +26,14 @@ pub enum QueueError {
     Signal(#[source] io::Error),
 }
 
-impl From<DrainError<QueueError>> for QueueError {
-    fn from(e: DrainError<QueueError>) -> Self {
+impl From<DrainError<BlockQueueError>> for BlockQueueError {
+    fn from(e: DrainError<BlockQueueError>) -> Self {
         match e {
             DrainError::Serve(e) => e,
-            DrainError::Notification(e) => QueueError::Notification(e),
-            DrainError::Stuck => QueueError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex),
+            DrainError::Notification(e) => BlockQueueError::Notification(e),
+            DrainError::Stuck => {
+                BlockQueueError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex)
+            }
         }
     }
 }
@@ -127,16 +111,16 @@ impl Tally {
         self.bytes_read += completion.bytes_read;
         self.bytes_written += completion.bytes_written;
         match &completion.outcome {
-            Outcome::Ok => {}
-            Outcome::Unsupported(raw) => {
+            RequestOutcome::Ok => {}
+            RequestOutcome::Unsupported(raw) => {
                 log::debug!("virtio-blk: unsupported request type {raw}");
                 self.unsupported += 1;
             }
-            Outcome::Failed(e) => {
+            RequestOutcome::Failed(e) => {
                 log::debug!("virtio-blk: request failed: {e}");
                 self.errors += 1;
             }
-            Outcome::Dropped(e) => {
+            RequestOutcome::Dropped(e) => {
                 log::debug!("virtio-blk: request dropped: {e}");
                 self.dropped += 1;
             }
@@ -211,7 +195,7 @@ impl BlockQueue {
     /// Handles every available request, then signals the driver if it asked for it.
     /// Returns the number of chains handled. After an error the queue is broken: the
     /// driver was asked to reset the device and later calls do nothing.
-    pub fn process(&mut self, signal: &dyn QueueSignal) -> Result<usize, QueueError> {
+    pub fn process(&mut self, signal: &dyn QueueSignal) -> Result<usize, BlockQueueError> {
         if self.broken {
             return Ok(0);
         }
@@ -230,18 +214,24 @@ impl BlockQueue {
         }
     }
 
-    fn drain(&mut self, signal: &dyn QueueSignal, tally: &mut Tally) -> Result<usize, QueueError> {
+    fn drain(
+        &mut self,
+        signal: &dyn QueueSignal,
+        tally: &mut Tally,
+    ) -> Result<usize, BlockQueueError> {
         let handled = drain_queue(self, |q| (&mut q.queue, &q.mem), |q| q.serve_round(tally))
-            .map_err(QueueError::from)?;
+            .map_err(BlockQueueError::from)?;
         // One interrupt for everything used above, if the driver asked for one (with
         // EVENT_IDX: if the used index went past its used_event since the last check).
         if handled > 0
             && self
                 .queue
                 .needs_notification(&self.mem)
-                .map_err(QueueError::Notification)?
+                .map_err(BlockQueueError::Notification)?
         {
-            signal.signal_used_queue().map_err(QueueError::Signal)?;
+            signal
+                .signal_used_queue()
+                .map_err(BlockQueueError::Signal)?;
             BlockCounters::add(&self.counters.interrupts, 1);
         }
         Ok(handled)
@@ -249,10 +239,10 @@ impl BlockQueue {
 
     /// Handles the chains available when called (one read of the avail index, at most a
     /// queue's worth), then returns them all through the used ring. Returns how many.
-    fn serve_round(&mut self, tally: &mut Tally) -> Result<usize, QueueError> {
+    fn serve_round(&mut self, tally: &mut Tally) -> Result<usize, BlockQueueError> {
         let mem = &self.mem;
         self.used.clear();
-        let avail = self.queue.iter(mem).map_err(QueueError::AvailRing)?;
+        let avail = self.queue.iter(mem).map_err(BlockQueueError::AvailRing)?;
         for chain in avail {
             let head = chain.head_index();
             let completion = process_request(mem, chain, &self.disk);
@@ -260,7 +250,7 @@ impl BlockQueue {
             self.used.push(Used {
                 head,
                 len: completion.used_len,
-                dropped: matches!(completion.outcome, Outcome::Dropped(_)),
+                dropped: matches!(completion.outcome, RequestOutcome::Dropped(_)),
             });
         }
         for used in &self.used {
@@ -272,7 +262,7 @@ impl BlockQueue {
                         tally.dropped += 1;
                     }
                 }
-                Err(e) => return Err(QueueError::UsedRing(e)),
+                Err(e) => return Err(BlockQueueError::UsedRing(e)),
             }
         }
         Ok(self.used.len())

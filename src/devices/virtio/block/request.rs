@@ -109,7 +109,7 @@ impl RequestType {
 
 /// How a request ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum RequestOutcome {
     /// Status VIRTIO_BLK_S_OK.
     Ok,
     /// Status VIRTIO_BLK_S_UNSUPP.
@@ -126,7 +126,7 @@ pub struct Completion {
     /// Bytes written into the chain (data and status), for the used ring.
     pub used_len: u32,
     /// How the request ended.
-    pub outcome: Outcome,
+    pub outcome: RequestOutcome,
     /// Bytes read from the disk into guest memory.
     pub bytes_read: u64,
     /// Bytes written from guest memory to the disk.
@@ -134,7 +134,7 @@ pub struct Completion {
 }
 
 impl Completion {
-    fn new(used_len: u32, outcome: Outcome) -> Self {
+    fn new(used_len: u32, outcome: RequestOutcome) -> Self {
         Self {
             used_len,
             outcome,
@@ -207,21 +207,24 @@ pub fn process_request(
 ) -> Completion {
     let (status, result) = match parse(mem, chain, disk) {
         Ok(parsed) => parsed,
-        Err(error) => return Completion::new(0, Outcome::Dropped(error)),
+        Err(error) => return Completion::new(0, RequestOutcome::Dropped(error)),
     };
     let mut completion = match result.and_then(|request| request.execute(disk)) {
         Ok(completion) => completion,
-        Err(error) => Completion::new(0, Outcome::Failed(error)),
+        Err(error) => Completion::new(0, RequestOutcome::Failed(error)),
     };
     let code = match completion.outcome {
-        Outcome::Ok => VIRTIO_BLK_S_OK,
-        Outcome::Unsupported(_) => VIRTIO_BLK_S_UNSUPP,
+        RequestOutcome::Ok => VIRTIO_BLK_S_OK,
+        RequestOutcome::Unsupported(_) => VIRTIO_BLK_S_UNSUPP,
         _ => VIRTIO_BLK_S_IOERR,
     };
     // The status byte was mapped during parsing; the guest cannot unmap memory.
     // A single-byte store: the slice is exactly the status byte.
     if let Err(e) = status.0.store(code as u8, 0, Ordering::Relaxed) {
-        return Completion::new(0, Outcome::Dropped(RequestError::StatusWrite(e.into())));
+        return Completion::new(
+            0,
+            RequestOutcome::Dropped(RequestError::StatusWrite(e.into())),
+        );
     }
     completion.used_len = completion.used_len.saturating_add(1);
     completion
@@ -430,7 +433,7 @@ impl Request<'_> {
     /// Runs the request against `disk`. The data buffers are filled (IN, GET_ID) or
     /// written out (OUT); the status byte is left to the caller.
     pub fn execute(&self, disk: &DiskImage) -> Result<Completion, RequestError> {
-        let mut completion = Completion::new(0, Outcome::Ok);
+        let mut completion = Completion::new(0, RequestOutcome::Ok);
         let offset = self.sector << SECTOR_SHIFT;
         match self.request_type {
             RequestType::In => {
@@ -460,7 +463,7 @@ impl Request<'_> {
                 // At most DEVICE_ID_LEN bytes.
                 completion.used_len = copied as u32;
             }
-            RequestType::Unsupported(raw) => completion.outcome = Outcome::Unsupported(raw),
+            RequestType::Unsupported(raw) => completion.outcome = RequestOutcome::Unsupported(raw),
         }
         Ok(completion)
     }

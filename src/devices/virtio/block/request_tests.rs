@@ -36,7 +36,7 @@ fn expect_ioerr(
 ) {
     let c = run(mem, descs, disk);
     match &c.outcome {
-        Outcome::Failed(e) => assert!(check(e), "unexpected error {e:?}"),
+        RequestOutcome::Failed(e) => assert!(check(e), "unexpected error {e:?}"),
         other => panic!("expected a failure, got {other:?}"),
     }
     assert_eq!(status(mem), VIRTIO_BLK_S_IOERR);
@@ -52,7 +52,7 @@ fn expect_dropped(
 ) {
     let c = run(mem, descs, disk);
     match &c.outcome {
-        Outcome::Dropped(e) => assert!(check(e), "unexpected error {e:?}"),
+        RequestOutcome::Dropped(e) => assert!(check(e), "unexpected error {e:?}"),
         other => panic!("expected a drop, got {other:?}"),
     }
     assert_eq!(get_u8(mem, STATUS), UNTOUCHED);
@@ -65,7 +65,7 @@ fn read() {
     let (_f, disk) = temp_disk(DISK_SECTORS, false);
     put_header(&mem, HDR, VIRTIO_BLK_T_IN, 2);
     let c = run(&mem, &[rd(HDR, 16), wr(BUF, 1024), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
     assert_eq!(c.used_len, 1025);
     assert_eq!(c.bytes_read, 1024);
@@ -86,7 +86,7 @@ fn read_scattered_segments() {
         wr(STATUS, 1),
     ];
     let c = run(&mem, &descs, &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(c.used_len, 2049);
     let at = |start: u64, len: u64| (start..start + len).map(pattern).collect::<Vec<u8>>();
     assert_eq!(get_bytes(&mem, BUF + 0x3000, 512), at(512, 512));
@@ -109,7 +109,7 @@ fn write() {
         wr(STATUS, 1),
     ];
     let c = run(&mem, &descs, &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(status(&mem), VIRTIO_BLK_S_OK);
     assert_eq!((c.used_len, c.bytes_written), (1, 1024));
     let after = file_bytes(&f);
@@ -125,7 +125,7 @@ fn flush() {
     let (_f, disk) = temp_disk(DISK_SECTORS, false);
     put_header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     let c = run(&mem, &[rd(HDR, 16), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!((status(&mem), c.used_len), (VIRTIO_BLK_S_OK, 1));
 }
 
@@ -135,7 +135,7 @@ fn get_id() {
     let (_f, disk) = temp_disk(DISK_SECTORS, false);
     put_header(&mem, HDR, VIRTIO_BLK_T_GET_ID, 0);
     let c = run(&mem, &[rd(HDR, 16), wr(BUF, 20), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(c.used_len, 21);
     assert_eq!(get_bytes(&mem, BUF, 20), disk.device_id());
     assert!(disk.device_id().starts_with(b"hvl-"));
@@ -170,7 +170,7 @@ fn unsupported_type() {
     for t in [2, 11, 13, 99, u32::MAX] {
         put_header(&mem, HDR, t, 0);
         let c = run(&mem, &[rd(HDR, 16), rd(BUF, 512), wr(STATUS, 1)], &disk);
-        assert!(matches!(c.outcome, Outcome::Unsupported(raw) if raw == t));
+        assert!(matches!(c.outcome, RequestOutcome::Unsupported(raw) if raw == t));
         assert_eq!((status(&mem), c.used_len), (VIRTIO_BLK_S_UNSUPP, 1));
     }
     assert_eq!(file_bytes(&f), before);
@@ -221,7 +221,7 @@ fn status_is_last_byte_of_last_descriptor() {
         .build_desc_chain(&[rd(HDR, 16), wr(STATUS - 3, 4)])
         .expect("chain");
     let c = process_request(&mem, chain, &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(
         get_bytes(&mem, STATUS - 3, 4),
         [UNTOUCHED, UNTOUCHED, UNTOUCHED, 0]
@@ -257,7 +257,7 @@ fn bad_header() {
     });
     // A longer header descriptor is fine: the header is its first 16 bytes.
     let c = run(&mem, &[rd(HDR, 4096), wr(BUF, 512), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
 }
 
 #[test]
@@ -330,7 +330,7 @@ fn out_of_range_and_unaligned() {
     // The last sectors are in range.
     put_header(&mem, HDR, VIRTIO_BLK_T_IN, DISK_SECTORS - 2);
     let c = run(&mem, &[rd(HDR, 16), wr(BUF, 1024), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(file_bytes(&f), before);
 }
 
@@ -358,7 +358,7 @@ fn segment_limit() {
     descs.extend((0..254u64).map(|i| wr(BUF + i * 512, 512)));
     descs.push(wr(STATUS, 1));
     let c = run(&mem, &descs, &disk);
-    assert!(matches!(c.outcome, Outcome::Ok), "{:?}", c.outcome);
+    assert!(matches!(c.outcome, RequestOutcome::Ok), "{:?}", c.outcome);
     assert_eq!(c.used_len, 254 * 512 + 1);
 
     // 256 segments through an indirect table (not negotiated, but followed).
@@ -401,10 +401,10 @@ fn read_only_disk() {
     // Reads and flushes still work.
     put_header(&mem, HDR, VIRTIO_BLK_T_IN, 1);
     let c = run(&mem, &[rd(HDR, 16), wr(BUF, 512), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     put_header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     let c = run(&mem, &[rd(HDR, 16), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
     assert_eq!(file_bytes(&f), before);
 }
 
@@ -414,5 +414,5 @@ fn flush_ignores_data_descriptors() {
     let (_f, disk) = temp_disk(DISK_SECTORS, false);
     put_header(&mem, HDR, VIRTIO_BLK_T_FLUSH, u64::MAX);
     let c = run(&mem, &[rd(HDR, 16), wr(u64::MAX, 7), wr(STATUS, 1)], &disk);
-    assert!(matches!(c.outcome, Outcome::Ok));
+    assert!(matches!(c.outcome, RequestOutcome::Ok));
 }

@@ -97,13 +97,13 @@ struct Fixture {
     t: MmioTransport,
     rec: Arc<Mutex<Record>>,
     kicks: Vec<EventFd>,
-    irq: Arc<IrqTrigger>,
+    irq: Arc<VirtioInterrupt>,
 }
 
 fn fixture() -> Fixture {
     let rec = Arc::new(Mutex::new(Record::default()));
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let kicks: Vec<_> = (0..2)
         .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
         .collect();
@@ -169,7 +169,7 @@ fn full_init(t: &mut MmioTransport) {
 #[test]
 fn new_checks_kicks_and_queue_sizes() {
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+    let irq = Arc::new(VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
     let dev = Box::new(FakeDevice(Arc::default()));
     let one = vec![EventFd::new(EFD_NONBLOCK).unwrap()];
     let res = MmioTransport::new(dev, mem, irq, one);
@@ -278,7 +278,7 @@ fn queue_notify_signals_the_kick() {
     );
 }
 
-fn assert_needs_reset(t: &mut MmioTransport, rec: &Mutex<Record>, irq: &IrqTrigger) {
+fn assert_needs_reset(t: &mut MmioTransport, rec: &Mutex<Record>, irq: &VirtioInterrupt) {
     assert_eq!(driver_ok(t), 0xf | NEEDS_RESET);
     assert!(!t.is_activated());
     assert!(rec.lock().unwrap().activations.is_empty());

@@ -41,7 +41,7 @@ pub const MAX_FRAME_LEN: usize = 65536 + ETH_OVERHEAD;
 /// Shortest frame the TAP accepts: an Ethernet header.
 pub const MIN_FRAME_LEN: usize = 14;
 /// Most descriptors (iovecs) one frame may use (Linux UIO_MAXIOV).
-pub const MAX_IOVECS: usize = 1024;
+pub use crate::devices::virtio::queue::MAX_IOVECS;
 /// Bytes of the configuration space the device implements: `mac`, `status`,
 /// `max_virtqueue_pairs`; later fields read as 0.
 pub const CONFIG_SPACE_LEN: usize = 10;

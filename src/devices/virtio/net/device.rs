@@ -9,11 +9,11 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use super::config::{
     ConfigSpace, QUEUE_SIZE, avail_features, has, rx_frame_capacity, tap_offloads,
 };
+use super::counters::{NetCounters, NetStats};
 use super::handler::NetHandler;
-use super::queue::{NetCounters, NetStats};
-use super::rx::{RxConfig, RxQueue};
+use super::rx::{NetRxQueue, RxConfig};
 use super::tap::Tap;
-use super::tx::TxQueue;
+use super::tx::NetTxQueue;
 use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
     ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
@@ -138,8 +138,8 @@ impl VirtioDevice for Net {
             guest_csum: has(acked, VIRTIO_NET_F_GUEST_CSUM),
             frame_capacity: rx_frame_capacity(acked, mtu),
         };
-        let rx = RxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
-        let tx = TxQueue::new(mem, txq, Arc::clone(&self.counters));
+        let rx = NetRxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
+        let tx = NetTxQueue::new(mem, txq, Arc::clone(&self.counters));
         let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);
         self.handler
             .install(Arc::new(Mutex::new(handler)) as Subscriber)

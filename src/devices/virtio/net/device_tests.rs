@@ -13,16 +13,18 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::super::test_utils::*;
 use super::*;
 use crate::devices::virtio::test_utils::{EventLoop, wait_until};
-use crate::devices::virtio::{IrqTrigger, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioInterrupt};
 
 fn context(
     mem: &GuestMemoryMmap,
     rxq: &MockSplitQueue<GuestMemoryMmap>,
     txq: &MockSplitQueue<GuestMemoryMmap>,
-) -> (ActivateContext, EventFd, EventFd, Arc<IrqTrigger>) {
+) -> (ActivateContext, EventFd, EventFd, Arc<VirtioInterrupt>) {
     let rx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let tx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+    let irq = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("irq"),
+    ));
     let ctx = ActivateContext {
         mem: mem.clone(),
         queues: vec![

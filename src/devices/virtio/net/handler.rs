@@ -1,5 +1,5 @@
 //! Event-loop glue: the TAP becoming readable and the two queue kicks drive the
-//! [`RxQueue`] and [`TxQueue`]; the guest is interrupted through the [`IrqTrigger`].
+//! [`NetRxQueue`] and [`NetTxQueue`]; the guest is interrupted through the [`VirtioInterrupt`].
 //!
 //! The TAP is watched level-triggered, and only while the guest has RX buffers: when the
 //! RX queue starves, the TAP is taken off the event loop (frames wait in the TAP, nothing
@@ -12,10 +12,10 @@ use std::sync::Arc;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::rx::{RxProgress, RxQueue};
-use super::tap::FrameIo;
-use super::tx::TxQueue;
-use crate::devices::virtio::IrqTrigger;
+use super::rx::{NetRxQueue, RxProgress};
+use super::tx::NetTxQueue;
+use crate::devices::virtio::FrameIo;
+use crate::devices::virtio::VirtioInterrupt;
 
 /// Event token of the TAP.
 pub const TAP_EVENT: u32 = 0;
@@ -30,11 +30,11 @@ pub const RX_BUDGET: usize = 128;
 #[derive(Debug)]
 pub struct NetHandler<T: FrameIo> {
     io: T,
-    rx: RxQueue,
-    tx: TxQueue,
+    rx: NetRxQueue,
+    tx: NetTxQueue,
     rx_kick: EventFd,
     tx_kick: EventFd,
-    interrupt: Arc<IrqTrigger>,
+    interrupt: Arc<VirtioInterrupt>,
     tap_watched: bool,
 }
 
@@ -42,11 +42,11 @@ impl<T: FrameIo> NetHandler<T> {
     /// Serves `rx` and `tx` over `io`, woken by the kicks and by `io` becoming readable.
     pub fn new(
         io: T,
-        rx: RxQueue,
-        tx: TxQueue,
+        rx: NetRxQueue,
+        tx: NetTxQueue,
         rx_kick: EventFd,
         tx_kick: EventFd,
-        interrupt: Arc<IrqTrigger>,
+        interrupt: Arc<VirtioInterrupt>,
     ) -> Self {
         Self {
             io,
@@ -60,12 +60,12 @@ impl<T: FrameIo> NetHandler<T> {
     }
 
     /// The receive queue.
-    pub fn rx(&self) -> &RxQueue {
+    pub fn rx(&self) -> &NetRxQueue {
         &self.rx
     }
 
     /// The transmit queue.
-    pub fn tx(&self) -> &TxQueue {
+    pub fn tx(&self) -> &NetTxQueue {
         &self.tx
     }
 

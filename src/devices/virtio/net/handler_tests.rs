@@ -7,7 +7,7 @@ use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::super::queue::NetCounters;
+use super::super::counters::NetCounters;
 use super::super::rx::RxConfig;
 use super::super::test_utils::*;
 use super::*;
@@ -21,20 +21,20 @@ fn queues(
     mem: &GuestMemoryMmap,
     rxq: &MockSplitQueue<GuestMemoryMmap>,
     txq: &MockSplitQueue<GuestMemoryMmap>,
-) -> (RxQueue, TxQueue, Arc<NetCounters>) {
+) -> (NetRxQueue, NetTxQueue, Arc<NetCounters>) {
     let counters = Arc::new(NetCounters::default());
     let config = RxConfig {
         mergeable: false,
         guest_csum: true,
         frame_capacity: 1530,
     };
-    let rx = RxQueue::new(
+    let rx = NetRxQueue::new(
         mem.clone(),
         rxq.create_queue().expect("q"),
         Arc::clone(&counters),
         config,
     );
-    let tx = TxQueue::new(
+    let tx = NetTxQueue::new(
         mem.clone(),
         txq.create_queue().expect("q"),
         Arc::clone(&counters),
@@ -50,7 +50,9 @@ fn starved_rx_parks_the_tap_until_a_kick_and_tx_flows() {
     let (rx, tx, counters) = queues(&mem, &rxq, &txq);
     let rx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
     let tx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+    let irq = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("irq"),
+    ));
     let (dev, host) = fake_tap();
     let handler = Arc::new(Mutex::new(NetHandler::new(
         dev,
@@ -110,7 +112,9 @@ fn broken_tx_ring_unregisters_its_kick() {
     txq.avail().idx().store(QS + 2);
     let (rx, tx, counters) = queues(&mem, &rxq, &txq);
     let tx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
-    let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+    let irq = Arc::new(VirtioInterrupt::new(
+        EventFd::new(EFD_NONBLOCK).expect("irq"),
+    ));
     let (dev, _host) = fake_tap();
     let handler = NetHandler::new(
         dev,

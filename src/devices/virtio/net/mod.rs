@@ -12,9 +12,9 @@
 //! - [`device`]: [`Net`], the [`VirtioDevice`](super::VirtioDevice) the transport drives.
 
 pub mod config;
+pub mod counters;
 pub mod device;
 pub mod handler;
-pub mod queue;
 pub mod rx;
 pub mod tap;
 pub mod tx;
@@ -23,9 +23,9 @@ pub mod tx;
 pub(crate) mod test_utils;
 
 pub use config::{MacError, default_mac, format_mac, parse_mac};
+pub use counters::{NetCounters, NetStats};
 pub use device::Net;
 pub use handler::NetHandler;
-pub use queue::{NetCounters, NetStats, QueueError};
-pub use rx::{RxConfig, RxProgress, RxQueue};
-pub use tap::{FrameIo, Tap, TapError};
-pub use tx::TxQueue;
+pub use rx::{NetRxQueue, RxConfig, RxProgress};
+pub use tap::{Tap, TapError};
+pub use tx::NetTxQueue;

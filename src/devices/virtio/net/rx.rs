@@ -17,12 +17,13 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
 use super::config::{HDR_LEN, MAX_IOVECS, NUM_BUFFERS_OFFSET};
-use super::queue::{
-    ChainError, MappedChain, NetCounters, Notifier, QueueError, map_writable, publish_used,
-};
-use super::tap::FrameIo;
-use crate::devices::virtio::block::QueueSignal;
+use super::counters::NetCounters;
+use crate::devices::virtio::FrameIo;
+use crate::devices::virtio::QueueSignal;
 use crate::devices::virtio::next_avail_chain;
+use crate::devices::virtio::queue::{
+    ChainError, MappedChain, Notifier, RingError, map_writable, publish_used,
+};
 
 /// Where RX processing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +52,7 @@ pub struct RxConfig {
 
 /// The receive queue of one activated device.
 #[derive(Debug)]
-pub struct RxQueue {
+pub struct NetRxQueue {
     mem: GuestMemoryMmap,
     queue: Queue,
     counters: Arc<NetCounters>,
@@ -64,7 +65,7 @@ pub struct RxQueue {
     broken: bool,
 }
 
-impl RxQueue {
+impl NetRxQueue {
     /// Serves `queue` (configured, event-idx set as negotiated) on `mem`.
     pub fn new(
         mem: GuestMemoryMmap,
@@ -109,7 +110,7 @@ impl RxQueue {
         io: &dyn FrameIo,
         signal: &dyn QueueSignal,
         budget: usize,
-    ) -> Result<RxProgress, QueueError> {
+    ) -> Result<RxProgress, RingError> {
         if self.broken {
             return Ok(RxProgress::Broken);
         }
@@ -128,7 +129,7 @@ impl RxQueue {
         }
     }
 
-    fn run(&mut self, io: &dyn FrameIo, budget: usize) -> Result<RxProgress, QueueError> {
+    fn run(&mut self, io: &dyn FrameIo, budget: usize) -> Result<RxProgress, RingError> {
         for _ in 0..budget {
             if !self.fill()? {
                 NetCounters::add(&self.counters.rx_starved, 1);
@@ -141,7 +142,7 @@ impl RxQueue {
         Ok(RxProgress::Budget)
     }
 
-    fn notify(&mut self, signal: &dyn QueueSignal) -> Result<(), QueueError> {
+    fn notify(&mut self, signal: &dyn QueueSignal) -> Result<(), RingError> {
         if self
             .notifier
             .signal_if_wanted(&self.mem, &self.queue, signal)?
@@ -161,13 +162,13 @@ impl RxQueue {
 
     /// Takes chains from the available ring until the stash is ready; `false` when the
     /// ring ran out first (notifications are then enabled, so the next kick resumes).
-    fn fill(&mut self) -> Result<bool, QueueError> {
+    fn fill(&mut self) -> Result<bool, RingError> {
         while !self.ready() {
             let next = next_avail_chain(
                 &mut self.queue,
                 &self.mem,
                 &mut self.notify_enabled,
-                QueueError::AvailRing,
+                RingError::AvailRing,
             )?;
             let Some(chain) = next else {
                 return Ok(false);
@@ -186,17 +187,17 @@ impl RxQueue {
         Ok(true)
     }
 
-    fn drop_chain(&mut self, head: u16, e: &ChainError) -> Result<(), QueueError> {
+    fn drop_chain(&mut self, head: u16, e: &ChainError) -> Result<(), RingError> {
         log::debug!("virtio-net: RX buffer {head} dropped: {e}");
         NetCounters::add(&self.counters.rx_dropped, 1);
         if head >= self.queue.size() {
             return Ok(());
         }
-        publish_used(&self.mem, &mut self.queue, &[(head, 0)]).map_err(QueueError::UsedRing)
+        publish_used(&self.mem, &mut self.queue, &[(head, 0)]).map_err(RingError::UsedRing)
     }
 
     /// Reads one frame into the stash; `false` when the TAP had none (or failed).
-    fn receive(&mut self, io: &dyn FrameIo) -> Result<bool, QueueError> {
+    fn receive(&mut self, io: &dyn FrameIo) -> Result<bool, RingError> {
         let mut slices = Vec::with_capacity(self.stash_pieces.min(MAX_IOVECS));
         for chain in &self.stash {
             if slices.len() + chain.pieces.len() > MAX_IOVECS {
@@ -233,7 +234,7 @@ impl RxQueue {
     }
 
     /// Returns the chains that hold the `n` bytes just read, with the header completed.
-    fn deliver(&mut self, n: usize) -> Result<(), QueueError> {
+    fn deliver(&mut self, n: usize) -> Result<(), RingError> {
         let mut entries: Vec<(u16, u32)> = Vec::new();
         let mut first: Option<MappedChain> = None;
         let mut remaining = n;
@@ -260,7 +261,7 @@ impl RxQueue {
                 self.write_header(first, 0, &[0]);
             }
         }
-        publish_used(&self.mem, &mut self.queue, &entries).map_err(QueueError::UsedRing)?;
+        publish_used(&self.mem, &mut self.queue, &entries).map_err(RingError::UsedRing)?;
         NetCounters::add(&self.counters.rx_frames, 1);
         NetCounters::add(&self.counters.rx_bytes, (n - HDR_LEN) as u64);
         Ok(())

@@ -19,9 +19,13 @@ fn cfg(mergeable: bool, frame_capacity: usize) -> RxConfig {
     }
 }
 
-fn rx_queue(mem: &GuestMemoryMmap, queue: Queue, config: RxConfig) -> (RxQueue, Arc<NetCounters>) {
+fn rx_queue(
+    mem: &GuestMemoryMmap,
+    queue: Queue,
+    config: RxConfig,
+) -> (NetRxQueue, Arc<NetCounters>) {
     let counters = Arc::new(NetCounters::default());
-    let rx = RxQueue::new(mem.clone(), queue, Arc::clone(&counters), config);
+    let rx = NetRxQueue::new(mem.clone(), queue, Arc::clone(&counters), config);
     (rx, counters)
 }
 
@@ -198,7 +202,7 @@ fn malformed_avail_ring_needs_reset() {
     let sig = Signals::default();
     assert!(matches!(
         rx.process(&dev, &sig, 64),
-        Err(QueueError::AvailRing(_))
+        Err(RingError::AvailRing(_))
     ));
     assert!(rx.is_broken());
     assert_eq!(sig.reset(), 1);

@@ -1,5 +1,5 @@
-//! The host TAP device behind a virtio-net device, and vectored frame I/O between a file
-//! descriptor and guest memory ([`FrameIo`]).
+//! The host TAP device behind a virtio-net device; frames move through it with
+//! [`FrameIo`].
 //!
 //! The TAP is opened with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR and a 12-byte vnet header
 //! (`struct virtio_net_hdr_v1`), so every frame read or written is exactly what the
@@ -14,7 +14,8 @@ use std::path::Path;
 
 use vm_memory::VolatileSlice;
 
-use super::config::{HDR_LEN, MAX_IOVECS};
+use super::config::HDR_LEN;
+use crate::devices::virtio::frame_io::FrameIo;
 
 /// The TUN/TAP clone device.
 pub const TUN_DEVICE: &str = "/dev/net/tun";
@@ -72,71 +73,6 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-}
-
-/// A frame channel the device reads from and writes to: one frame (vnet header plus
-/// Ethernet frame) per call, gathered from or scattered into guest memory. Implemented by
-/// [`Tap`]; tests use a SOCK_SEQPACKET socket, which keeps frame boundaries the same way.
-pub trait FrameIo: AsRawFd + Send + Sync {
-    /// Reads one frame into `bufs`, in order; `WouldBlock` when none is pending.
-    fn read_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        vectored_io(self.as_raw_fd(), bufs, Direction::Read)
-    }
-
-    /// Writes one frame gathered from `bufs`, in order.
-    fn write_frame(&self, bufs: &[VolatileSlice<'_>]) -> io::Result<usize> {
-        vectored_io(self.as_raw_fd(), bufs, Direction::Write)
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
-}
-
-/// iovecs kept on the stack for frames of at most this many buffers.
-const STACK_IOVECS: usize = 64;
-
-/// One readv/writev on `fd` with iovecs pointing at `bufs`.
-fn vectored_io(fd: RawFd, bufs: &[VolatileSlice<'_>], dir: Direction) -> io::Result<usize> {
-    let empty = libc::iovec {
-        iov_base: std::ptr::null_mut(),
-        iov_len: 0,
-    };
-    let mut stack = [empty; STACK_IOVECS];
-    let mut heap = Vec::new();
-    let iovs: &mut [libc::iovec] = match bufs.len() {
-        n if n <= STACK_IOVECS => &mut stack[..n],
-        n if n <= MAX_IOVECS => {
-            heap.resize(n, empty);
-            &mut heap
-        }
-        _ => return Err(io::Error::from_raw_os_error(libc::EINVAL)),
-    };
-    for (iov, buf) in iovs.iter_mut().zip(bufs) {
-        // The slices have no dirty bitmap (`()`), so the guard holds no state; the
-        // borrowed slices keep the memory mapped for the call.
-        let guard = buf.ptr_guard_mut();
-        *iov = libc::iovec {
-            iov_base: guard.as_ptr().cast(),
-            iov_len: guard.len(),
-        };
-    }
-    // At most MAX_IOVECS (1024) entries: fits in a c_int.
-    let count = iovs.len() as libc::c_int;
-    let ret = match dir {
-        // SAFETY: each iovec points at `iov_len` bytes of mapped guest memory that the
-        // borrowed `bufs` keep alive for the call; the kernel writes only there.
-        Direction::Read => unsafe { libc::readv(fd, iovs.as_ptr(), count) },
-        // SAFETY: as above; the kernel only reads the buffers.
-        Direction::Write => unsafe { libc::writev(fd, iovs.as_ptr(), count) },
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Non-negative and bounded by the buffer lengths.
-    Ok(ret as usize)
 }
 
 /// A TAP device opened for one virtio-net device (single queue, non-blocking).

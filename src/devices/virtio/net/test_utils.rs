@@ -4,61 +4,20 @@
 use std::io;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixDatagram;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::RawDescriptor;
-use virtio_queue::desc::split::Descriptor as SplitDescriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use crate::devices::virtio::FrameIo;
 
-use super::tap::FrameIo;
-use crate::devices::virtio::block::QueueSignal;
+pub use crate::devices::virtio::test_utils::{
+    BUF, MEM_SIZE, Signals, get_bytes, guest_memory, put_bytes, raw, rd, wr,
+};
 
-/// Guest memory: queues below 0x10_0000, buffers above.
-pub const MEM_SIZE: usize = 0x100_0000;
 /// Where the second (TX) queue's rings go.
 pub const TXQ: u64 = 0x8_0000;
-/// Where buffers go.
-pub const BUF: u64 = 0x10_0000;
-
-pub fn guest_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).expect("guest memory")
-}
-
-/// A descriptor with explicit flags and next index.
-pub fn raw(addr: u64, len: u32, write: bool, next: Option<u16>) -> RawDescriptor {
-    let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-    if next.is_some() {
-        flags |= VRING_DESC_F_NEXT as u16;
-    }
-    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next.unwrap_or(0)))
-}
-
-/// A one-descriptor device-writable chain.
-pub fn wr(addr: u64, len: u32) -> RawDescriptor {
-    raw(addr, len, true, None)
-}
-
-/// A one-descriptor device-readable chain.
-pub fn rd(addr: u64, len: u32) -> RawDescriptor {
-    raw(addr, len, false, None)
-}
-
 /// A vnet header (all zero) followed by `len` pattern bytes derived from `seed`.
 pub fn frame(len: usize, seed: u8) -> Vec<u8> {
     let mut f = vec![0u8; 12];
     f.extend((0..len).map(|i| (i as u8).wrapping_mul(7).wrapping_add(seed)));
     f
-}
-
-pub fn get_bytes(mem: &GuestMemoryMmap, addr: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    mem.read_slice(&mut v, GuestAddress(addr)).expect("read");
-    v
-}
-
-pub fn put_bytes(mem: &GuestMemoryMmap, addr: u64, data: &[u8]) {
-    mem.write_slice(data, GuestAddress(addr)).expect("write");
 }
 
 /// The device's end of a datagram socket pair: keeps frame boundaries like a TAP.
@@ -91,35 +50,6 @@ pub fn host_recv(sock: &UnixDatagram) -> Option<Vec<u8>> {
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
         Err(e) => panic!("recv: {e}"),
-    }
-}
-
-/// Counts the signals the queues raise.
-#[derive(Debug, Default)]
-pub struct Signals {
-    pub used: AtomicUsize,
-    pub reset: AtomicUsize,
-}
-
-impl Signals {
-    pub fn used(&self) -> usize {
-        self.used.load(Ordering::SeqCst)
-    }
-
-    pub fn reset(&self) -> usize {
-        self.reset.load(Ordering::SeqCst)
-    }
-}
-
-impl QueueSignal for Signals {
-    fn signal_used_queue(&self) -> io::Result<()> {
-        self.used.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-
-    fn signal_needs_reset(&self) -> io::Result<()> {
-        self.reset.fetch_add(1, Ordering::SeqCst);
-        Ok(())
     }
 }
 

@@ -13,16 +13,17 @@ use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::config::{HDR_LEN, MAX_FRAME_LEN, MAX_IOVECS, MIN_FRAME_LEN};
-use super::queue::{
-    ChainError, NetCounters, Notifier, QueueError, map_desc, publish_used, take_chains,
-};
-use super::tap::FrameIo;
-use crate::devices::virtio::block::QueueSignal;
+use super::counters::NetCounters;
+use crate::devices::virtio::FrameIo;
+use crate::devices::virtio::QueueSignal;
 use crate::devices::virtio::drain_queue;
+use crate::devices::virtio::queue::{
+    ChainError, Notifier, RingError, map_desc, publish_used, take_chains,
+};
 
 /// The transmit queue of one activated device.
 #[derive(Debug)]
-pub struct TxQueue {
+pub struct NetTxQueue {
     mem: GuestMemoryMmap,
     queue: Queue,
     counters: Arc<NetCounters>,
@@ -30,7 +31,7 @@ pub struct TxQueue {
     broken: bool,
 }
 
-impl TxQueue {
+impl NetTxQueue {
     /// Serves `queue` (configured, event-idx set as negotiated) on `mem`.
     pub fn new(mem: GuestMemoryMmap, queue: Queue, counters: Arc<NetCounters>) -> Self {
         Self {
@@ -59,7 +60,7 @@ impl TxQueue {
         &mut self,
         io: &dyn FrameIo,
         signal: &dyn QueueSignal,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<usize, RingError> {
         if self.broken {
             return Ok(0);
         }
@@ -75,7 +76,7 @@ impl TxQueue {
         }
     }
 
-    fn drain(&mut self, io: &dyn FrameIo, signal: &dyn QueueSignal) -> Result<usize, QueueError> {
+    fn drain(&mut self, io: &dyn FrameIo, signal: &dyn QueueSignal) -> Result<usize, RingError> {
         let mut tally = Tally::default();
         let drained = drain_queue(
             self,
@@ -83,7 +84,7 @@ impl TxQueue {
             |q| q.send_batch(io, &mut tally),
         );
         tally.add_to(&self.counters);
-        let handled = drained.map_err(QueueError::from)?;
+        let handled = drained.map_err(RingError::from)?;
         if self
             .notifier
             .signal_if_wanted(&self.mem, &self.queue, signal)?
@@ -95,7 +96,7 @@ impl TxQueue {
 
     /// Sends up to [`TX_BATCH`] available chains and returns them through the used ring
     /// at once; returns how many were taken.
-    fn send_batch(&mut self, io: &dyn FrameIo, tally: &mut Tally) -> Result<usize, QueueError> {
+    fn send_batch(&mut self, io: &dyn FrameIo, tally: &mut Tally) -> Result<usize, RingError> {
         let mem = &self.mem;
         let size = self.queue.size();
         let chains = take_chains(&mut self.queue, mem, TX_BATCH)?;
@@ -108,7 +109,7 @@ impl TxQueue {
                 used.push((head, 0));
             }
         }
-        publish_used(mem, &mut self.queue, &used).map_err(QueueError::UsedRing)?;
+        publish_used(mem, &mut self.queue, &used).map_err(RingError::UsedRing)?;
         Ok(chains.len())
     }
 }
@@ -116,7 +117,7 @@ impl TxQueue {
 /// Most chains sent before they are returned to the driver together.
 pub const TX_BATCH: usize = 64;
 
-/// Counter increments of one [`TxQueue::process`] call, added to the shared counters once.
+/// Counter increments of one [`NetTxQueue::process`] call, added to the shared counters once.
 #[derive(Debug, Default)]
 struct Tally {
     frames: u64,

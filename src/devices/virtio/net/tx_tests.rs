@@ -14,9 +14,9 @@ const QS: u16 = 16;
 fn tx_queue(
     mem: &GuestMemoryMmap,
     vq: &MockSplitQueue<GuestMemoryMmap>,
-) -> (TxQueue, Arc<NetCounters>) {
+) -> (NetTxQueue, Arc<NetCounters>) {
     let counters = Arc::new(NetCounters::default());
-    let tx = TxQueue::new(
+    let tx = NetTxQueue::new(
         mem.clone(),
         vq.create_queue().expect("q"),
         Arc::clone(&counters),
@@ -126,7 +126,7 @@ fn malformed_avail_ring_needs_reset() {
     let sig = Signals::default();
     assert!(matches!(
         tx.process(&dev, &sig),
-        Err(QueueError::AvailRing(_))
+        Err(RingError::AvailRing(_))
     ));
     assert!(tx.is_broken());
     assert_eq!(sig.reset(), 1);

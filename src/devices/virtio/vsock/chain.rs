@@ -1,5 +1,5 @@
 //! Byte ranges of a descriptor chain already mapped to guest memory (a list of
-//! (address, length) pieces, see [`MappedChain`](crate::devices::virtio::net::queue::MappedChain)),
+//! (address, length) pieces, see [`MappedChain`](crate::devices::virtio::queue::MappedChain)),
 //! and copies between them and host buffers.
 
 use std::collections::VecDeque;

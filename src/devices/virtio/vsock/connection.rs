@@ -22,7 +22,7 @@ use vm_memory::VolatileSlice;
 use super::chain::{append_from, total_len};
 use super::config::{CONN_BUF_ALLOC, HOST_CID};
 use super::packet::{Header, Op, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
-use crate::devices::virtio::net::FrameIo;
+use crate::devices::virtio::FrameIo;
 
 /// A connection's identity: the host-side port and the guest-side port (the guest's CID
 /// is fixed, the host's is [`HOST_CID`]).

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use vm_memory::GuestMemoryBackend;
 
 use super::*;
-use crate::devices::virtio::net::test_utils::{BUF, guest_memory, put_bytes};
+use crate::devices::virtio::test_utils::{BUF, guest_memory, put_bytes};
 
 fn conn() -> (Connection, UnixStream) {
     let (ours, theirs) = UnixStream::pair().expect("pair");

@@ -20,8 +20,8 @@ use super::handler::{VsockHandler, VsockQueues};
 use super::host::Backend;
 use super::muxer::Muxer;
 use super::ring::Ring;
-use super::rx::RxQueue;
-use super::tx::TxQueue;
+use super::rx::VsockRxQueue;
+use super::tx::VsockTxQueue;
 use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
     ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
@@ -141,8 +141,8 @@ impl Vsock {
             ready_queues::<NUM_QUEUES>(mem, queues, kicks, event_idx)?;
         let counters = Arc::clone(&self.counters);
         Ok(VsockQueues {
-            rx: RxQueue::new(Ring::new(mem.clone(), rx, Arc::clone(&counters))),
-            tx: TxQueue::new(Ring::new(mem.clone(), tx, counters)),
+            rx: VsockRxQueue::new(Ring::new(mem.clone(), rx, Arc::clone(&counters))),
+            tx: VsockTxQueue::new(Ring::new(mem.clone(), tx, counters)),
             event,
             rx_kick,
             tx_kick,

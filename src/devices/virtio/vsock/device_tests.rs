@@ -10,9 +10,9 @@ use vmm_sys_util::tempdir::TempDir;
 use super::super::packet::{HDR_LEN, Header, Op};
 use super::super::test_utils::*;
 use super::*;
-use crate::devices::virtio::IrqTrigger;
-use crate::devices::virtio::net::test_utils::{get_bytes, guest_memory, put_bytes};
+use crate::devices::virtio::VirtioInterrupt;
 use crate::devices::virtio::test_utils::{EventLoop, wait_until};
+use crate::devices::virtio::test_utils::{get_bytes, guest_memory, put_bytes};
 use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioDevice};
 
 fn context(mem: &GuestMemoryMmap) -> (ActivateContext, GuestRing, GuestRing, EventFd) {
@@ -27,7 +27,9 @@ fn context(mem: &GuestMemoryMmap) -> (ActivateContext, GuestRing, GuestRing, Eve
         mem: mem.clone(),
         queues: vec![rxq, txq, evq],
         kicks,
-        interrupt: Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq"))),
+        interrupt: Arc::new(VirtioInterrupt::new(
+            EventFd::new(EFD_NONBLOCK).expect("irq"),
+        )),
     };
     (ctx, rx, tx, tx_kick)
 }

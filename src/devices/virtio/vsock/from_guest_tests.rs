@@ -115,7 +115,7 @@ fn malformed_chains_are_consumed_counted_and_dropped() {
         len: 100,
         ..guest_hdr(Op::Rw, 1, 52)
     };
-    crate::devices::virtio::net::test_utils::put_bytes(&h.mem, base, &hdr.to_bytes());
+    crate::devices::virtio::test_utils::put_bytes(&h.mem, base, &hdr.to_bytes());
     // Header too short, len beyond the chain, a device-writable descriptor.
     h.send_chain(&[(base, 43, false)]);
     h.send_chain(&[(base, 44, false), (base + 44, 99, false)]);

@@ -1,7 +1,7 @@
-//! Event-loop glue: the RX and TX kicks drive the [`RxQueue`] and [`TxQueue`], the host
+//! Event-loop glue: the RX and TX kicks drive the [`VsockRxQueue`] and [`VsockTxQueue`], the host
 //! sockets and the timer drive the [`Muxer`]; after every event whatever the multiplexer
 //! has for the guest goes into RX buffers, and the guest is interrupted through the
-//! [`IrqTrigger`].
+//! [`VirtioInterrupt`].
 //!
 //! When the RX queue starves, host streams with data stay off the loop (nothing spins)
 //! until the next RX kick. An RX pass moves at most [`RX_BUDGET`] packets; if more wait,
@@ -17,9 +17,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::config::QUEUE_SIZE;
 use super::muxer::Muxer;
-use super::rx::{RxProgress, RxQueue};
-use super::tx::TxQueue;
-use crate::devices::virtio::IrqTrigger;
+use super::rx::{RxProgress, VsockRxQueue};
+use super::tx::VsockTxQueue;
+use crate::devices::virtio::VirtioInterrupt;
 
 /// Event data of the RX queue's kick eventfd.
 pub const RX_KICK_EVENT: u32 = u32::MAX;
@@ -31,8 +31,8 @@ pub const RX_BUDGET: usize = 2 * QUEUE_SIZE as usize;
 /// The queues and kick eventfds of one activated device, in queue order.
 #[derive(Debug)]
 pub struct VsockQueues {
-    pub rx: RxQueue,
-    pub tx: TxQueue,
+    pub rx: VsockRxQueue,
+    pub tx: VsockTxQueue,
     /// Kept so the driver's buffers stay where it put them; never used.
     pub event: Queue,
     pub rx_kick: EventFd,
@@ -44,12 +44,12 @@ pub struct VsockQueues {
 pub struct VsockHandler {
     queues: VsockQueues,
     muxer: Muxer,
-    interrupt: Arc<IrqTrigger>,
+    interrupt: Arc<VirtioInterrupt>,
 }
 
 impl VsockHandler {
     /// Serves `queues` and the host side behind `muxer`.
-    pub fn new(queues: VsockQueues, muxer: Muxer, interrupt: Arc<IrqTrigger>) -> Self {
+    pub fn new(queues: VsockQueues, muxer: Muxer, interrupt: Arc<VirtioInterrupt>) -> Self {
         Self {
             queues,
             muxer,
@@ -63,12 +63,12 @@ impl VsockHandler {
     }
 
     /// The receive queue.
-    pub fn rx(&self) -> &RxQueue {
+    pub fn rx(&self) -> &VsockRxQueue {
         &self.queues.rx
     }
 
     /// The transmit queue.
-    pub fn tx(&self) -> &TxQueue {
+    pub fn tx(&self) -> &VsockTxQueue {
         &self.queues.tx
     }
 

@@ -15,7 +15,7 @@ use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 use super::config::MAX_CONNECT_LINE;
-use crate::devices::virtio::net::FrameIo;
+use crate::devices::virtio::FrameIo;
 
 // Host streams move payloads with one readv/writev straight from and to guest memory.
 impl FrameIo for UnixStream {}

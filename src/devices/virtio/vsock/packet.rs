@@ -11,7 +11,7 @@ use vm_memory::{GuestMemoryMmap, VolatileSlice};
 
 use super::chain::{copy_out, range};
 use super::config::MAX_PAYLOAD;
-use crate::devices::virtio::net::queue::{ChainError, map_chain};
+use crate::devices::virtio::queue::{ChainError, map_chain};
 
 /// Length of the header in front of every packet.
 pub const HDR_LEN: usize = 44;

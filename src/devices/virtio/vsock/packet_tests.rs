@@ -3,8 +3,8 @@
 use virtio_queue::mock::MockSplitQueue;
 
 use super::*;
-use crate::devices::virtio::net::queue::ChainError;
-use crate::devices::virtio::net::test_utils::{BUF, guest_memory, put_bytes, rd, wr};
+use crate::devices::virtio::queue::ChainError;
+use crate::devices::virtio::test_utils::{BUF, guest_memory, put_bytes, rd, wr};
 use crate::devices::virtio::vsock::chain::copy_out;
 
 fn sample() -> Header {

@@ -7,8 +7,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 use super::counters::VsockCounters;
-use crate::devices::virtio::block::QueueSignal;
-use crate::devices::virtio::net::queue::{Notifier, QueueError};
+use crate::devices::virtio::QueueSignal;
+use crate::devices::virtio::queue::{Notifier, RingError};
 
 /// One queue of an activated device.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ impl Ring {
 
     /// Interrupts the driver if it wants to know about the buffers used since the last
     /// call (EVENT_IDX or VRING_AVAIL_F_NO_INTERRUPT, see [`Notifier`]).
-    pub fn notify(&mut self, signal: &dyn QueueSignal) -> Result<(), QueueError> {
+    pub fn notify(&mut self, signal: &dyn QueueSignal) -> Result<(), RingError> {
         if self
             .notifier
             .signal_if_wanted(&self.mem, &self.queue, signal)?
@@ -51,7 +51,7 @@ impl Ring {
 
     /// Stops the queue for good after `e`: counted, and the driver is asked to reset the
     /// device.
-    pub fn fail(&mut self, signal: &dyn QueueSignal, e: QueueError) -> QueueError {
+    pub fn fail(&mut self, signal: &dyn QueueSignal, e: RingError) -> RingError {
         self.broken = true;
         VsockCounters::inc(&self.counters.queue_errors);
         // Best effort: the queue is dead either way.

@@ -10,9 +10,9 @@ use super::counters::VsockCounters;
 use super::muxer::Muxer;
 use super::packet::HDR_LEN;
 use super::ring::Ring;
-use crate::devices::virtio::block::QueueSignal;
-use crate::devices::virtio::net::queue::{MappedChain, QueueError, map_writable, publish_used};
+use crate::devices::virtio::QueueSignal;
 use crate::devices::virtio::next_avail_chain;
+use crate::devices::virtio::queue::{MappedChain, RingError, map_writable, publish_used};
 
 /// Smallest usable RX buffer: a header and one byte of data (a header-only buffer could
 /// never take the data waiting for it).
@@ -33,14 +33,14 @@ pub enum RxProgress {
 
 /// The receive queue of one activated device.
 #[derive(Debug)]
-pub struct RxQueue {
+pub struct VsockRxQueue {
     ring: Ring,
     /// A chain taken from the ring and not used yet.
     stash: Option<MappedChain>,
     notify_enabled: bool,
 }
 
-impl RxQueue {
+impl VsockRxQueue {
     /// Serves `ring`.
     pub fn new(ring: Ring) -> Self {
         Self {
@@ -64,7 +64,7 @@ impl RxQueue {
         signal: &dyn QueueSignal,
         budget: usize,
         ops: &mut EventOps,
-    ) -> Result<RxProgress, QueueError> {
+    ) -> Result<RxProgress, RingError> {
         if self.ring.is_broken() {
             return Ok(RxProgress::Broken);
         }
@@ -72,7 +72,7 @@ impl RxQueue {
         let result = self.run(muxer, budget, &mut used, ops);
         let ring = &mut self.ring;
         let published = publish_used(&ring.mem, &mut ring.queue, &used)
-            .map_err(QueueError::UsedRing)
+            .map_err(RingError::UsedRing)
             .and_then(|()| ring.notify(signal));
         result
             .and_then(|p| published.map(|()| p))
@@ -85,7 +85,7 @@ impl RxQueue {
         budget: usize,
         used: &mut Vec<(u16, u32)>,
         ops: &mut EventOps,
-    ) -> Result<RxProgress, QueueError> {
+    ) -> Result<RxProgress, RingError> {
         for _ in 0..budget {
             if !muxer.has_rx_work() {
                 return Ok(RxProgress::Idle);
@@ -113,17 +113,14 @@ impl RxQueue {
     /// outside guest memory, shorter than [`MIN_RX_BUFFER`]) are returned unused (into
     /// `used`) and counted. `None` when the ring is empty: notifications are then
     /// enabled, so the driver kicks when it posts more.
-    fn next_chain(
-        &mut self,
-        used: &mut Vec<(u16, u32)>,
-    ) -> Result<Option<MappedChain>, QueueError> {
+    fn next_chain(&mut self, used: &mut Vec<(u16, u32)>) -> Result<Option<MappedChain>, RingError> {
         let ring = &mut self.ring;
         loop {
             let next = next_avail_chain(
                 &mut ring.queue,
                 &ring.mem,
                 &mut self.notify_enabled,
-                QueueError::AvailRing,
+                RingError::AvailRing,
             )?;
             let Some(chain) = next else {
                 return Ok(None);

@@ -21,10 +21,10 @@ use super::host::Backend;
 use super::muxer::Muxer;
 use super::packet::{HDR_LEN, Header, Op, TYPE_STREAM};
 use super::ring::Ring;
-use super::rx::RxQueue;
-use super::tx::TxQueue;
-use crate::devices::virtio::net::test_utils::{get_bytes, guest_memory, put_bytes, raw};
-use crate::devices::virtio::{IrqTrigger, Subscriber};
+use super::rx::VsockRxQueue;
+use super::tx::VsockTxQueue;
+use crate::devices::virtio::test_utils::{get_bytes, guest_memory, put_bytes, raw};
+use crate::devices::virtio::{Subscriber, VirtioInterrupt};
 
 /// Queue size used by the tests.
 pub const QS: u16 = 64;
@@ -195,7 +195,7 @@ pub struct Harness {
     pub tx: GuestRing,
     pub rx_kick: EventFd,
     pub tx_kick: EventFd,
-    pub irq: Arc<IrqTrigger>,
+    pub irq: Arc<VirtioInterrupt>,
     pub counters: Arc<VsockCounters>,
     pub handler: Arc<Mutex<VsockHandler>>,
     em: EventManager<Subscriber>,
@@ -216,10 +216,12 @@ impl Harness {
         let counters = Arc::new(VsockCounters::default());
         let rx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
         let tx_kick = EventFd::new(EFD_NONBLOCK).expect("kick");
-        let irq = Arc::new(IrqTrigger::new(EventFd::new(EFD_NONBLOCK).expect("irq")));
+        let irq = Arc::new(VirtioInterrupt::new(
+            EventFd::new(EFD_NONBLOCK).expect("irq"),
+        ));
         let queues = VsockQueues {
-            rx: RxQueue::new(Ring::new(mem.clone(), rxq, Arc::clone(&counters))),
-            tx: TxQueue::new(Ring::new(mem.clone(), txq, Arc::clone(&counters))),
+            rx: VsockRxQueue::new(Ring::new(mem.clone(), rxq, Arc::clone(&counters))),
+            tx: VsockTxQueue::new(Ring::new(mem.clone(), txq, Arc::clone(&counters))),
             event: evq,
             rx_kick: rx_kick.try_clone().expect("clone"),
             tx_kick: tx_kick.try_clone().expect("clone"),

@@ -18,8 +18,8 @@ use super::connection::is_transient;
 use super::counters::VsockCounters;
 use super::muxer::{Control, Muxer};
 use super::packet::{HDR_LEN, Header, Op};
-use crate::devices::virtio::net::FrameIo;
-use crate::devices::virtio::net::queue::MappedChain;
+use crate::devices::virtio::FrameIo;
+use crate::devices::virtio::queue::MappedChain;
 
 impl Muxer {
     /// Writes the next packet for the guest into `chain` (device-writable, at least

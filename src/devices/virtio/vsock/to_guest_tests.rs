@@ -92,7 +92,7 @@ fn small_rx_buffers_split_host_data_and_the_header_may_be_split() {
     let mut got: Vec<u8> = Vec::new();
     for (descs, len) in used {
         assert_eq!(len, 144);
-        let bytes = crate::devices::virtio::net::test_utils::get_bytes(&h.mem, descs[0].0, 144);
+        let bytes = crate::devices::virtio::test_utils::get_bytes(&h.mem, descs[0].0, 144);
         let hdr = Header::from_bytes(&bytes[..44].try_into().expect("header"));
         assert_eq!((hdr.op(), hdr.len), (Some(Op::Rw), 100));
         got.extend(&bytes[44..]);

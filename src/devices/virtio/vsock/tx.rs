@@ -10,28 +10,28 @@ use super::counters::{VsockCounters, WarnLimiter};
 use super::muxer::Muxer;
 use super::packet::read_packet;
 use super::ring::Ring;
-use crate::devices::virtio::block::QueueSignal;
+use crate::devices::virtio::QueueSignal;
 use crate::devices::virtio::drain_queue;
-use crate::devices::virtio::net::queue::{QueueError, publish_used, take_chains};
+use crate::devices::virtio::queue::{RingError, publish_used, take_chains};
 
 /// Most chains handled before they are returned to the driver together.
 pub const TX_BATCH: usize = 64;
 
 /// The transmit queue of one activated device.
 #[derive(Debug)]
-pub struct TxQueue {
+pub struct VsockTxQueue {
     ring: Ring,
     warn: WarnLimiter,
 }
 
 /// What one pass over the queue works on.
 struct Pass<'a, 'o> {
-    tx: &'a mut TxQueue,
+    tx: &'a mut VsockTxQueue,
     muxer: &'a mut Muxer,
     ops: &'a mut EventOps<'o>,
 }
 
-impl TxQueue {
+impl VsockTxQueue {
     /// Serves `ring`.
     pub fn new(ring: Ring) -> Self {
         Self {
@@ -53,7 +53,7 @@ impl TxQueue {
         muxer: &mut Muxer,
         signal: &dyn QueueSignal,
         ops: &mut EventOps,
-    ) -> Result<usize, QueueError> {
+    ) -> Result<usize, RingError> {
         if self.ring.is_broken() {
             return Ok(0);
         }
@@ -67,14 +67,14 @@ impl TxQueue {
             |p| (&mut p.tx.ring.queue, &p.tx.ring.mem),
             |p| p.tx.serve_batch(p.muxer, p.ops),
         )
-        .map_err(QueueError::from)
+        .map_err(RingError::from)
         .and_then(|handled| self.ring.notify(signal).map(|()| handled))
         .map_err(|e| self.ring.fail(signal, e))
     }
 
     /// Handles up to [`TX_BATCH`] available chains and returns them through the used
     /// ring at once; returns how many were taken.
-    fn serve_batch(&mut self, muxer: &mut Muxer, ops: &mut EventOps) -> Result<usize, QueueError> {
+    fn serve_batch(&mut self, muxer: &mut Muxer, ops: &mut EventOps) -> Result<usize, RingError> {
         let Ring {
             mem,
             queue,
@@ -99,7 +99,7 @@ impl TxQueue {
                 used.push((head, 0));
             }
         }
-        publish_used(mem, queue, &used).map_err(QueueError::UsedRing)?;
+        publish_used(mem, queue, &used).map_err(RingError::UsedRing)?;
         Ok(chains.len())
     }
 }

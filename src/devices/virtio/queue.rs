@@ -1,22 +1,24 @@
-//! What the RX and TX queues share: counters, mapping a descriptor chain to guest memory
-//! with the checks a hostile driver needs, publishing used buffers, and deciding whether
-//! the driver wants an interrupt (EVENT_IDX and VRING_AVAIL_F_NO_INTERRUPT aware).
+//! Queue processing every virtio device here shares: draining a queue with notifications
+//! suppressed ([`drain_queue`], [`next_avail_chain`]), taking chains ([`take_chains`]),
+//! mapping a descriptor chain to guest memory with the checks a hostile driver needs
+//! ([`map_chain`]), publishing used buffers ([`publish_used`]), and deciding whether the
+//! driver wants an interrupt ([`Notifier`], EVENT_IDX and VRING_AVAIL_F_NO_INTERRUPT aware).
 
 use std::num::Wrapping;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{Ordering, fence};
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
-use crate::devices::virtio::DrainError;
-use crate::devices::virtio::block::QueueSignal;
+use super::interrupt::QueueSignal;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
-use super::config::MAX_IOVECS;
+/// Most descriptors (iovecs) one chain may use (Linux UIO_MAXIOV).
+pub const MAX_IOVECS: usize = 1024;
 
-/// Why a queue stopped (the driver is then asked to reset the device).
+/// Why a queue stopped: the driver broke its ring (it is then asked to reset the device).
 #[derive(Debug, thiserror::Error)]
-pub enum QueueError {
+pub enum RingError {
     #[error("malformed available ring")]
     AvailRing(#[source] virtio_queue::Error),
     #[error("cannot update the used ring")]
@@ -25,12 +27,109 @@ pub enum QueueError {
     Notification(#[source] virtio_queue::Error),
 }
 
-impl From<DrainError<QueueError>> for QueueError {
-    fn from(e: DrainError<QueueError>) -> Self {
+impl From<DrainError<RingError>> for RingError {
+    fn from(e: DrainError<RingError>) -> Self {
         match e {
             DrainError::Serve(e) => e,
-            DrainError::Notification(e) => QueueError::Notification(e),
-            DrainError::Stuck => QueueError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex),
+            DrainError::Notification(e) => RingError::Notification(e),
+            DrainError::Stuck => RingError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex),
+        }
+    }
+}
+
+/// How [`drain_queue`] stopped early.
+#[derive(Debug)]
+pub enum DrainError<E> {
+    /// Serving the chains failed.
+    Serve(E),
+    /// Reading or writing the notification-suppression fields failed.
+    Notification(virtio_queue::Error),
+    /// The ring said chains were available, yet a whole pass took none: its next entry is
+    /// one the queue iterator refuses (a head index out of range). Serving again would spin
+    /// forever, so the ring counts as malformed.
+    Stuck,
+}
+
+/// Serves a queue until the driver has nothing more for it: with notifications off,
+/// `serve` is called until it takes no chain (it returns how many it took); then
+/// notifications are re-enabled and, if the driver added chains meanwhile, it goes round
+/// again. `ring` gives the queue and guest memory out of `state`. Returns the number of
+/// chains served.
+pub fn drain_queue<S, E>(
+    state: &mut S,
+    ring: fn(&mut S) -> (&mut Queue, &GuestMemoryMmap),
+    mut serve: impl FnMut(&mut S) -> Result<usize, E>,
+) -> Result<usize, DrainError<E>> {
+    use virtio_queue::QueueT;
+
+    let mut handled = 0;
+    let mut after_more = false;
+    loop {
+        let (queue, mem) = ring(state);
+        queue
+            .disable_notification(mem)
+            .map_err(DrainError::Notification)?;
+        let mut served = 0;
+        loop {
+            let n = serve(state).map_err(DrainError::Serve)?;
+            if n == 0 {
+                break;
+            }
+            served += n;
+        }
+        handled += served;
+        if after_more && served == 0 {
+            return Err(DrainError::Stuck);
+        }
+        let (queue, mem) = ring(state);
+        after_more = queue
+            .enable_notification(mem)
+            .map_err(DrainError::Notification)?;
+        if !after_more {
+            return Ok(handled);
+        }
+    }
+}
+
+/// Takes the next chain from `queue`, for a device that takes chains only when it has
+/// something to put into them (a receive queue). Driver notifications are off while
+/// chains are taken and back on once the ring is empty, after which the ring is looked at
+/// once more: chains added meanwhile came with no notification. `notify_enabled` tracks
+/// that state across calls (true for a fresh queue). `Ok(None)`: the ring is empty and
+/// notifications are on. `avail_err` wraps a malformed ring error; a ring that announces
+/// a chain the iterator refuses is [`DrainError::Stuck`].
+pub fn next_avail_chain<'m, E>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+    notify_enabled: &mut bool,
+    avail_err: fn(virtio_queue::Error) -> E,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, DrainError<E>> {
+    use virtio_queue::{QueueOwnedT, QueueT};
+
+    let mut after_more = false;
+    loop {
+        let next = queue
+            .iter(mem)
+            .map_err(|e| DrainError::Serve(avail_err(e)))?
+            .next();
+        if let Some(chain) = next {
+            if *notify_enabled {
+                *notify_enabled = false;
+                queue
+                    .disable_notification(mem)
+                    .map_err(DrainError::Notification)?;
+            }
+            return Ok(Some(chain));
+        }
+        if after_more {
+            return Err(DrainError::Stuck);
+        }
+        *notify_enabled = true;
+        after_more = queue
+            .enable_notification(mem)
+            .map_err(DrainError::Notification)?;
+        if !after_more {
+            return Ok(None);
         }
     }
 }
@@ -53,73 +152,6 @@ pub enum ChainError {
     TooManyBuffers,
     #[error("a buffer of {len} bytes at {addr:#x} is outside guest memory")]
     OutOfMemory { addr: u64, len: u32 },
-}
-
-/// Device counters, shared between the queues (on the event loop) and their readers.
-#[derive(Debug, Default)]
-pub struct NetCounters {
-    pub(super) rx_frames: AtomicU64,
-    pub(super) rx_bytes: AtomicU64,
-    pub(super) rx_dropped: AtomicU64,
-    pub(super) rx_errors: AtomicU64,
-    pub(super) rx_starved: AtomicU64,
-    pub(super) tx_frames: AtomicU64,
-    pub(super) tx_bytes: AtomicU64,
-    pub(super) tx_dropped: AtomicU64,
-    pub(super) tx_errors: AtomicU64,
-    pub(super) queue_errors: AtomicU64,
-    pub(super) interrupts: AtomicU64,
-}
-
-/// A copy of [`NetCounters`] at one moment. Byte counts exclude the vnet header.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct NetStats {
-    /// Frames delivered to the guest.
-    pub rx_frames: u64,
-    /// Bytes of those frames.
-    pub rx_bytes: u64,
-    /// Malformed RX buffers returned unused (wrong direction, too short, bad address).
-    pub rx_dropped: u64,
-    /// Failed reads from the TAP.
-    pub rx_errors: u64,
-    /// Times a frame waited because the guest had not posted enough buffers.
-    pub rx_starved: u64,
-    /// Frames sent to the TAP.
-    pub tx_frames: u64,
-    /// Bytes of those frames.
-    pub tx_bytes: u64,
-    /// Malformed TX chains dropped (wrong direction, too short or long, bad address).
-    pub tx_dropped: u64,
-    /// Frames the TAP refused (write errors).
-    pub tx_errors: u64,
-    /// Malformed rings (the device then needs a reset).
-    pub queue_errors: u64,
-    /// Used-ring interrupts raised.
-    pub interrupts: u64,
-}
-
-impl NetCounters {
-    /// The current values.
-    pub fn snapshot(&self) -> NetStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        NetStats {
-            rx_frames: get(&self.rx_frames),
-            rx_bytes: get(&self.rx_bytes),
-            rx_dropped: get(&self.rx_dropped),
-            rx_errors: get(&self.rx_errors),
-            rx_starved: get(&self.rx_starved),
-            tx_frames: get(&self.tx_frames),
-            tx_bytes: get(&self.tx_bytes),
-            tx_dropped: get(&self.tx_dropped),
-            tx_errors: get(&self.tx_errors),
-            queue_errors: get(&self.queue_errors),
-            interrupts: get(&self.interrupts),
-        }
-    }
-
-    pub(super) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
 }
 
 /// A chain's buffers in guest memory: (address, length) pieces, each inside one memory
@@ -286,10 +318,10 @@ pub fn take_chains<'m>(
     queue: &mut Queue,
     mem: &'m GuestMemoryMmap,
     max: usize,
-) -> Result<Vec<DescriptorChain<&'m GuestMemoryMmap>>, QueueError> {
+) -> Result<Vec<DescriptorChain<&'m GuestMemoryMmap>>, RingError> {
     Ok(queue
         .iter(mem)
-        .map_err(QueueError::AvailRing)?
+        .map_err(RingError::AvailRing)?
         .take(max)
         .collect())
 }
@@ -316,10 +348,10 @@ impl Notifier {
         mem: &GuestMemoryMmap,
         queue: &Queue,
         signal: &dyn QueueSignal,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<bool, RingError> {
         if !self
             .needs_interrupt(mem, queue)
-            .map_err(QueueError::Notification)?
+            .map_err(RingError::Notification)?
         {
             return Ok(false);
         }
