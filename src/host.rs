@@ -33,17 +33,13 @@ impl HostKind {
         self == HostKind::Pvm
     }
 
-    /// vCPUs for a container VM when none were asked for. On PVM hosts with 2 or more CPUs:
-    /// 2, because there concurrent guest processes with one vCPU hit the host's stale-memory
-    /// defect (README, "Hosts") in 17 of 75 process starts and with two vCPUs in 1 of 75,
-    /// and the emulated boot is faster too (agent up after 18.5 s instead of 19.9 s).
-    /// Elsewhere 1, like any VM.
-    pub fn default_container_cpus(self, host_cpus: usize) -> u8 {
-        if self.is_pvm() && host_cpus >= 2 {
-            2
-        } else {
-            crate::vmm::config::DEFAULT_CPUS
-        }
+    /// vCPUs for a container VM when none were asked for, if this host needs other than the
+    /// usual default (`None`). On PVM hosts with 2 or more CPUs: 2, because there
+    /// concurrent guest processes with one vCPU hit the host's stale-memory defect far more
+    /// often than with two (`scripts/bench-pvm-defect.sh` measures it; the last figures are
+    /// in `bench/results/pvm-defect.json`), and the emulated boot is faster too.
+    pub fn container_cpus(self, host_cpus: usize) -> Option<u8> {
+        (self.is_pvm() && host_cpus >= 2).then_some(2)
     }
 }
 
@@ -76,10 +72,10 @@ mod tests {
 
     #[test]
     fn containers_get_two_vcpus_only_on_pvm_hosts_with_two_cpus() {
-        assert_eq!(HostKind::Pvm.default_container_cpus(2), 2);
-        assert_eq!(HostKind::Pvm.default_container_cpus(64), 2);
-        assert_eq!(HostKind::Pvm.default_container_cpus(1), 1);
-        assert_eq!(HostKind::Hardware.default_container_cpus(64), 1);
+        assert_eq!(HostKind::Pvm.container_cpus(2), Some(2));
+        assert_eq!(HostKind::Pvm.container_cpus(64), Some(2));
+        assert_eq!(HostKind::Pvm.container_cpus(1), None);
+        assert_eq!(HostKind::Hardware.container_cpus(64), None);
     }
 
     /// On a hardware-KVM host none of the PVM measures apply: no command-line options, no

@@ -5,9 +5,11 @@ pub mod boot;
 pub mod container;
 pub mod control;
 pub mod devices;
+pub mod exit;
 pub mod host;
 pub mod logging;
 pub mod metrics;
+pub mod process_stats;
 pub mod vcpu;
 pub mod vmm;
 

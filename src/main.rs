@@ -10,12 +10,12 @@ use clap::{Args, Parser, Subcommand};
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
 use hvlite::container::{self, ContainerConfig, ContainerError, RunOutcome, paths};
 use hvlite::control::service::{self, ApiRun, ServiceError};
+use hvlite::exit::ExitReason;
 use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LoggingError};
 use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
-use hvlite::vcpu::PROCESS_START;
+use hvlite::process_stats::PROCESS_START;
 use hvlite::vmm::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use hvlite::vmm::config_file::{self, CliOverrides, ConfigFileError, FileConfig};
-use hvlite::vmm::exit::ExitReason;
 use hvlite::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
 /// Exit status for hvlite's own failures (bad input, KVM errors), as `docker run` does;
@@ -217,7 +217,9 @@ impl RunArgs {
             || (file.machine_config.as_ref()).is_some_and(|m| m.vcpu_count.is_some());
         if !cpus_given {
             let host_cpus = std::thread::available_parallelism().map_or(1, usize::from);
-            vm.cpus = hvlite::host::HostKind::detect().default_container_cpus(host_cpus);
+            if let Some(cpus) = hvlite::host::HostKind::detect().container_cpus(host_cpus) {
+                vm.cpus = cpus;
+            }
         }
         let Some(args) = vm.command.take() else {
             return Err(usage("--rootfs needs the command to run after `--`"));

@@ -18,9 +18,8 @@ use crate::devices::virtio::block::BlockCounters;
 use crate::devices::virtio::net::NetCounters;
 use crate::devices::virtio::vsock::VsockCounters;
 use crate::logging::{open_append, timestamp_now};
-use crate::vcpu::PROCESS_START;
+use crate::process_stats::{self, PROCESS_START};
 use crate::vcpu::counters::VcpuExitCounters;
-use crate::vmm::stats;
 
 /// `event.dataset` of metrics lines.
 pub const METRICS_DATASET: &str = "hvlite.metrics";
@@ -191,7 +190,7 @@ impl Metrics {
     /// null if /proc cannot be read.
     fn memory(&self) -> Value {
         let starts = lock(&self.guest_memory).clone();
-        match stats::memory_usage(starts.as_deref().unwrap_or(&[])) {
+        match process_stats::memory_usage(starts.as_deref().unwrap_or(&[])) {
             Ok(u) if starts.is_some() => json!({
                 "rss_kib": u.rss_kib,
                 "guest_kib": u.guest_kib,

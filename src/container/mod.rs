@@ -27,8 +27,8 @@ use crate::agent::{
     self,
     protocol::{AGENT_VSOCK_PORT, ProtocolError},
 };
+use crate::exit::{ExitLatch, ExitReason};
 use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
-use crate::vmm::exit::{ExitLatch, ExitReason};
 use crate::vmm::{self, Console, RunEnv, VmmError};
 use console::{ConsoleTail, CrashWatch};
 use rootfs::RootMode;

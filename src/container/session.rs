@@ -18,7 +18,7 @@ use crate::agent::protocol::{
     AgentMessage, HostMessage, MAX_CHUNK, PROTOCOL_VERSION, ProcessSpec, read_message,
     write_message,
 };
-use crate::vmm::exit::{ExitLatch, ExitReason};
+use crate::exit::{ExitLatch, ExitReason};
 
 /// How often the session looks at the exit latch while waiting for the agent.
 const POLL: Duration = Duration::from_millis(100);
@@ -193,7 +193,7 @@ pub fn run(
 
 /// Milliseconds since hvlite started (for the timing log lines the benchmarks read).
 fn since_start_ms() -> f64 {
-    crate::vcpu::PROCESS_START
+    crate::process_stats::PROCESS_START
         .get()
         .map_or(0.0, |t| t.elapsed().as_secs_f64() * 1000.0)
 }

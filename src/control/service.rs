@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use super::{Controller, PendingVm, error_chain};
 use crate::api::{ApiServer, ApiServerError, InstanceState};
+use crate::exit::ExitReason;
 use crate::metrics::MetricsWriter;
 use crate::vmm::config::VmConfig;
 use crate::vmm::control::VmControl;
-use crate::vmm::exit::ExitReason;
 use crate::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
 /// Errors of an API-driven run.
@@ -42,11 +42,11 @@ pub struct ApiRun {
 /// Logs how long the API socket took to listen, in wall and CPU time (the benchmark
 /// reads this line).
 fn report_socket_ready() {
-    let Some(start) = crate::vcpu::PROCESS_START.get() else {
+    let Some(start) = crate::process_stats::PROCESS_START.get() else {
         return;
     };
     let wall = start.elapsed().as_secs_f64() * 1e3;
-    match crate::vmm::stats::process_cpu_time() {
+    match crate::process_stats::process_cpu_time() {
         Ok(cpu) => log::info!(
             "API socket ready {wall:.2} ms after process start ({:.2} ms CPU)",
             cpu.as_secs_f64() * 1e3

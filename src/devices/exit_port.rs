@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use super::bus::BusDevice;
-use crate::vmm::exit::{ExitLatch, ExitReason};
+use crate::exit::{ExitLatch, ExitReason};
 
 /// The exit port device.
 pub struct ExitPort {

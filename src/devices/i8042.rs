@@ -16,7 +16,7 @@ use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
-use crate::vmm::exit::{ExitLatch, ExitReason};
+use crate::exit::{ExitLatch, ExitReason};
 
 /// First I/O port of the controller (data port; the status/command port is base + 4).
 pub const I8042_BASE: u16 = 0x60;

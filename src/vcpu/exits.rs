@@ -5,7 +5,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::VcpuExit;
 
 use crate::devices::bus::Buses;
-use crate::vmm::exit::ExitReason;
+use crate::exit::ExitReason;
 
 /// What the vCPU loop does after an exit.
 #[derive(Debug, PartialEq, Eq)]

@@ -7,17 +7,16 @@ pub mod pause;
 pub mod profile;
 pub mod regs;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
 
 use kvm_bindings::{CpuId, KVM_INTERNAL_ERROR_EMULATION};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::devices::bus::Buses;
+use crate::exit::{ExitLatch, ExitReason};
 use crate::host::HostKind;
-use crate::vmm::exit::{ExitLatch, ExitReason};
 use counters::{ExitKind, VcpuExitCounters};
 use emulation::{MAX_INSN_LEN, exception_event, fixup_for, hex_bytes};
 use exits::{Action, dispatch};
@@ -34,9 +33,6 @@ pub enum VcpuError {
     #[error("starting the thread of vCPU {0} failed")]
     Spawn(u8, #[source] std::io::Error),
 }
-
-/// When the process started, for the "time to first KVM_RUN" figure.
-pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 pub fn kick_signal() -> libc::c_int {
@@ -140,7 +136,7 @@ impl Vcpu {
             }
             if first && self.index == 0 {
                 first = false;
-                if let Some(start) = PROCESS_START.get() {
+                if let Some(start) = crate::process_stats::PROCESS_START.get() {
                     log::info!(
                         "first KVM_RUN {:.1} ms after process start",
                         start.elapsed().as_secs_f64() * 1e3

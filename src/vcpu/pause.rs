@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::vmm::exit::ExitLatch;
+use crate::exit::ExitLatch;
 
 /// The pause flag shared by the VMM and its vCPU threads.
 #[derive(Debug, Default)]
@@ -143,7 +143,7 @@ mod tests {
         // A paused VM still ends.
         gate.request_pause();
         assert!(gate.wait_parked(2, Duration::from_secs(5), || {}));
-        latch.request(crate::vmm::exit::ExitReason::Shutdown);
+        latch.request(crate::exit::ExitReason::Shutdown);
         for t in threads {
             t.join().unwrap();
         }

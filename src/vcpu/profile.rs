@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crate::vmm::exit::ExitLatch;
+use crate::exit::ExitLatch;
 
 /// A histogram of sampled guest instruction pointers.
 #[derive(Debug, Default)]

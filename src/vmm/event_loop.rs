@@ -9,7 +9,7 @@ use std::thread::{self, JoinHandle};
 use event_manager::EventManager;
 
 use crate::devices::virtio::{EventLoopHandle, Subscriber};
-use crate::vmm::exit::{ExitLatch, ExitReason};
+use crate::exit::{ExitLatch, ExitReason};
 
 /// How long one epoll wait may last before the loop looks at its stop flag.
 const POLL_TIMEOUT_MS: i32 = 100;

@@ -7,8 +7,6 @@ pub mod config_file;
 pub mod control;
 pub mod devices;
 pub mod event_loop;
-pub mod exit;
-pub mod stats;
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -34,16 +32,17 @@ use crate::devices::virtio::EventLoopHandle;
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
 use crate::devices::virtio::vsock::{Vsock, VsockBackendConfig, VsockError};
+use crate::exit::{ExitLatch, ExitReason};
 use crate::host::HostKind;
 use crate::initcmd::{EXIT_PORT, INIT_MARKER};
 use crate::metrics::Metrics;
-use crate::vcpu::{self, PROCESS_START, Vcpu, VcpuError};
+use crate::process_stats::{self, PROCESS_START};
+use crate::vcpu::{self, Vcpu, VcpuError};
 use boot_marker::MarkerWatch;
 use config::{ConfigError, VmConfig};
 use control::VmControl;
 use devices::VirtioMmioSlots;
 use event_loop::EventLoop;
-use exit::{ExitLatch, ExitReason};
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -579,7 +578,7 @@ fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
 
 fn report_memory(mem: &GuestMemoryMmap) {
     let starts: Vec<u64> = mem.iter().map(|r| r.as_ptr() as u64).collect();
-    match stats::memory_usage(&starts) {
+    match process_stats::memory_usage(&starts) {
         Ok(u) => log::info!(
             "memory: RSS {} KiB, guest memory resident {} KiB, VMM own {} KiB",
             u.rss_kib,

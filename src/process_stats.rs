@@ -1,6 +1,14 @@
-//! Memory accounting of the VMM process: its resident set with and without guest memory.
+//! Figures about the hvlite process itself, used by the VMM, the vCPUs, metrics and the
+//! API: when it started ([`PROCESS_START`]), its CPU time, and its resident set with and
+//! without guest memory.
 
 use std::fs;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// When the process started (set first thing in `main`), for the "time to first KVM_RUN"
+/// and boot-time figures.
+pub static PROCESS_START: OnceLock<Instant> = OnceLock::new();
 
 /// Resident memory of this process, split into guest memory and the VMM's own.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
