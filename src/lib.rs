@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod boot;
+pub mod config;
 pub mod container;
 pub mod control;
 pub mod devices;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use hvlite::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
 use hvlite::container::{self, ContainerConfig, ContainerError, RunOutcome, paths};
 use hvlite::control::service::{self, ApiRun, ServiceError};
@@ -14,7 +15,6 @@ use hvlite::exit::ExitReason;
 use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LoggingError};
 use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
 use hvlite::process_stats::PROCESS_START;
-use hvlite::vmm::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use hvlite::vmm::config_file::{self, CliOverrides, ConfigFileError, FileConfig};
 use hvlite::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
@@ -114,7 +114,7 @@ struct RunArgs {
 }
 
 fn parse_id(s: &str) -> Result<String, String> {
-    hvlite::api::model::Id::try_from(s.to_string()).map(|id| id.as_str().to_string())
+    hvlite::config::DeviceId::try_from(s.to_string()).map(|id| id.as_str().to_string())
 }
 
 fn parse_log_format(s: &str) -> Result<LogFormat, String> {
@@ -178,7 +178,7 @@ impl RunArgs {
     fn into_job(self, file: &FileConfig) -> Result<Job, MainError> {
         let (kernel, mut vm) = file.to_partial_vm_config(self.overrides());
         vm.guest_profile = std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from);
-        let rootfs = self.rootfs.clone().or(file.rootfs.clone());
+        let rootfs = (self.rootfs.clone()).or(file.rootfs.clone().map(PathBuf::from));
         if let Some(socket) = self.api_sock.clone() {
             if rootfs.is_some() {
                 return Err(usage("--api-sock cannot run containers (--rootfs) yet"));
@@ -263,7 +263,7 @@ fn usage(msg: &str) -> MainError {
 /// file's `logger`, env_logger's text otherwise. `HVLITE_LOG` beats the file's level.
 fn init_logging(args: &RunArgs, file: &FileConfig, vm_id: &str) -> Result<(), LoggingError> {
     let logger = file.logger.clone().unwrap_or_default();
-    let dest = match args.log.clone().or(logger.log_path) {
+    let dest = match args.log.clone().or(logger.log_path.map(PathBuf::from)) {
         Some(p) => LogDest::File(p),
         None => LogDest::Stderr,
     };
@@ -304,7 +304,7 @@ fn start_metrics(
     let Some(path) = args
         .metrics
         .clone()
-        .or(from_file.as_ref().map(|m| m.metrics_path.clone()))
+        .or(from_file.as_ref().map(|m| m.metrics_path.to_path_buf()))
     else {
         return Ok(None);
     };

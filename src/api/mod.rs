@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 pub use model::{
     ActionType, BootSource, Drive, InstanceInfo, InstanceState, MachineConfig, NetworkInterface,
-    VmInfo, VmStateRequest, VsockSpec,
+    VmInfo, VmStateRequest, Vsock,
 };
 pub use request::{ApiError, ApiRequest, parse_request};
 pub use server::{ApiServer, ApiServerError, Limits, VmmSender};

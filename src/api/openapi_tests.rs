@@ -388,10 +388,7 @@ fn responses_fit_their_schemas() {
         let vm = body(ApiResponse::ok_json(&VmInfo { state }));
         validate(&doc, get_schema(&doc, "/vm"), &vm, "GET /vm").unwrap();
     }
-    let mc = MachineConfig {
-        vcpu_count: 32,
-        mem_size_mib: 1 << 20,
-    };
+    let mc = MachineConfig::new(32, 1 << 20).unwrap();
     let mc = body(ApiResponse::ok_json(&mc));
     validate(
         &doc,

@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use super::ApiResponse;
 use super::http::HttpRequest;
 use super::model::{
-    ActionBody, ActionType, BootSource, Drive, Id, MachineConfig, NetworkInterface, VmPatchBody,
-    VmStateRequest, VsockSpec,
+    ActionBody, ActionType, BootSource, DeviceId, Drive, MachineConfig, NetworkInterface,
+    VmPatchBody, VmStateRequest, Vsock,
 };
 
 /// What a client asks of the VMM.
@@ -22,7 +22,7 @@ pub enum ApiRequest {
     /// `PUT /network-interfaces/{iface_id}`.
     PutNetworkInterface(NetworkInterface),
     /// `PUT /vsock`.
-    PutVsock(VsockSpec),
+    PutVsock(Vsock),
     /// `PUT /actions`.
     Action(ActionType),
     /// `PATCH /vm`.
@@ -114,12 +114,20 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "PUT",
         path: "/machine-config",
-        handler: |req, _| json(req).map(ApiRequest::PutMachineConfig),
+        handler: |req, _| {
+            let body: MachineConfig = json(req)?;
+            whole(req, body.missing_field())?;
+            Ok(ApiRequest::PutMachineConfig(body))
+        },
     },
     Route {
         method: "PUT",
         path: "/boot-source",
-        handler: |req, _| json(req).map(ApiRequest::PutBootSource),
+        handler: |req, _| {
+            let body: BootSource = json(req)?;
+            whole(req, body.missing_field())?;
+            Ok(ApiRequest::PutBootSource(body))
+        },
     },
     Route {
         method: "PUT",
@@ -168,7 +176,7 @@ pub fn parse_request(req: &HttpRequest) -> Result<ApiRequest, ApiError> {
             continue;
         }
         if let Some((name, value)) = param {
-            Id::try_from(value.to_string()).map_err(|reason| ApiError::PathId {
+            DeviceId::try_from(value.to_string()).map_err(|reason| ApiError::PathId {
                 param: name,
                 reason,
             })?;
@@ -250,11 +258,24 @@ fn json<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// A PUT replaces the whole resource, so the fields a config file may leave to the
+/// command line or the defaults are required here (as in Firecracker): an error naming
+/// the `missing` one.
+fn whole(req: &HttpRequest, missing: Option<&'static str>) -> Result<(), ApiError> {
+    match missing {
+        Some(field) => Err(ApiError::Body {
+            target: target(req),
+            message: format!("missing field `{field}`"),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Decodes a body whose id (`id_of`) must be the path parameter.
 fn json_with_id<T: DeserializeOwned>(
     req: &HttpRequest,
     param: Param,
-    id_of: fn(&T) -> &Id,
+    id_of: fn(&T) -> &DeviceId,
 ) -> Result<T, ApiError> {
     let body: T = json(req)?;
     let id = id_of(&body);

@@ -17,10 +17,7 @@ type Inbox = Receiver<(ApiRequest, mpsc::Sender<ApiResponse>)>;
 /// and resume after. Returns every request it served once the server is gone.
 fn vmm_stub(rx: Inbox) -> Vec<ApiRequest> {
     let mut state = InstanceState::NotStarted;
-    let mut machine = MachineConfig {
-        vcpu_count: 1,
-        mem_size_mib: 128,
-    };
+    let mut machine = MachineConfig::new(1, 128).unwrap();
     let mut log = Vec::new();
     for (req, reply) in rx {
         let conflict = |what: &str| ApiResponse::fault(409, format!("{what} in this state"));
@@ -344,10 +341,9 @@ fn curl_configures_boots_and_pauses() {
     let log = fx.stop();
     assert_eq!(
         log.first(),
-        Some(&ApiRequest::PutMachineConfig(MachineConfig {
-            vcpu_count: 2,
-            mem_size_mib: 256
-        }))
+        Some(&ApiRequest::PutMachineConfig(
+            MachineConfig::new(2, 256).unwrap()
+        ))
     );
     assert!(log.contains(&ApiRequest::Action(ActionType::InstanceStart)));
     // Requests the API layer refused never reached the VMM.

@@ -1,5 +1,5 @@
 //! The guest kernel command line: hvlite's defaults, the PVM measures where they apply,
-//! the user's `--cmdline`, and the command for the guest init.
+//! the root device, the user's `--cmdline`, and the command for the guest init.
 
 use linux_loader::cmdline::{Cmdline, Error as LinuxCmdlineError};
 use vm_memory::GuestAddress;
@@ -42,6 +42,16 @@ pub const INITRAMFS_OPTIONS: &str = "rootfstype=ramfs";
 ///   in about half of `cat | grep` runs); without PCIDs every address-space switch flushes
 ///   and the failures are gone.
 pub const PVM_OPTIONS: &str = "noxsave nopcid clearcpuid=112,141,150,151,288,297,308,580";
+
+/// Where the root filesystem is when a disk holds it: always the first virtio-blk disk.
+pub const ROOT_DEVICE: &str = "/dev/vda";
+
+/// How the root filesystem on [`ROOT_DEVICE`] is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootMode {
+    ReadOnly,
+    ReadWrite,
+}
 
 /// Errors assembling the command line.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +110,9 @@ pub struct CmdlineSpec<'a> {
     pub host: HostKind,
     /// Whether an initramfs is loaded.
     pub initrd: bool,
+    /// The root filesystem is on [`ROOT_DEVICE`]: `root=/dev/vda ro` (or `rw`) goes before
+    /// the user's options, which may still override it.
+    pub root: Option<RootMode>,
     /// The user's `--cmdline`.
     pub user: Option<&'a str>,
     /// The command for the guest init.
@@ -114,6 +127,7 @@ impl<'a> CmdlineSpec<'a> {
         Self {
             host,
             initrd: false,
+            root: None,
             user: None,
             command: None,
             virtio_devices: &[],
@@ -134,6 +148,13 @@ pub fn build(spec: &CmdlineSpec<'_>) -> Result<Cmdline, CmdlineError> {
     }
     for dev in spec.virtio_devices {
         cl.add_virtio_mmio_device(dev.size, GuestAddress(dev.base), dev.irq, None)?;
+    }
+    if let Some(mode) = spec.root {
+        let mode = match mode {
+            RootMode::ReadOnly => "ro",
+            RootMode::ReadWrite => "rw",
+        };
+        cl.insert_str(format!("root={ROOT_DEVICE} {mode}"))?;
     }
     let (user_opts, user_init) = user.map_or(("", None), split_init_args);
     if !user_opts.trim().is_empty() {
@@ -214,6 +235,22 @@ mod tests {
     fn defaults_then_user_options() {
         let cl = build3(HostKind::Hardware, Some("loglevel=8 foo"), None).unwrap();
         assert_eq!(text(&cl), format!("{DEFAULT_OPTIONS} loglevel=8 foo"));
+    }
+
+    #[test]
+    fn the_root_device_goes_before_user_options() {
+        let spec = CmdlineSpec {
+            root: Some(RootMode::ReadWrite),
+            user: Some("quiet"),
+            ..CmdlineSpec::new(HostKind::Hardware)
+        };
+        let t = text(&build(&spec).unwrap());
+        assert_eq!(t, format!("{DEFAULT_OPTIONS} root=/dev/vda rw quiet"));
+        let spec = CmdlineSpec {
+            root: Some(RootMode::ReadOnly),
+            ..CmdlineSpec::new(HostKind::Hardware)
+        };
+        assert!(text(&build(&spec).unwrap()).ends_with(" root=/dev/vda ro"));
     }
 
     #[test]

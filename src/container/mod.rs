@@ -27,8 +27,8 @@ use crate::agent::{
     self,
     protocol::{AGENT_VSOCK_PORT, ProtocolError},
 };
+use crate::config::{DiskConfig, VmConfig, VsockConfig};
 use crate::exit::{ExitLatch, ExitReason};
-use crate::vmm::config::{DiskConfig, VmConfig, VsockConfig};
 use crate::vmm::{self, Console, RunEnv, VmmError};
 use console::{ConsoleTail, CrashWatch};
 use rootfs::RootMode;
@@ -122,13 +122,17 @@ pub fn run(cfg: ContainerConfig) -> Result<RunOutcome, ContainerError> {
 
     let mut vm = cfg.vm;
     let mut disks = vec![
+        // The agent disk is the guest's root, but kernel_options() says so itself, with
+        // the agent's own root options.
         DiskConfig {
             path: agent_image,
             read_only: true,
+            root: false,
         },
         DiskConfig {
             path: root.image.clone(),
             read_only: root.mode == RootMode::Overlay,
+            root: false,
         },
     ];
     disks.append(&mut vm.disks);

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use crate::api::{
     ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VmInfo, VmStateRequest,
 };
+use crate::config::VmConfig;
 use crate::metrics::MetricsWriter;
-use crate::vmm::config::VmConfig;
 use crate::vmm::control::VmControl;
 pub use pending::{PendingError, PendingVm};
 
@@ -261,10 +261,7 @@ mod tests {
             status(&mut c, ApiRequest::Action(ActionType::InstanceStart)),
             400
         );
-        let m = MachineConfig {
-            vcpu_count: 2,
-            mem_size_mib: 64,
-        };
+        let m = MachineConfig::new(2, 64).unwrap();
         assert_eq!(status(&mut c, ApiRequest::PutMachineConfig(m.clone())), 204);
         let got = c.handle(ApiRequest::GetMachineConfig);
         assert_eq!(got.body, Some(serde_json::to_value(&m).unwrap()));
@@ -282,11 +279,7 @@ mod tests {
     #[test]
     fn a_failed_start_leaves_the_vm_configurable() {
         let (mut c, rx, control) = controller();
-        let b = crate::api::BootSource {
-            kernel_image_path: "/k".into(),
-            initrd_path: None,
-            boot_args: None,
-        };
+        let b = serde_json::from_str(r#"{"kernel_image_path": "/k"}"#).unwrap();
         assert_eq!(c.handle(ApiRequest::PutBootSource(b)).status, 204);
         let runner = std::thread::spawn(move || {
             let cfg = rx.recv().unwrap();

@@ -3,24 +3,18 @@
 
 use std::path::PathBuf;
 
-use crate::api::{BootSource, Drive, MachineConfig, NetworkInterface, VsockSpec};
-use crate::vmm::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::config::{
+    BootSource, DiskConfig, Drive, MachineConfig, MemSizeMib, NetConfig, NetworkInterface,
+    SecondRoot, VcpuCount, VmConfig, Vsock, VsockConfig, check_one_root,
+};
 
 /// Why the configuration cannot be applied or started.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PendingError {
     #[error("no kernel: PUT /boot-source first")]
     NoBootSource,
-    #[error("drive {existing:?} is already the root device")]
-    SecondRoot { existing: String },
-}
-
-/// One drive, with its id and whether it holds the root filesystem.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct PendingDrive {
-    id: String,
-    disk: DiskConfig,
-    root: bool,
+    #[error(transparent)]
+    SecondRoot(#[from] SecondRoot),
 }
 
 /// The configuration so far. Drives and interfaces keep the order of their first PUT;
@@ -30,7 +24,8 @@ pub struct PendingVm {
     kernel: Option<PathBuf>,
     /// Everything but the kernel, the disks and the interfaces.
     base: VmConfig,
-    drives: Vec<PendingDrive>,
+    /// (drive_id, disk); the disk says whether it holds the root filesystem.
+    drives: Vec<(String, DiskConfig)>,
     nets: Vec<(String, NetConfig)>,
 }
 
@@ -38,15 +33,8 @@ impl PendingVm {
     /// Starts from what the command line and config file gave (`base`'s kernel is
     /// ignored; `kernel` is the one they gave, if any).
     pub fn new(kernel: Option<PathBuf>, base: VmConfig) -> Self {
-        let drives = base
-            .disks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| PendingDrive {
-                id: base.disk_id(i),
-                disk: d.clone(),
-                root: false,
-            })
+        let drives = (base.disks.iter().enumerate())
+            .map(|(i, d)| (base.disk_id(i), d.clone()))
             .collect();
         let nets = (base.nets.iter().enumerate())
             .map(|(i, n)| (base.net_id(i), n.clone()))
@@ -62,86 +50,66 @@ impl PendingVm {
     /// `GET /machine-config`.
     pub fn machine_config(&self) -> MachineConfig {
         MachineConfig {
-            vcpu_count: self.base.cpus,
-            mem_size_mib: self.base.memory_mib,
+            vcpu_count: VcpuCount::try_from(u64::from(self.base.cpus)).ok(),
+            mem_size_mib: MemSizeMib::try_from(self.base.memory_mib).ok(),
         }
     }
 
-    /// `PUT /machine-config`.
+    /// `PUT /machine-config` (the request checked that both fields are there).
     pub fn set_machine_config(&mut self, m: &MachineConfig) {
-        self.base.cpus = m.vcpu_count;
-        self.base.memory_mib = m.mem_size_mib;
+        if let Some(n) = m.vcpu_count {
+            self.base.cpus = n.get();
+        }
+        if let Some(mib) = m.mem_size_mib {
+            self.base.memory_mib = mib.get();
+        }
     }
 
     /// `PUT /boot-source`: replaces kernel, initrd and boot arguments.
     pub fn set_boot_source(&mut self, b: &BootSource) {
-        self.kernel = Some(b.kernel_image_path.clone());
-        self.base.initrd = b.initrd_path.clone();
+        self.kernel = b.kernel_image_path.clone().map(PathBuf::from);
+        self.base.initrd = b.initrd_path.clone().map(PathBuf::from);
         self.base.cmdline = b.boot_args.clone();
     }
 
     /// `PUT /drives/{id}`.
     pub fn put_drive(&mut self, d: &Drive) -> Result<(), PendingError> {
-        let id = d.drive_id.as_str();
-        if d.is_root_device
-            && let Some(other) = self.drives.iter().find(|p| p.root && p.id != id)
-        {
-            return Err(PendingError::SecondRoot {
-                existing: other.id.clone(),
-            });
-        }
-        let drive = PendingDrive {
-            id: id.to_string(),
-            disk: DiskConfig::from(d),
-            root: d.is_root_device,
-        };
-        match self.drives.iter_mut().find(|p| p.id == id) {
-            Some(slot) => *slot = drive,
-            None => self.drives.push(drive),
+        let (id, disk) = d.to_disk();
+        let others = self.drives.iter().filter(|(i, _)| *i != id);
+        let all = others.map(|(i, d)| (i.as_str(), d.root));
+        check_one_root(all.chain([(id.as_str(), disk.root)])).map_err(|(_, e)| e)?;
+        match self.drives.iter_mut().find(|(i, _)| *i == id) {
+            Some(slot) => slot.1 = disk,
+            None => self.drives.push((id, disk)),
         }
         Ok(())
     }
 
     /// `PUT /network-interfaces/{id}`.
     pub fn put_net(&mut self, n: &NetworkInterface) {
-        let id = n.iface_id.as_str();
-        let net = NetConfig::from(n);
-        match self.nets.iter_mut().find(|(i, _)| i == id) {
+        let (id, net) = n.to_net();
+        match self.nets.iter_mut().find(|(i, _)| *i == id) {
             Some(slot) => slot.1 = net,
-            None => self.nets.push((id.to_string(), net)),
+            None => self.nets.push((id, net)),
         }
     }
 
     /// `PUT /vsock`.
-    pub fn set_vsock(&mut self, v: &VsockSpec) {
-        self.base.vsock = Some(VsockConfig {
-            cid: u64::from(v.guest_cid),
-            uds: Some(v.uds_path.clone()),
-        });
+    pub fn set_vsock(&mut self, v: &Vsock) {
+        self.base.vsock = Some(VsockConfig::from(v));
     }
 
-    /// The VM to boot. The root drive, if any, comes first (`/dev/vda`) and the kernel
-    /// gets `root=/dev/vda` with `ro` or `rw` before the user's boot arguments.
+    /// The VM to boot. The root drive, if any, comes first (`/dev/vda`); the VMM gives the
+    /// kernel `root=/dev/vda` for it ([`VmConfig::set_disks`]).
     pub fn to_vm_config(&self) -> Result<VmConfig, PendingError> {
         let kernel = self.kernel.clone().ok_or(PendingError::NoBootSource)?;
-        let mut drives: Vec<&PendingDrive> = self.drives.iter().filter(|d| d.root).collect();
-        drives.extend(self.drives.iter().filter(|d| !d.root));
         let mut cfg = VmConfig {
             kernel,
-            disks: drives.iter().map(|d| d.disk.clone()).collect(),
-            disk_ids: drives.iter().map(|d| d.id.clone()).collect(),
             nets: self.nets.iter().map(|(_, n)| n.clone()).collect(),
             net_ids: self.nets.iter().map(|(i, _)| i.clone()).collect(),
             ..self.base.clone()
         };
-        if let Some(root) = drives.first().filter(|d| d.root) {
-            let mode = if root.disk.read_only { "ro" } else { "rw" };
-            let opts = format!("root=/dev/vda {mode}");
-            cfg.cmdline = Some(match cfg.cmdline.take() {
-                Some(user) => format!("{opts} {user}"),
-                None => opts,
-            });
-        }
+        cfg.set_disks(self.drives.clone())?;
         Ok(cfg)
     }
 }
@@ -163,23 +131,23 @@ mod tests {
         base.disks = vec!["/cli.img".parse().unwrap()];
         let mut p = PendingVm::new(None, base);
         assert_eq!(p.to_vm_config(), Err(PendingError::NoBootSource));
-        p.set_boot_source(&BootSource {
-            kernel_image_path: "/k".into(),
-            initrd_path: None,
-            boot_args: Some("quiet".into()),
-        });
-        p.set_machine_config(&MachineConfig {
-            vcpu_count: 2,
-            mem_size_mib: 256,
-        });
+        p.set_boot_source(
+            &serde_json::from_str(r#"{"kernel_image_path": "/k", "boot_args": "quiet"}"#).unwrap(),
+        );
+        p.set_machine_config(
+            &serde_json::from_str(r#"{"vcpu_count": 2, "mem_size_mib": 256}"#).unwrap(),
+        );
         p.put_drive(&drive("data", false)).unwrap();
         p.put_drive(&drive("root", true)).unwrap();
         assert_eq!(
             p.put_drive(&drive("other", true)),
-            Err(PendingError::SecondRoot {
-                existing: "root".into()
-            })
+            Err(PendingError::SecondRoot(SecondRoot {
+                first: "root".into(),
+                second: "other".into()
+            }))
         );
+        // The root drive may be replaced, and stay the root.
+        p.put_drive(&drive("root", true)).unwrap();
         // Replacing keeps the position.
         p.put_drive(&drive("data", false)).unwrap();
         let cfg = p.to_vm_config().unwrap();
@@ -187,7 +155,8 @@ mod tests {
         assert_eq!((cfg.cpus, cfg.memory_mib), (2, 256));
         assert_eq!(cfg.disk_ids, ["root", "vda", "data"]);
         assert_eq!(cfg.disks[0].path, PathBuf::from("/root.img"));
-        assert_eq!(cfg.cmdline.as_deref(), Some("root=/dev/vda rw quiet"));
-        assert_eq!(p.machine_config().vcpu_count, 2);
+        assert!(cfg.disks[0].root && !cfg.disks[0].read_only);
+        assert_eq!(cfg.cmdline.as_deref(), Some("quiet"));
+        assert_eq!(p.machine_config().vcpu_count.map(VcpuCount::get), Some(2));
     }
 }

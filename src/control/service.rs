@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use super::{Controller, PendingVm, error_chain};
 use crate::api::{ApiServer, ApiServerError, InstanceState};
+use crate::config::VmConfig;
 use crate::exit::ExitReason;
 use crate::metrics::MetricsWriter;
-use crate::vmm::config::VmConfig;
 use crate::vmm::control::VmControl;
 use crate::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 

@@ -2,11 +2,13 @@
 //! an equivalent here (with Firecracker's names where it has one), and the command line
 //! overrides the file.
 //!
-//! Unknown fields are errors, and every error names the file and the field's path, e.g.
+//! The VM's resources are the schema the API uses too ([`crate::config`]). Unknown fields
+//! are errors, and every error names the file and the field's path, e.g.
 //! `vm.json: machine-config.vcpu_count: must be between 1 and 32, got 0 (line 3, column
 //! 21)`. Values are checked while parsing (a [`FileConfig`] is valid by construction);
-//! what needs more than one field (unique ids) is checked right after. Relative paths are
-//! kept as written: like the command line's, they are relative to the working directory.
+//! what needs more than one field (unique ids, one root drive) is checked right after.
+//! Relative paths are kept as written: like the command line's, they are relative to the
+//! working directory.
 //! `examples/vm.json` shows every field.
 
 use std::path::{Path, PathBuf};
@@ -14,9 +16,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
-use crate::boot::mptable::MAX_CPUS;
-use crate::devices::virtio::net::{format_mac, parse_mac, tap};
+use crate::config::resources::{self, ListError};
+use crate::config::{
+    BootSource, DiskConfig, Drive, EnvVar, FlushSecs, HostPath, MachineConfig, MemSizeMib,
+    NetConfig, NetworkInterface, VcpuCount, VmConfig, Vsock, VsockConfig,
+};
 use crate::logging::{LevelSpec, LogDest, LogFormat};
 use crate::metrics::DEFAULT_FLUSH_INTERVAL;
 
@@ -70,7 +74,7 @@ pub struct FileConfig {
     pub process: Option<Process>,
     /// The guest's root filesystem.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rootfs: Option<PathBuf>,
+    pub rootfs: Option<HostPath>,
     /// Show the guest kernel's console on stderr in a container run (`--console`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub console: bool,
@@ -78,60 +82,6 @@ pub struct FileConfig {
     pub logger: Option<Logger>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
-}
-
-/// `boot-source`: what to boot (`--kernel`, `--initrd`, `--cmdline`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BootSource {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel_image_path: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub initrd_path: Option<PathBuf>,
-    /// Extra kernel command-line options, appended to hvlite's defaults.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub boot_args: Option<String>,
-}
-
-/// `machine-config`: resources (`--cpus`, `--memory`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MachineConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub vcpu_count: Option<VcpuCount>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub mem_size_mib: Option<MemSizeMib>,
-}
-
-/// One of `drives` (`--disk`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Drive {
-    /// Names the drive in metrics (`hvlite.block.<drive_id>`).
-    pub drive_id: DeviceId,
-    pub path_on_host: PathBuf,
-    #[serde(default)]
-    pub is_read_only: bool,
-}
-
-/// One of `network-interfaces` (`--net`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkInterface {
-    /// Names the interface in metrics (`hvlite.net.<iface_id>`).
-    pub iface_id: DeviceId,
-    /// The host TAP device.
-    pub host_dev_name: TapName,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest_mac: Option<MacAddr>,
-}
-
-/// `vsock`: a virtio-vsock device bridged to a Unix socket on the host.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Vsock {
-    pub guest_cid: GuestCid,
-    pub uds_path: PathBuf,
 }
 
 /// `process`: the command the guest init runs (`-- COMMAND ARGS...`) and its context.
@@ -168,7 +118,7 @@ pub struct User {
 pub struct Logger {
     /// Log file; stderr when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_path: Option<PathBuf>,
+    pub log_path: Option<HostPath>,
     /// Level directives, as in `HVLITE_LOG`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub level: Option<LevelSpec>,
@@ -179,7 +129,7 @@ pub struct Logger {
 impl Logger {
     /// Where the log goes.
     pub fn dest(&self) -> LogDest {
-        self.log_path.clone().map_or(LogDest::Stderr, LogDest::File)
+        (self.log_path.clone()).map_or(LogDest::Stderr, |p| LogDest::File(p.into()))
     }
 }
 
@@ -187,7 +137,7 @@ impl Logger {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    pub metrics_path: PathBuf,
+    pub metrics_path: HostPath,
     /// Seconds between periodic flushes; 60 when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flush_interval_secs: Option<FlushSecs>,
@@ -200,158 +150,6 @@ impl MetricsConfig {
             .map_or(DEFAULT_FLUSH_INTERVAL, |s| Duration::from_secs(s.get()))
     }
 }
-
-/// Checks `n` is in `lo..=hi`.
-fn in_range(n: u64, lo: u64, hi: u64) -> Result<u64, String> {
-    if (lo..=hi).contains(&n) {
-        Ok(n)
-    } else if hi == u64::MAX {
-        Err(format!("must be at least {lo}, got {n}"))
-    } else {
-        Err(format!("must be between {lo} and {hi}, got {n}"))
-    }
-}
-
-/// Defines an integer newtype whose JSON form is a number in `$lo..=$hi`.
-macro_rules! checked_int {
-    ($(#[$doc:meta])* $name:ident($inner:ty), $lo:expr, $hi:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-        #[serde(try_from = "u64", into = "u64")]
-        pub struct $name($inner);
-
-        impl $name {
-            pub fn get(self) -> $inner {
-                self.0
-            }
-        }
-
-        impl TryFrom<u64> for $name {
-            type Error = String;
-            fn try_from(n: u64) -> Result<Self, String> {
-                in_range(n, $lo, $hi)
-                    .and_then(|n| <$inner>::try_from(n).map_err(|e| e.to_string()))
-                    .map(Self)
-            }
-        }
-
-        impl From<$name> for u64 {
-            fn from(v: $name) -> u64 {
-                u64::from(v.0)
-            }
-        }
-    };
-}
-
-checked_int!(
-    /// `machine-config.vcpu_count`: 1 to [`MAX_CPUS`].
-    VcpuCount(u8),
-    1,
-    u64::from(MAX_CPUS)
-);
-
-checked_int!(
-    /// `machine-config.mem_size_mib`: at least 1.
-    MemSizeMib(u64),
-    1,
-    u64::MAX
-);
-
-checked_int!(
-    /// `metrics.flush_interval_secs`: at least 1.
-    FlushSecs(u64),
-    1,
-    u64::MAX
-);
-
-checked_int!(
-    /// `vsock.guest_cid`: 3 or more (0-2 are reserved), below 2^32 - 1 (VMADDR_CID_ANY).
-    GuestCid(u32),
-    3,
-    u64::from(u32::MAX - 1)
-);
-
-/// A guest MAC address, written `02:00:00:00:00:01`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MacAddr(pub [u8; 6]);
-
-impl TryFrom<String> for MacAddr {
-    type Error = crate::devices::virtio::net::MacError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        parse_mac(&s).map(Self)
-    }
-}
-
-impl From<MacAddr> for String {
-    fn from(m: MacAddr) -> String {
-        format_mac(&m.0)
-    }
-}
-
-/// Defines a string newtype checked by `$check` (a `fn(&str) -> Result<(), impl Display>`).
-macro_rules! checked_string {
-    ($(#[$doc:meta])* $name:ident, $check:expr) => {
-        $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = String;
-            fn try_from(s: String) -> Result<Self, String> {
-                match $check(s.as_str()) {
-                    Ok(()) => Ok(Self(s)),
-                    Err(e) => Err(e.to_string()),
-                }
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(v: $name) -> String {
-                v.0
-            }
-        }
-    };
-}
-
-checked_string!(
-    /// A drive or interface id: 1-64 ASCII letters, digits, `_` or `-` (it becomes a
-    /// metric field name, where a `.` would split it).
-    DeviceId,
-    |s: &str| {
-        let ok = (1..=64).contains(&s.len())
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "{s:?} is not 1-64 ASCII letters, digits, '_' or '-'"
-            ))
-        }
-    }
-);
-
-checked_string!(
-    /// A host network interface name.
-    TapName,
-    tap::validate_name
-);
-
-checked_string!(
-    /// A `KEY=VALUE` environment entry with a non-empty key.
-    EnvVar,
-    |s: &str| match s.split_once('=') {
-        Some((k, _)) if !k.is_empty() => Ok(()),
-        _ => Err(format!("{s:?} is not KEY=VALUE")),
-    }
-);
 
 /// What the command line gave; `None` or empty means "not given", so the file's value
 /// (or hvlite's default) applies. A non-empty list replaces the file's list whole.
@@ -400,16 +198,16 @@ impl FileConfig {
 
     /// Checks what spans several fields; returns the path and the complaint.
     fn check(&self) -> Result<(), (String, String)> {
-        unique_ids(
-            "drives",
-            "drive_id",
-            self.drives.iter().map(|d| &d.drive_id),
-        )?;
-        unique_ids(
-            "network-interfaces",
-            "iface_id",
-            self.network_interfaces.iter().map(|n| &n.iface_id),
-        )?;
+        let at = |list: &str, field: &str, (i, e): (usize, ListError)| {
+            let field = match e {
+                ListError::SecondRoot(_) => "is_root_device",
+                ListError::DuplicateId(_) => field,
+            };
+            (format!("{list}[{i}].{field}"), e.to_string())
+        };
+        resources::check_drives(&self.drives).map_err(|e| at("drives", "drive_id", e))?;
+        resources::check_interfaces(&self.network_interfaces)
+            .map_err(|e| at("network-interfaces", "iface_id", e))?;
         if let Some(p) = &self.process {
             if p.args.as_ref().is_some_and(Vec::is_empty) {
                 return Err(("process.args".into(), "must not be empty".into()));
@@ -436,9 +234,9 @@ impl FileConfig {
     ) -> (Option<std::path::PathBuf>, VmConfig) {
         let boot = self.boot_source.clone().unwrap_or_default();
         let machine = self.machine_config.clone().unwrap_or_default();
-        let kernel = cli.kernel.or(boot.kernel_image_path);
+        let kernel = cli.kernel.or(boot.kernel_image_path.map(PathBuf::from));
         let mut cfg = VmConfig::new(kernel.clone().unwrap_or_default());
-        cfg.initrd = cli.initrd.or(boot.initrd_path);
+        cfg.initrd = cli.initrd.or(boot.initrd_path.map(PathBuf::from));
         cfg.cmdline = cli.cmdline.or(boot.boot_args);
         if let Some(n) = cli.cpus.or(machine.vcpu_count.map(VcpuCount::get)) {
             cfg.cpus = n;
@@ -447,35 +245,20 @@ impl FileConfig {
             cfg.memory_mib = m;
         }
         if cli.disks.is_empty() {
-            cfg.disks = self.drives.iter().map(Drive::to_disk).collect();
-            cfg.disk_ids = self
-                .drives
-                .iter()
-                .map(|d| d.drive_id.as_str().to_string())
-                .collect();
+            // Checked when the file was parsed: at most one root drive.
+            let _ = cfg.set_disks(self.drives.iter().map(Drive::to_disk).collect());
         } else {
             cfg.disks = cli.disks;
         }
         if cli.nets.is_empty() {
-            cfg.nets = self
-                .network_interfaces
-                .iter()
-                .map(NetworkInterface::to_net)
-                .collect();
-            cfg.net_ids = self
-                .network_interfaces
-                .iter()
-                .map(|n| n.iface_id.as_str().to_string())
-                .collect();
+            let nets = self.network_interfaces.iter().map(NetworkInterface::to_net);
+            (cfg.net_ids, cfg.nets) = nets.unzip();
         } else {
             cfg.nets = cli.nets;
         }
-        cfg.vsock = cli.vsock.or_else(|| {
-            self.vsock.as_ref().map(|v| VsockConfig {
-                cid: u64::from(v.guest_cid.get()),
-                uds: Some(v.uds_path.clone()),
-            })
-        });
+        cfg.vsock = cli
+            .vsock
+            .or_else(|| self.vsock.as_ref().map(VsockConfig::from));
         cfg.command = if cli.command.is_empty() {
             self.process.as_ref().and_then(|p| p.args.clone())
         } else {
@@ -483,41 +266,6 @@ impl FileConfig {
         };
         (kernel, cfg)
     }
-}
-
-impl Drive {
-    fn to_disk(&self) -> DiskConfig {
-        DiskConfig {
-            path: self.path_on_host.clone(),
-            read_only: self.is_read_only,
-        }
-    }
-}
-
-impl NetworkInterface {
-    fn to_net(&self) -> NetConfig {
-        NetConfig {
-            tap: self.host_dev_name.as_str().to_string(),
-            mac: self.guest_mac.map(|m| m.0),
-        }
-    }
-}
-
-fn unique_ids<'a>(
-    list: &str,
-    field: &str,
-    ids: impl Iterator<Item = &'a DeviceId>,
-) -> Result<(), (String, String)> {
-    let mut seen = std::collections::HashSet::new();
-    for (i, id) in ids.enumerate() {
-        if !seen.insert(id.as_str()) {
-            return Err((
-                format!("{list}[{i}].{field}"),
-                format!("duplicate id {:?}", id.as_str()),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Turns a parse error into one naming `source` and the field's path, with the line and

@@ -1,4 +1,5 @@
 use super::*;
+use crate::config::MacAddr;
 
 use vmm_sys_util::tempdir::TempDir;
 
@@ -79,8 +80,8 @@ fn unknown_fields_name_their_path() {
         "vm.json: machine-config.smt: unknown field `smt`",
     );
     assert_err(
-        r#"{"drives": [{"drive_id": "a", "path_on_host": "a", "is_root_device": true}]}"#,
-        "vm.json: drives[0].is_root_device: unknown field `is_root_device`",
+        r#"{"drives": [{"drive_id": "a", "path_on_host": "a", "cache_type": "Unsafe"}]}"#,
+        "vm.json: drives[0].cache_type: unknown field `cache_type`",
     );
     assert_err(
         r#"{"process": {"user": {"uid": 1, "gid": 2, "groups": []}}}"#,
@@ -158,6 +159,30 @@ fn bad_strings_name_their_path() {
         r#"{"drives": [{"drive_id": "a.b", "path_on_host": "x"}]}"#,
         "vm.json: drives[0].drive_id: \"a.b\" is not 1-64 ASCII letters",
     );
+    for (field, text) in [
+        (
+            "drives[0].path_on_host",
+            r#"{"drives": [{"drive_id": "a", "path_on_host": ""}]}"#,
+        ),
+        (
+            "boot-source.kernel_image_path",
+            r#"{"boot-source": {"kernel_image_path": ""}}"#,
+        ),
+        (
+            "vsock.uds_path",
+            r#"{"vsock": {"guest_cid": 3, "uds_path": ""}}"#,
+        ),
+        ("rootfs", r#"{"rootfs": ""}"#),
+        (
+            "metrics.metrics_path",
+            r#"{"metrics": {"metrics_path": ""}}"#,
+        ),
+    ] {
+        assert_err(
+            text,
+            &format!("vm.json: {field}: must not be an empty path"),
+        );
+    }
     assert_err(
         r#"{"process": {"env": ["A=1", "B"]}}"#,
         "vm.json: process.env[1]: \"B\" is not KEY=VALUE",
@@ -188,6 +213,13 @@ fn cross_field_checks_name_their_path() {
         "vm.json: network-interfaces[1].iface_id: duplicate id \"n\""
     );
     assert_eq!(
+        err(
+            r#"{"drives": [{"drive_id": "a", "path_on_host": "x", "is_root_device": true},
+                          {"drive_id": "b", "path_on_host": "y", "is_root_device": true}]}"#
+        ),
+        "vm.json: drives[1].is_root_device: drive \"b\" cannot be the root device: drive \"a\" already is"
+    );
+    assert_eq!(
         err(r#"{"process": {"args": []}}"#),
         "vm.json: process.args: must not be empty"
     );
@@ -211,6 +243,22 @@ fn syntax_errors_give_the_position() {
 }
 
 #[test]
+fn a_root_drive_goes_first_and_boots_as_root() {
+    let cfg = FileConfig::parse(
+        r#"{"boot-source": {"kernel_image_path": "k", "boot_args": "quiet"},
+            "drives": [{"drive_id": "data", "path_on_host": "d"},
+                       {"drive_id": "root", "path_on_host": "r", "is_root_device": true}]}"#,
+        "vm.json",
+    )
+    .unwrap();
+    let vm = cfg.to_vm_config(CliOverrides::default()).unwrap();
+    assert_eq!(vm.disk_ids, ["root", "data"]);
+    assert!(vm.root_disk().is_some_and(|d| d.path == Path::new("r")));
+    // The VMM adds root=/dev/vda when it builds the command line, not the file.
+    assert_eq!(vm.cmdline.as_deref(), Some("quiet"));
+}
+
+#[test]
 fn the_file_fills_a_vm_config() {
     let cfg = load(&example_path()).unwrap();
     let vm = cfg.to_vm_config(CliOverrides::default()).unwrap();
@@ -223,11 +271,13 @@ fn the_file_fills_a_vm_config() {
         [
             DiskConfig {
                 path: "images/alpine.ext4".into(),
-                read_only: true
+                read_only: true,
+                root: true,
             },
             DiskConfig {
                 path: "images/scratch.img".into(),
-                read_only: false
+                read_only: false,
+                root: false,
             },
         ]
     );

@@ -1,8 +1,7 @@
-//! VM construction and lifetime: turns a [`config::VmConfig`] into a running VM, waits
+//! VM construction and lifetime: turns a [`VmConfig`] into a running VM, waits
 //! for its end and stops every vCPU.
 
 pub mod boot_marker;
-pub mod config;
 pub mod config_file;
 pub mod control;
 pub mod devices;
@@ -22,6 +21,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::Killable;
 
 use crate::boot::{cmdline, cpuid, gdt, layout, loader, mptable, paging, zeropage};
+use crate::config::{self, ConfigError, VmConfig};
 use crate::devices::bus::{BusError, Buses};
 use crate::devices::exit_port::ExitPort;
 use crate::devices::i8042::{I8042, I8042_BASE, I8042_LEN};
@@ -39,7 +39,6 @@ use crate::metrics::Metrics;
 use crate::process_stats::{self, PROCESS_START};
 use crate::vcpu::{self, Vcpu, VcpuError};
 use boot_marker::MarkerWatch;
-use config::{ConfigError, VmConfig};
 use control::VmControl;
 use devices::VirtioMmioSlots;
 use event_loop::EventLoop;
@@ -191,9 +190,14 @@ fn load_guest(
         kernel.end
     );
 
+    let root = cfg.root_disk().map(|d| match d.read_only {
+        true => cmdline::RootMode::ReadOnly,
+        false => cmdline::RootMode::ReadWrite,
+    });
     let cl = cmdline::build(&cmdline::CmdlineSpec {
         host,
         initrd: initrd.is_some(),
+        root,
         user: cfg.cmdline.as_deref(),
         command: cfg.command.as_deref(),
         virtio_devices,

@@ -1,5 +1,5 @@
-//! The plain description of a VM that front ends (the CLI now, a config file or an API
-//! later) build, and its validation.
+//! The plain description of a VM that the front ends (command line, config file, API)
+//! build and the VMM boots, and its validation.
 
 use std::path::PathBuf;
 
@@ -18,6 +18,9 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// The guest may only read it.
     pub read_only: bool,
+    /// The guest's root filesystem is on it: it must be the first disk (`/dev/vda`), and
+    /// the kernel gets `root=/dev/vda ro` (or `rw`) before the user's options.
+    pub root: bool,
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -41,6 +44,7 @@ impl std::str::FromStr for DiskConfig {
         Ok(Self {
             path: PathBuf::from(path),
             read_only,
+            root: false,
         })
     }
 }
@@ -145,6 +149,37 @@ pub struct VmConfig {
     pub net_ids: Vec<String>,
 }
 
+/// Two disks claim the guest's root filesystem.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+#[error("drive {second:?} cannot be the root device: drive {first:?} already is")]
+pub struct SecondRoot {
+    pub first: String,
+    pub second: String,
+}
+
+/// Checks that at most one of `disks` (id, holds the root filesystem) is the root device;
+/// on error also returns the index of the second one. The config file, the API and
+/// [`VmConfig::set_disks`] all check with this.
+pub fn check_one_root<'a>(
+    disks: impl IntoIterator<Item = (&'a str, bool)>,
+) -> Result<(), (usize, SecondRoot)> {
+    let mut first = None;
+    for (i, (id, root)) in disks.into_iter().enumerate() {
+        match (root, first) {
+            (false, _) => {}
+            (true, None) => first = Some(id),
+            (true, Some(f)) => {
+                let err = SecondRoot {
+                    first: f.to_string(),
+                    second: id.to_string(),
+                };
+                return Err((i, err));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Errors in a [`VmConfig`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -156,6 +191,8 @@ pub enum ConfigError {
     MemoryOverHost { got: u64, host: u64 },
     #[error("the command after `--` is empty")]
     EmptyCommand,
+    #[error("only the first disk can hold the root filesystem")]
+    RootNotFirst,
 }
 
 impl VmConfig {
@@ -175,6 +212,21 @@ impl VmConfig {
             disk_ids: Vec::new(),
             net_ids: Vec::new(),
         }
+    }
+
+    /// Sets the disks (metrics id, disk) in order, except that the root device, if one is
+    /// marked, goes first (`/dev/vda`). At most one may be marked.
+    pub fn set_disks(&mut self, disks: Vec<(String, DiskConfig)>) -> Result<(), SecondRoot> {
+        check_one_root(disks.iter().map(|(id, d)| (id.as_str(), d.root))).map_err(|(_, e)| e)?;
+        let (mut ordered, rest): (Vec<_>, Vec<_>) = disks.into_iter().partition(|(_, d)| d.root);
+        ordered.extend(rest);
+        (self.disk_ids, self.disks) = ordered.into_iter().unzip();
+        Ok(())
+    }
+
+    /// Whether the root filesystem is on the first disk, and if so whether it is read-only.
+    pub fn root_disk(&self) -> Option<&DiskConfig> {
+        self.disks.first().filter(|d| d.root)
     }
 
     /// The metrics name of disk `index`.
@@ -229,6 +281,9 @@ impl VmConfig {
         }
         if self.command.as_ref().is_some_and(|c| c.is_empty()) {
             return Err(ConfigError::EmptyCommand);
+        }
+        if self.disks.iter().skip(1).any(|d| d.root) {
+            return Err(ConfigError::RootNotFirst);
         }
         Ok(())
     }
@@ -326,6 +381,36 @@ mod tests {
         c.disk_ids = vec!["root".into()];
         assert_eq!((c.disk_id(0), c.disk_id(1)), ("root".into(), "vdb".into()));
         assert_eq!(c.net_id(1), "eth1");
+    }
+
+    #[test]
+    fn the_root_disk_goes_first_and_is_alone() {
+        let disk = |p: &str, root| DiskConfig {
+            path: p.into(),
+            read_only: false,
+            root,
+        };
+        let mut c = VmConfig::new("k".into());
+        let disks = vec![
+            ("data".to_string(), disk("/d", false)),
+            ("root".to_string(), disk("/r", true)),
+            ("more".to_string(), disk("/m", false)),
+        ];
+        c.set_disks(disks.clone()).unwrap();
+        assert_eq!(c.disk_ids, ["root", "data", "more"]);
+        assert_eq!(c.root_disk().map(|d| d.path.clone()), Some("/r".into()));
+        assert_eq!(c.validate(1024), Ok(()));
+        let mut two = disks;
+        two.push(("other".to_string(), disk("/o", true)));
+        let err = c.set_disks(two).unwrap_err();
+        assert_eq!((err.first.as_str(), err.second.as_str()), ("root", "other"));
+        c.disks.swap(0, 1);
+        assert_eq!(c.validate(1024), Err(ConfigError::RootNotFirst));
+        assert_eq!(
+            check_one_root([("a", false), ("b", true), ("c", false), ("d", true)])
+                .map_err(|(i, _)| i),
+            Err(3)
+        );
     }
 
     #[test]
