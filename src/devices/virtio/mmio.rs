@@ -266,7 +266,7 @@ impl MmioTransport {
             REG_STATUS if self.interrupt.needs_reset() => self.status | NEEDS_RESET,
             REG_STATUS => self.status,
             // The transport cannot see device-side configuration changes.
-            REG_CONFIG_GENERATION => 0,
+            REG_CONFIG_GENERATION => self.device.config_generation(),
             _ => {
                 debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
                 0

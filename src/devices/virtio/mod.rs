@@ -3,6 +3,9 @@
 //! Layers, one file each:
 //! - [`VirtioDevice`]: a device as the transport sees it: features, config space, queue
 //!   sizes, activation and reset. Knows nothing about MMIO registers.
+//! - [`VirtioCore`]: what every device embeds: type, offered and acked features, queue
+//!   sizes, configuration generation and the queue handler's place on the event loop;
+//!   its [`CoreState`] is saved and restored as a unit.
 //! - [`mmio::MmioTransport`]: the virtio-mmio version 2 register block on the MMIO bus; it
 //!   negotiates features, collects the queue configuration and activates the device.
 //! - Per device (e.g. [`block`]): request parsing and execution on a `virtio_queue::Queue`
@@ -15,6 +18,7 @@
 
 pub mod activation;
 pub mod block;
+pub mod core;
 pub mod frame_io;
 pub mod interrupt;
 pub mod mmio;
@@ -36,6 +40,7 @@ use vmm_sys_util::eventfd::EventFd;
 /// Feature bit: the device complies with virtio 1.x (required of modern devices).
 pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
+pub use self::core::{CoreState, CoreStateError, VirtioCore};
 pub use frame_io::FrameIo;
 pub use interrupt::{QueueSignal, VIRTIO_INT_CONFIG, VIRTIO_INT_USED_RING, VirtioInterrupt};
 pub use queue::{DrainError, RingError, drain_queue, next_avail_chain};
@@ -79,6 +84,11 @@ pub trait VirtioDevice: Send {
     fn avail_features(&self) -> u64;
     /// Features the driver accepted (a subset of `avail_features`, checked by the transport).
     fn set_acked_features(&mut self, features: u64);
+    /// The ConfigGeneration register: changes whenever the device changes its
+    /// configuration space.
+    fn config_generation(&self) -> u32 {
+        0
+    }
     /// Reads the device configuration space at `offset`; out-of-range bytes read as 0.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device configuration space; read-only fields ignore writes.

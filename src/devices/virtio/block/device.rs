@@ -4,23 +4,19 @@ use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 
-use super::config::{ConfigSpace, QUEUE_SIZE, avail_features, has_event_idx};
+use super::config::{ConfigSpace, QUEUE_SIZE, avail_features};
 use super::disk::DiskImage;
 use super::handler::BlockHandler;
 use super::queue::{BlockCounters, BlockQueue, BlockStats};
-use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
 };
 
 /// A virtio-blk device with one request queue.
 pub struct Block {
     disk: Arc<DiskImage>,
     config: ConfigSpace,
-    avail_features: u64,
-    acked_features: u64,
-    queue_sizes: [u16; 1],
-    handler: HandlerSlot,
+    core: VirtioCore,
     counters: Arc<BlockCounters>,
 }
 
@@ -29,11 +25,14 @@ impl Block {
     pub fn new(disk: DiskImage, events: EventLoopHandle) -> Self {
         Self {
             config: ConfigSpace::new(disk.capacity_sectors()),
-            avail_features: avail_features(disk.read_only()),
-            acked_features: 0,
-            queue_sizes: [QUEUE_SIZE],
+            core: VirtioCore::new(
+                VIRTIO_ID_BLOCK,
+                avail_features(disk.read_only()),
+                &[QUEUE_SIZE],
+                events,
+                "virtio-blk",
+            ),
             disk: Arc::new(disk),
-            handler: HandlerSlot::new(events, "virtio-blk"),
             counters: Arc::new(BlockCounters::default()),
         }
     }
@@ -55,7 +54,12 @@ impl Block {
 
     /// Whether the queue handler is on the event loop.
     pub fn is_active(&self) -> bool {
-        self.handler.is_active()
+        self.core.is_active()
+    }
+
+    /// The common virtio state.
+    pub fn core(&self) -> &VirtioCore {
+        &self.core
     }
 }
 
@@ -63,27 +67,30 @@ impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
             .field("disk", &self.disk)
-            .field("acked_features", &self.acked_features)
-            .field("handler", &self.handler)
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
 
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
+        self.core.device_type()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+        self.core.queue_sizes()
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.core.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.core.ack_features(features);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.core.config_generation()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -98,9 +105,7 @@ impl VirtioDevice for Block {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.handler.check_idle()?;
-        let event_idx = has_event_idx(self.acked_features);
-        let ([queue], [kick]) = ready_queues(&ctx.mem, ctx.queues, ctx.kicks, event_idx)?;
+        let ([queue], [kick]) = self.core.ready_queues(&ctx.mem, ctx.queues, ctx.kicks)?;
         let queue = BlockQueue::new(
             ctx.mem,
             queue,
@@ -108,13 +113,12 @@ impl VirtioDevice for Block {
             Arc::clone(&self.counters),
         );
         let handler = BlockHandler::new(queue, kick, ctx.interrupt);
-        self.handler
+        self.core
             .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
-        self.handler.remove();
-        self.acked_features = 0;
+        self.core.reset();
     }
 }
 

@@ -4,19 +4,15 @@ use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_MRG_RXBUF};
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
-use super::config::{
-    ConfigSpace, QUEUE_SIZE, avail_features, has, rx_frame_capacity, tap_offloads,
-};
+use super::config::{ConfigSpace, QUEUE_SIZE, avail_features, rx_frame_capacity, tap_offloads};
 use super::counters::{NetCounters, NetStats};
 use super::handler::NetHandler;
 use super::rx::{NetRxQueue, RxConfig};
 use super::tap::Tap;
 use super::tx::NetTxQueue;
-use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
 };
 
 /// MTU assumed when the TAP's cannot be read.
@@ -27,10 +23,7 @@ pub struct Net {
     tap: Arc<Tap>,
     mac: [u8; 6],
     config: ConfigSpace,
-    avail_features: u64,
-    acked_features: u64,
-    queue_sizes: [u16; 2],
-    handler: HandlerSlot,
+    core: VirtioCore,
     counters: Arc<NetCounters>,
 }
 
@@ -42,10 +35,13 @@ impl Net {
             tap: Arc::new(tap),
             mac,
             config: ConfigSpace::new(mac),
-            avail_features: avail_features(),
-            acked_features: 0,
-            queue_sizes: [QUEUE_SIZE; 2],
-            handler: HandlerSlot::new(events, "virtio-net"),
+            core: VirtioCore::new(
+                VIRTIO_ID_NET,
+                avail_features(),
+                &[QUEUE_SIZE; 2],
+                events,
+                "virtio-net",
+            ),
             counters: Arc::new(NetCounters::default()),
         }
     }
@@ -72,7 +68,12 @@ impl Net {
 
     /// Whether the queue handler is on the event loop.
     pub fn is_active(&self) -> bool {
-        self.handler.is_active()
+        self.core.is_active()
+    }
+
+    /// The common virtio state.
+    pub fn core(&self) -> &VirtioCore {
+        &self.core
     }
 }
 
@@ -81,27 +82,30 @@ impl std::fmt::Debug for Net {
         f.debug_struct("Net")
             .field("tap", &self.tap)
             .field("mac", &super::config::format_mac(&self.mac))
-            .field("acked_features", &self.acked_features)
-            .field("handler", &self.handler)
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
 
 impl VirtioDevice for Net {
     fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
+        self.core.device_type()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &self.queue_sizes
+        self.core.queue_sizes()
     }
 
     fn avail_features(&self) -> u64 {
-        self.avail_features
+        self.core.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & self.avail_features;
+        self.core.ack_features(features);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.core.config_generation()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -116,16 +120,14 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.handler.check_idle()?;
         let ActivateContext {
             mem,
             queues,
             kicks,
             interrupt,
         } = ctx;
-        let event_idx = has(self.acked_features, VIRTIO_RING_F_EVENT_IDX);
-        let ([rxq, txq], [rx_kick, tx_kick]) = ready_queues(&mem, queues, kicks, event_idx)?;
-        let acked = self.acked_features;
+        let ([rxq, txq], [rx_kick, tx_kick]) = self.core.ready_queues(&mem, queues, kicks)?;
+        let acked = self.core.acked_features();
         self.tap
             .set_offloads(tap_offloads(acked))
             .map_err(|e| ActivateError::Device(e.to_string()))?;
@@ -134,20 +136,19 @@ impl VirtioDevice for Net {
             DEFAULT_MTU
         });
         let rx_config = RxConfig {
-            mergeable: has(acked, VIRTIO_NET_F_MRG_RXBUF),
-            guest_csum: has(acked, VIRTIO_NET_F_GUEST_CSUM),
+            mergeable: self.core.has_feature(VIRTIO_NET_F_MRG_RXBUF),
+            guest_csum: self.core.has_feature(VIRTIO_NET_F_GUEST_CSUM),
             frame_capacity: rx_frame_capacity(acked, mtu),
         };
         let rx = NetRxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
         let tx = NetTxQueue::new(mem, txq, Arc::clone(&self.counters));
         let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);
-        self.handler
+        self.core
             .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
-        self.handler.remove();
-        self.acked_features = 0;
+        self.core.reset();
         if let Err(e) = self.tap.set_offloads(0) {
             log::warn!("virtio-net: {e}");
         }

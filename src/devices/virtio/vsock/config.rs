@@ -76,11 +76,6 @@ pub fn avail_features() -> u64 {
     bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX)
 }
 
-/// Whether the driver accepted RING_EVENT_IDX.
-pub fn has_event_idx(acked: u64) -> bool {
-    acked & bit(VIRTIO_RING_F_EVENT_IDX) != 0
-}
-
 /// Checks a guest context ID: 0, 1 and 2 (hypervisor, local, host) and `u32::MAX`
 /// (VMADDR_CID_ANY) are reserved, and Linux keeps CIDs to 32 bits.
 pub fn validate_cid(cid: u64) -> Result<u64, VsockError> {

@@ -12,9 +12,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::config::{
-    NUM_QUEUES, QUEUE_SIZE, Timeouts, avail_features, has_event_idx, read_config, validate_cid,
-};
+use super::config::{NUM_QUEUES, QUEUE_SIZE, Timeouts, avail_features, read_config, validate_cid};
 use super::counters::{VsockCounters, VsockStats};
 use super::handler::{VsockHandler, VsockQueues};
 use super::host::Backend;
@@ -22,13 +20,9 @@ use super::muxer::Muxer;
 use super::ring::Ring;
 use super::rx::VsockRxQueue;
 use super::tx::VsockTxQueue;
-use crate::devices::virtio::activation::{HandlerSlot, ready_queues};
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
 };
-
-/// The size of each queue.
-const QUEUE_SIZES: [u16; NUM_QUEUES] = [QUEUE_SIZE; NUM_QUEUES];
 
 /// Why a vsock device could not be created.
 #[derive(Debug, thiserror::Error)]
@@ -56,8 +50,7 @@ pub struct VsockBackendConfig {
 /// A virtio-vsock device: stream sockets between the guest and host Unix sockets.
 pub struct Vsock {
     guest_cid: u64,
-    acked_features: u64,
-    handler: HandlerSlot,
+    core: VirtioCore,
     counters: Arc<VsockCounters>,
     backend: Arc<Backend>,
     timeouts: Timeouts,
@@ -83,8 +76,13 @@ impl Vsock {
         })?;
         Ok(Self {
             guest_cid,
-            acked_features: 0,
-            handler: HandlerSlot::new(events, "virtio-vsock"),
+            core: VirtioCore::new(
+                VIRTIO_ID_VSOCK,
+                avail_features(),
+                &[QUEUE_SIZE; NUM_QUEUES],
+                events,
+                "virtio-vsock",
+            ),
             counters: Arc::new(VsockCounters::default()),
             backend: Arc::new(backend),
             timeouts: Timeouts::default(),
@@ -127,7 +125,12 @@ impl Vsock {
 
     /// Whether the queue handler is on the event loop.
     pub fn is_active(&self) -> bool {
-        self.handler.is_active()
+        self.core.is_active()
+    }
+
+    /// The common virtio state.
+    pub fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
     fn queues(
@@ -136,9 +139,8 @@ impl Vsock {
         queues: Vec<Queue>,
         kicks: Vec<EventFd>,
     ) -> Result<VsockQueues, ActivateError> {
-        let event_idx = has_event_idx(self.acked_features);
         let ([rx, tx, event], [rx_kick, tx_kick, _event_kick]) =
-            ready_queues::<NUM_QUEUES>(mem, queues, kicks, event_idx)?;
+            self.core.ready_queues::<NUM_QUEUES>(mem, queues, kicks)?;
         let counters = Arc::clone(&self.counters);
         Ok(VsockQueues {
             rx: VsockRxQueue::new(Ring::new(mem.clone(), rx, Arc::clone(&counters))),
@@ -155,27 +157,30 @@ impl std::fmt::Debug for Vsock {
         f.debug_struct("Vsock")
             .field("guest_cid", &self.guest_cid)
             .field("uds_path", &self.backend.uds_path())
-            .field("acked_features", &self.acked_features)
-            .field("handler", &self.handler)
+            .field("core", &self.core)
             .finish_non_exhaustive()
     }
 }
 
 impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
-        VIRTIO_ID_VSOCK
+        self.core.device_type()
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
-        &QUEUE_SIZES
+        self.core.queue_sizes()
     }
 
     fn avail_features(&self) -> u64 {
-        avail_features()
+        self.core.avail_features()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        self.acked_features = features & avail_features();
+        self.core.ack_features(features);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.core.config_generation()
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -190,7 +195,6 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
-        self.handler.check_idle()?;
         let queues = self.queues(&ctx.mem, ctx.queues, ctx.kicks)?;
         let muxer = Muxer::new(
             self.guest_cid,
@@ -200,14 +204,13 @@ impl VirtioDevice for Vsock {
         )
         .map_err(|e| ActivateError::Device(e.to_string()))?;
         let handler = VsockHandler::new(queues, muxer, ctx.interrupt);
-        self.handler
+        self.core
             .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
         // Dropping the handler closes every host stream of the connections.
-        self.handler.remove();
-        self.acked_features = 0;
+        self.core.reset();
     }
 }
 
