@@ -109,11 +109,6 @@ fn memory_too_small_for_kernel() {
     assert_error(&out, "too small for kernel");
 }
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn as_nobody(args: &[&str]) -> Output {
     Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
@@ -126,8 +121,7 @@ fn as_nobody(args: &[&str]) -> Output {
 
 #[test]
 fn unreadable_kernel_and_no_kvm_permission() {
-    if !is_root() {
-        eprintln!("SKIPPED unreadable_kernel_and_no_kvm_permission: needs root to switch user");
+    if !root("unreadable_kernel_and_no_kvm_permission", "to switch user") {
         return;
     }
     let dir = scratch("perm");
@@ -150,8 +144,7 @@ fn unreadable_kernel_and_no_kvm_permission() {
 
 #[test]
 fn no_kvm_device() {
-    if !is_root() {
-        eprintln!("SKIPPED no_kvm_device: needs root for a private mount namespace");
+    if !root("no_kvm_device", "for a private mount namespace") {
         return;
     }
     let dir = scratch("nokvm");
@@ -187,8 +180,7 @@ fn bad_disks_fail_before_the_guest_starts() {
 
 #[test]
 fn disk_without_permission() {
-    if !is_root() {
-        eprintln!("SKIPPED disk_without_permission: needs root to switch user");
+    if !root("disk_without_permission", "to switch user") {
         return;
     }
     let dir = scratch("diskperm");
@@ -235,8 +227,9 @@ fn bad_network_options() {
 
 #[test]
 fn tap_that_cannot_be_created() {
-    if !is_root() || !std::path::Path::new("/dev/net/tun").exists() {
-        eprintln!("SKIPPED tap_that_cannot_be_created: needs root and /dev/net/tun");
+    let test = "tap_that_cannot_be_created";
+    let tun = std::path::Path::new("/dev/net/tun").exists();
+    if !root(test, "to switch user") || !host_has(test, tun, "needs /dev/net/tun") {
         return;
     }
     let dir = scratch("tapperm");
@@ -305,8 +298,8 @@ fn container_without_agent_or_kernel() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    if String::from_utf8_lossy(&out.stderr).contains("mkfs.ext4 not found") {
-        eprintln!("SKIPPED container_without_agent_or_kernel: no mkfs.ext4");
+    let mkfs = !String::from_utf8_lossy(&out.stderr).contains("mkfs.ext4 not found");
+    if !host_has("container_without_agent_or_kernel", mkfs, "no mkfs.ext4") {
         return;
     }
     assert_error(&out, "cannot read the guest agent /nonexistent/agent");

@@ -77,12 +77,9 @@ fn can_use_tap(test: &str) -> bool {
     let root = unsafe { libc::geteuid() } == 0;
     let tun = Path::new("/dev/net/tun").exists();
     let ip = Command::new("ip").arg("-V").output().is_ok();
-    if !(root && tun && ip) {
-        eprintln!(
-            "SKIPPED {test}: needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip})"
-        );
-    }
-    root && tun && ip
+    let missing =
+        format!("needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip})");
+    host_has(test, root && tun && ip, &missing)
 }
 
 /// A one-connection TCP echo server (Python) for the guest to talk to.

@@ -216,7 +216,7 @@ mod tests {
         std::fs::write(src.join("big"), &big).unwrap();
         match build_cached(&src, &dest, size, true) {
             Err(ImageError::NoMkfs) => {
-                eprintln!("SKIPPED builds_once_and_reuses: mkfs.ext4 missing");
+                hvlite_protocol::test_env::check("builds_once_and_reuses", false, "no mkfs.ext4");
                 return;
             }
             other => assert!(other.unwrap(), "first call builds"),

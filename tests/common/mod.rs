@@ -9,19 +9,28 @@ pub fn hvlite() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hvlite"))
 }
 
-/// Whether /dev/kvm can be opened; prints a loud skip notice when not.
+pub use hvlite_protocol::test_env::check as host_has;
+
+/// Whether /dev/kvm can be opened. When not: a loud skip notice, or a failure under
+/// `HVLITE_REQUIRE_KVM=1` (see [`hvlite_protocol::test_env`]).
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
+    let open = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            eprintln!("SKIPPED {test}: /dev/kvm cannot be opened here ({e})");
-            false
-        }
-    }
+        .open("/dev/kvm");
+    let missing = open
+        .as_ref()
+        .err()
+        .map(|e| format!("/dev/kvm cannot be opened here ({e})"));
+    host_has(test, open.is_ok(), missing.as_deref().unwrap_or_default())
+}
+
+/// Whether this process runs as root (see [`kvm_available`] for what happens when a test
+/// needs it and it does not).
+pub fn root(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    host_has(test, root, &format!("needs root {why}"))
 }
 
 /// A fresh scratch directory for one test.

@@ -2,7 +2,8 @@
 //! images on loop devices (overlay and read-write modes), then a session runs a busybox shell
 //! chrooted in it. The mounts happen inside a private mount namespace: the outer test re-runs
 //! this test binary under `unshare -m` for the inner one. Needs root, `unshare`, `losetup`,
-//! `mkfs.ext4` and a static `/bin/busybox`; skipped without them.
+//! `mkfs.ext4` and a static `/bin/busybox`; skipped without them (failed under
+//! `HVLITE_REQUIRE_KVM=1`).
 
 use std::path::Path;
 use std::process::Command;
@@ -38,7 +39,7 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn tools_present() -> bool {
+fn tools_present(test: &str) -> bool {
     let found = ["unshare", "losetup", "mkfs.ext4"].iter().all(|t| {
         Command::new("sh")
             .args(["-c", &format!("command -v {t}")])
@@ -46,10 +47,8 @@ fn tools_present() -> bool {
             .is_ok_and(|o| o.status.success())
     }) && Path::new(BUSYBOX).exists()
         && Path::new("/dev/loop-control").exists();
-    if !found {
-        eprintln!("skipped: needs unshare, losetup, mkfs.ext4, {BUSYBOX} and loop devices");
-    }
-    found
+    let missing = format!("needs unshare, losetup, mkfs.ext4, {BUSYBOX} and loop devices");
+    hvlite_protocol::test_env::check(test, found, &missing)
 }
 
 /// A 16 MiB ext4 image holding busybox and a few applets.
@@ -82,7 +81,7 @@ fn detach_all(base: &str) {
 
 #[test]
 fn agent_root_on_loop_devices() {
-    if !root() || !tools_present() {
+    if !root("agent_root_on_loop_devices") || !tools_present("agent_root_on_loop_devices") {
         return;
     }
     let base = std::env::temp_dir().join(format!("hvlite-rootfs-test-{}", std::process::id()));

@@ -1,6 +1,6 @@
 //! Whole sessions over a Unix socket pair: the test plays the host, `serve` runs in a thread
 //! and starts real processes (no chroot, as the current user). They need root (setgroups);
-//! without it they are skipped.
+//! without it they are skipped (failed under `HVLITE_REQUIRE_KVM=1`).
 
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
@@ -13,12 +13,11 @@ use super::*;
 /// Sessions run one at a time: the SIGCHLD self-pipe is process-wide.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-pub(super) fn root() -> bool {
+/// Whether `test` can switch ids (root, for setgroups); when not, a skip notice, or a
+/// failure under `HVLITE_REQUIRE_KVM=1`.
+pub(super) fn root(test: &str) -> bool {
     let ok = process::ids().0 == 0;
-    if !ok {
-        eprintln!("skipped: needs root (setgroups)");
-    }
-    ok
+    hvlite_protocol::test_env::check(test, ok, "needs root (setgroups)")
 }
 
 fn spec(args: &[&str]) -> ProcessSpec {
@@ -121,7 +120,7 @@ fn is_gone(pid: libc::pid_t) -> bool {
 
 #[test]
 fn output_and_exit_status() {
-    if !root() {
+    if !root("output_and_exit_status") {
         return;
     }
     let (outcome, seen) = session(
@@ -137,7 +136,7 @@ fn output_and_exit_status() {
 
 #[test]
 fn large_output_in_chunks() {
-    if !root() {
+    if !root("large_output_in_chunks") {
         return;
     }
     let total = 3_000_000;
@@ -151,7 +150,7 @@ fn large_output_in_chunks() {
 
 #[test]
 fn start_failures_are_errors() {
-    if !root() {
+    if !root("start_failures_are_errors") {
         return;
     }
     let (outcome, seen) = session(start(spec(&["hvlite-no-such-command"])), |_, _| {});
@@ -179,7 +178,7 @@ fn first_message_must_be_start() {
 
 #[test]
 fn stdin_is_forwarded_with_backpressure() {
-    if !root() {
+    if !root("stdin_is_forwarded_with_backpressure") {
         return;
     }
     let mut s = spec(&["sh", "-c", "sleep 0.3; cat"]);
@@ -206,7 +205,7 @@ fn stdin_is_forwarded_with_backpressure() {
 
 #[test]
 fn stdin_is_dev_null_unless_asked() {
-    if !root() {
+    if !root("stdin_is_dev_null_unless_asked") {
         return;
     }
     let (outcome, seen) = session(start(spec(&["cat"])), |conn, _| {
@@ -219,7 +218,7 @@ fn stdin_is_dev_null_unless_asked() {
 
 #[test]
 fn signals_reach_the_process() {
-    if !root() {
+    if !root("signals_reach_the_process") {
         return;
     }
     let (outcome, seen) = session(start(spec(&["sleep", "30"])), |conn, seen| {
@@ -235,7 +234,7 @@ fn signals_reach_the_process() {
 
 #[test]
 fn host_disconnect_kills_the_process() {
-    if !root() {
+    if !root("host_disconnect_kills_the_process") {
         return;
     }
     let (outcome, seen) = session(start(spec(&["sleep", "30"])), |conn, seen| {
@@ -251,7 +250,7 @@ fn host_disconnect_kills_the_process() {
 
 #[test]
 fn bad_frames_end_the_session() {
-    if !root() {
+    if !root("bad_frames_end_the_session") {
         return;
     }
     let (outcome, seen) = session(start(spec(&["sleep", "30"])), |conn, seen| {
@@ -265,7 +264,7 @@ fn bad_frames_end_the_session() {
 
 #[test]
 fn background_processes_do_not_hold_the_session() {
-    if !root() {
+    if !root("background_processes_do_not_hold_the_session") {
         return;
     }
     let begin = Instant::now();
@@ -280,7 +279,7 @@ fn background_processes_do_not_hold_the_session() {
 
 #[test]
 fn user_and_working_directory() {
-    if !root() {
+    if !root("user_and_working_directory") {
         return;
     }
     let dir = std::env::temp_dir().join(format!("hvlite-session-{}", std::process::id()));

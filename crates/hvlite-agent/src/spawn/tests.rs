@@ -88,14 +88,14 @@ fn as_current_user(mut s: ProcessSpec) -> ProcessSpec {
     s
 }
 
-fn can_switch_ids() -> bool {
-    process::ids().0 == 0
+fn can_switch_ids(test: &str) -> bool {
+    let root = process::ids().0 == 0;
+    hvlite_protocol::test_env::check(test, root, "needs root (setgroups)")
 }
 
 #[test]
 fn start_failures() {
-    if !can_switch_ids() {
-        eprintln!("skipped: needs root (setgroups)");
+    if !can_switch_ids("start_failures") {
         return;
     }
     let e = refused(&as_current_user(spec(&["hvlite-no-such-command"])));

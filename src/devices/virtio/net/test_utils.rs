@@ -53,15 +53,14 @@ pub fn host_recv(sock: &UnixDatagram) -> Option<Vec<u8>> {
     }
 }
 
-/// Whether real TAP tests can run here (root and /dev/net/tun); says so loudly if not.
+/// Whether real TAP tests can run here (root and /dev/net/tun); when not, a loud skip
+/// notice, or a failure under `HVLITE_REQUIRE_KVM=1`.
 pub fn tap_available(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     let tun = std::path::Path::new(super::tap::TUN_DEVICE).exists();
-    if !root || !tun {
-        eprintln!("SKIPPED {test}: needs root and {}", super::tap::TUN_DEVICE);
-    }
-    root && tun
+    let missing = format!("needs root and {}", super::tap::TUN_DEVICE);
+    hvlite_protocol::test_env::check(test, root && tun, &missing)
 }
 
 /// Runs `ip args...`, panicking on failure.
