@@ -16,11 +16,10 @@
 //! - `HVLITE_BENCH_ONLY=rand`: only the random-read comparison (for profiling);
 //! - `TMPDIR`: where the scratch file goes (default /tmp); it is removed afterwards.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -154,14 +153,13 @@ impl<'m> Rig<'m> {
     }
 }
 
-fn scratch_file(bytes: u64) -> Result<(PathBuf, File)> {
-    let path = std::env::temp_dir().join(format!("hvlite-blk-bench-{}.img", std::process::id()));
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&path)?;
+/// A disk image of `bytes` in a temporary file (removed when the guard drops).
+fn scratch_file(bytes: u64) -> Result<(tempfile::TempPath, File)> {
+    let (mut file, path) = tempfile::Builder::new()
+        .prefix("hvlite-blk-bench-")
+        .suffix(".img")
+        .tempfile()?
+        .into_parts();
     let chunk: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 253) as u8).collect();
     for _ in 0..bytes >> 20 {
         file.write_all(&chunk)?;
@@ -300,9 +298,7 @@ fn main() -> Result<()> {
         .unwrap_or(256);
     let bytes = mib << 20;
     let (path, file) = scratch_file(bytes)?;
-    let result = run(&path, &file, bytes);
-    let _ = std::fs::remove_file(&path);
-    let json = result?;
+    let json = run(&path, &file, bytes)?;
     println!("{json}");
     if let Ok(out) = std::env::var("HVLITE_BENCH_OUT") {
         std::fs::write(out, format!("{json}\n"))?;

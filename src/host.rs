@@ -56,17 +56,12 @@ impl std::fmt::Display for HostKind {
 mod tests {
     use super::*;
 
-    fn fake_modules(names: &[&str]) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "hvlite-host-{}-{}",
-            std::process::id(),
-            names.join("-")
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
+    /// A /sys/module stand-in holding `names`.
+    fn fake_modules(names: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
         for n in names {
-            std::fs::create_dir_all(dir.join(n)).unwrap();
+            std::fs::create_dir_all(dir.path().join(n)).unwrap();
         }
-        std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
@@ -119,19 +114,19 @@ mod tests {
     #[test]
     fn detects_pvm_only_without_hardware_modules() {
         assert_eq!(
-            HostKind::detect_in(&fake_modules(&["kvm", "kvm_pvm"])),
+            HostKind::detect_in(fake_modules(&["kvm", "kvm_pvm"]).path()),
             HostKind::Pvm
         );
         assert_eq!(
-            HostKind::detect_in(&fake_modules(&["kvm", "kvm_intel"])),
+            HostKind::detect_in(fake_modules(&["kvm", "kvm_intel"]).path()),
             HostKind::Hardware
         );
         assert_eq!(
-            HostKind::detect_in(&fake_modules(&["kvm", "kvm_amd", "kvm_pvm"])),
+            HostKind::detect_in(fake_modules(&["kvm", "kvm_amd", "kvm_pvm"]).path()),
             HostKind::Hardware
         );
         assert_eq!(
-            HostKind::detect_in(&fake_modules(&["kvm"])),
+            HostKind::detect_in(fake_modules(&["kvm"]).path()),
             HostKind::Hardware
         );
     }

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use log::Level;
 use serde_json::Value;
-use vmm_sys_util::tempdir::TempDir;
+use tempfile::TempDir;
 
 /// The JSON objects of the lines of `path`, which ends with a newline.
 pub(crate) fn read_json_lines(path: &Path) -> Vec<Value> {
@@ -35,7 +35,7 @@ fn emit(logger: &JsonLogger, level: Level, target: &str, msg: &str) {
 
 /// A logger for `vm-1` writing to a file in `dir`, and the file's path.
 fn logger(dir: &TempDir, spec: &str) -> (JsonLogger, PathBuf) {
-    let path = dir.as_path().join("log.json");
+    let path = dir.path().join("log.json");
     let dest = LogDest::File(path.clone());
     (
         JsonLogger::open(&dest, "vm-1", spec.parse().unwrap()).unwrap(),
@@ -134,7 +134,7 @@ fn level_directives() {
 #[test]
 fn file_is_created_private_and_appended() {
     let dir = TempDir::new().unwrap();
-    let path = dir.as_path().join("hvlite.log");
+    let path = dir.path().join("hvlite.log");
     let dest = LogDest::File(path.clone());
     for msg in ["first", "second"] {
         let l = JsonLogger::open(&dest, "vm-2", LevelSpec::default()).unwrap();

@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn staged_tree_has_agent_and_mount_points() {
-        let stage = std::env::temp_dir().join(format!("hvlite-agent-stage-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let stage = dir.path().join("stage");
         let size = stage_tree(&stage, b"\x7fELF fake").unwrap();
         assert_eq!(size.entries, MOUNT_POINTS.len() as u64 + 1);
         let mode = std::fs::metadata(stage.join("hvlite-init"))
@@ -135,6 +136,5 @@ mod tests {
         for d in MOUNT_POINTS {
             assert!(stage.join(d.trim_start_matches('/')).is_dir(), "{d}");
         }
-        let _ = std::fs::remove_dir_all(&stage);
     }
 }

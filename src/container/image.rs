@@ -203,7 +203,8 @@ mod tests {
 
     #[test]
     fn builds_once_and_reuses() {
-        let root = std::env::temp_dir().join(format!("hvlite-image-test-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         let src = root.join("src");
         std::fs::create_dir_all(src.join("etc")).unwrap();
         std::fs::write(src.join("etc/hostname"), "x\n").unwrap();
@@ -229,12 +230,12 @@ mod tests {
         // No temporary files are left behind.
         let left: Vec<_> = std::fs::read_dir(root.join("cache")).unwrap().collect();
         assert_eq!(left.len(), 1);
-        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
     fn missing_source_is_an_mkfs_error() {
-        let root = std::env::temp_dir().join(format!("hvlite-image-bad-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
         let dest = root.join("x.ext4");
         let err = build_cached(&root.join("nope"), &dest, TreeSize::default(), true).unwrap_err();
         assert!(
@@ -242,6 +243,5 @@ mod tests {
             "{err}"
         );
         assert!(!dest.exists());
-        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -193,21 +193,21 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn tree(name: &str) -> PathBuf {
-        let root =
-            std::env::temp_dir().join(format!("hvlite-rootfs-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+    /// A small root tree in a temporary directory (removed when the guard drops).
+    fn tree() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
         std::fs::create_dir_all(root.join("bin")).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("bin/app"), vec![1u8; 10_000]).unwrap();
         std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
         std::os::unix::fs::symlink("app", root.join("bin/alias")).unwrap();
-        root
+        (dir, root)
     }
 
     #[test]
     fn key_is_stable_and_follows_changes() {
-        let root = tree("key");
+        let (_dir, root) = tree();
         let (k1, size) = tree_key(&root).unwrap();
         let (k2, _) = tree_key(&root).unwrap();
         assert_eq!(k1, k2);
@@ -223,7 +223,6 @@ mod tests {
         std::fs::write(root.join("new"), "").unwrap();
         let (k4, _) = tree_key(&root).unwrap();
         assert_ne!(k3, k4, "a new file changes the key");
-        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

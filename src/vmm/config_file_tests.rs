@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::MacAddr;
 
-use vmm_sys_util::tempdir::TempDir;
+use tempfile::TempDir;
 
 fn example_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/vm.json")
@@ -61,11 +61,11 @@ fn round_trips() {
 #[test]
 fn missing_or_unreadable_file() {
     let dir = TempDir::new().unwrap();
-    let path = dir.as_path().join("nope.json");
+    let path = dir.path().join("nope.json");
     let e = load(&path).unwrap_err();
     assert!(matches!(e, ConfigFileError::Read(..)));
     assert!(e.to_string().contains("nope.json"), "{e}");
-    let e = load(dir.as_path()).unwrap_err();
+    let e = load(dir.path()).unwrap_err();
     assert!(matches!(e, ConfigFileError::Read(..)), "a directory: {e}");
 }
 

@@ -33,12 +33,41 @@ pub fn root(test: &str, why: &str) -> bool {
     host_has(test, root, &format!("needs root {why}"))
 }
 
-/// A fresh scratch directory for one test.
-pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("hvlite-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// A fresh scratch directory for one test (from `tempfile`), removed when dropped. It
+/// derefs to its path.
+#[derive(Debug)]
+pub struct Scratch(tempfile::TempDir);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Scratch {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// A fresh scratch directory for one test, named after `name`; mode 0755 like a
+/// directory made by hand (tempfile's are 0700).
+pub fn scratch(name: &str) -> Scratch {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("hvlite-test-{name}-"))
+        .tempdir()
+        .expect("create scratch dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch dir");
+    Scratch(dir)
 }
 
 /// Runs hvlite with `args`, stdin closed, and returns its output.

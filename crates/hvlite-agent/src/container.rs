@@ -315,8 +315,8 @@ mod tests {
 
     #[test]
     fn directories_and_links() {
-        let base = std::env::temp_dir().join(format!("hvlite-container-{}", std::process::id()));
-        let base = base.to_str().unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().to_str().unwrap().to_string();
         let nested = format!("{base}/a/b");
         let link = format!("{base}/link");
         let steps = [
@@ -346,6 +346,5 @@ mod tests {
         // A symlink where a directory is wanted is refused.
         let err = execute(&[Step::Mkdir(link.clone(), 0o755)], |_| {}).unwrap_err();
         assert!(err.contains("not a directory"), "{err}");
-        fs::remove_dir_all(&base).unwrap();
     }
 }

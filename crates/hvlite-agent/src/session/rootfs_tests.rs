@@ -84,9 +84,8 @@ fn agent_root_on_loop_devices() {
     if !root("agent_root_on_loop_devices") || !tools_present("agent_root_on_loop_devices") {
         return;
     }
-    let base = std::env::temp_dir().join(format!("hvlite-rootfs-test-{}", std::process::id()));
-    let base = base.to_str().unwrap().to_string();
-    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap().to_string();
     let images = make_image(&base, "overlay").and_then(|_| make_image(&base, "rw"));
     let result = images.and_then(|_| {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -103,7 +102,6 @@ fn agent_root_on_loop_devices() {
             .env(BASE_VAR, &base))
     });
     detach_all(&base);
-    let _ = std::fs::remove_dir_all(&base);
     let out = result.unwrap();
     assert!(out.contains("1 passed"), "{out}");
 }

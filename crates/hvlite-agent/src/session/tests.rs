@@ -2,6 +2,7 @@
 //! and starts real processes (no chroot, as the current user). They need root (setgroups);
 //! without it they are skipped (failed under `HVLITE_REQUIRE_KVM=1`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::thread;
@@ -282,8 +283,10 @@ fn user_and_working_directory() {
     if !root("user_and_working_directory") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("hvlite-session-{}", std::process::id()));
-    let cwd = dir.join("a/b");
+    // The process runs as nobody and must reach its working directory: mode 0755.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cwd = dir.path().join("a/b");
     let mut s = spec(&["sh", "-c", "pwd; id -u; id -g; id -G"]);
     s.cwd = cwd.to_str().unwrap().into();
     s.user.uid = 65534;
@@ -301,5 +304,4 @@ fn user_and_working_directory() {
     groups.sort_unstable();
     assert_eq!(groups, ["65531", "65532", "65533"]);
     assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
-    std::fs::remove_dir_all(dir).unwrap();
 }

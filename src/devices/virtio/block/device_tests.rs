@@ -120,8 +120,15 @@ fn activate_serve_reset_reactivate() {
     )
     .expect("chain");
     kick.write(1).expect("kick");
-    std::thread::sleep(Duration::from_millis(100));
+    // Two round trips through the event loop: a handler still registered would have been
+    // woken by the kick in between, and would have read it.
+    for _ in 0..2 {
+        (ev.handle)
+            .call_blocking(|_| Ok::<_, event_manager::Error>(()))
+            .expect("event loop round trip");
+    }
     assert_eq!(vq.used().idx().load(), 1);
+    assert_eq!(kick.read().expect("the kick is still pending"), 1);
 
     // Reactivated with a fresh queue state (next_avail = 0), both chains in the avail
     // ring are served.

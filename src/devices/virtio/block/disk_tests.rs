@@ -24,30 +24,30 @@ fn open_errors_name_the_path() {
     assert!(matches!(err, DiskError::NotAFile { .. }));
 
     let (f, _) = temp_disk(1, false);
-    std::fs::write(f.as_path(), [0u8; 700]).expect("resize");
-    let err = DiskImage::open(f.as_path(), false).expect_err("unaligned");
+    std::fs::write(f.path(), [0u8; 700]).expect("resize");
+    let err = DiskImage::open(f.path(), false).expect_err("unaligned");
     assert!(matches!(err, DiskError::UnalignedSize { size: 700, .. }));
-    assert!(err.to_string().contains(&*f.as_path().to_string_lossy()));
+    assert!(err.to_string().contains(&*f.path().to_string_lossy()));
 }
 
 #[test]
 fn permission_denied() {
     use std::os::unix::fs::PermissionsExt;
     let (f, _) = temp_disk(1, false);
-    std::fs::set_permissions(f.as_path(), std::fs::Permissions::from_mode(0o400)).expect("chmod");
+    std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o400)).expect("chmod");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         // root bypasses file permissions; check the message wording only.
         let err = DiskError::PermissionDenied {
-            path: f.as_path().into(),
+            path: f.path().into(),
             read_only: false,
         };
         assert!(err.to_string().contains(",ro"));
         return;
     }
-    let err = DiskImage::open(f.as_path(), false).expect_err("read-only file");
+    let err = DiskImage::open(f.path(), false).expect_err("read-only file");
     assert!(matches!(err, DiskError::PermissionDenied { .. }));
-    assert!(DiskImage::open(f.as_path(), true).is_ok());
+    assert!(DiskImage::open(f.path(), true).is_ok());
 }
 
 #[test]
@@ -56,8 +56,8 @@ fn geometry_and_id() {
     assert_eq!(disk.size(), 4096);
     assert_eq!(disk.capacity_sectors(), 8);
     assert!(!disk.read_only());
-    assert_eq!(disk.path(), f.as_path());
-    let again = DiskImage::open(f.as_path(), true).expect("reopen");
+    assert_eq!(disk.path(), f.path());
+    let again = DiskImage::open(f.path(), true).expect("reopen");
     assert!(again.read_only());
     assert_eq!(again.device_id(), disk.device_id());
     let (_g, other) = temp_disk(8, false);

@@ -2,11 +2,11 @@
 
 use std::io::Write;
 
+use tempfile::NamedTempFile as TempFile;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::RawDescriptor;
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use vmm_sys_util::tempfile::TempFile;
 
 use super::disk::DiskImage;
 
@@ -32,15 +32,18 @@ pub fn pattern(i: u64) -> u8 {
 
 /// A temp file of `sectors` sectors filled with [`pattern`], opened as a disk.
 pub fn temp_disk(sectors: u64, read_only: bool) -> (TempFile, DiskImage) {
-    let file = TempFile::new_with_prefix("/tmp/hvlite-blk-test").expect("temp file");
+    let file = tempfile::Builder::new()
+        .prefix("hvlite-blk-test")
+        .tempfile()
+        .expect("temp file");
     let data: Vec<u8> = (0..sectors * 512).map(pattern).collect();
     file.as_file().write_all(&data).expect("fill temp file");
-    let disk = DiskImage::open(file.as_path(), read_only).expect("open disk");
+    let disk = DiskImage::open(file.path(), read_only).expect("open disk");
     (file, disk)
 }
 
 pub fn file_bytes(file: &TempFile) -> Vec<u8> {
-    std::fs::read(file.as_path()).expect("read temp file")
+    std::fs::read(file.path()).expect("read temp file")
 }
 
 /// A device-readable descriptor.

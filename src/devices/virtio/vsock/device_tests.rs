@@ -5,7 +5,6 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
-use vmm_sys_util::tempdir::TempDir;
 
 use super::super::packet::{HDR_LEN, Header, Op};
 use super::super::test_utils::*;
@@ -76,8 +75,11 @@ fn cids_are_checked() {
 
 #[test]
 fn the_socket_file_is_bound_at_creation_and_removed_on_drop() {
-    let dir = TempDir::new_with_prefix("/tmp/hvlite-vsock").expect("temp dir");
-    let path = dir.as_path().join("v.sock");
+    let dir = tempfile::Builder::new()
+        .prefix("hvlite-vsock")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let path = dir.path().join("v.sock");
     let event_loop = EventLoop::start();
     let cfg = VsockBackendConfig {
         uds_path: Some(path.clone()),
@@ -92,7 +94,7 @@ fn the_socket_file_is_bound_at_creation_and_removed_on_drop() {
     drop(dev);
     assert!(!path.exists());
     let missing_dir = VsockBackendConfig {
-        uds_path: Some(dir.as_path().join("no/such/dir/v.sock")),
+        uds_path: Some(dir.path().join("no/such/dir/v.sock")),
     };
     assert!(matches!(
         Vsock::new(3, missing_dir, event_loop.handle.clone()),

@@ -4,8 +4,6 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::sync::mpsc::channel;
 
-use vmm_sys_util::tempdir::TempDir;
-
 use super::super::config::{CONN_BUF_ALLOC, MAX_ORPHAN_CONTROL};
 use super::super::host::Backend;
 use super::super::packet::{Header, Op, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND};
@@ -47,8 +45,11 @@ fn guest_connects_to_an_in_process_port() {
 
 #[test]
 fn guest_connects_to_uds_ports_or_gets_rst() {
-    let dir = TempDir::new_with_prefix("/tmp/hvlite-vsock").expect("temp dir");
-    let base = dir.as_path().join("v.sock");
+    let dir = tempfile::Builder::new()
+        .prefix("hvlite-vsock")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let base = dir.path().join("v.sock");
     let listener = UnixListener::bind(format!("{}_52", base.display())).expect("listener");
     let mut h = Harness::new(Backend::bind(Some(base)).expect("backend"));
     h.post_rx(8, 4096);

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::tempdir::TempDir;
+use tempfile::TempDir;
 
 use super::super::config::{FIRST_LOCAL_PORT, Timeouts};
 use super::super::host::Backend;
@@ -20,8 +20,11 @@ struct Host {
 }
 
 fn host_side(timeouts: Timeouts) -> Host {
-    let dir = TempDir::new_with_prefix("/tmp/hvlite-vsock").expect("temp dir");
-    let path = dir.as_path().join("v.sock");
+    let dir = tempfile::Builder::new()
+        .prefix("hvlite-vsock")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let path = dir.path().join("v.sock");
     let mut h = Harness::with(
         Backend::bind(Some(path.clone())).expect("backend"),
         timeouts,

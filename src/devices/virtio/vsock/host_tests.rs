@@ -4,8 +4,6 @@ use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
-use vmm_sys_util::tempdir::TempDir;
-
 use super::*;
 
 fn pending() -> (PendingHost, UnixStream) {
@@ -84,8 +82,11 @@ fn bad_lines_are_refused() {
 
 #[test]
 fn in_process_ports_come_first_and_vanish_with_their_receiver() {
-    let dir = TempDir::new_with_prefix("/tmp/hvlite-vsock").expect("temp dir");
-    let base = dir.as_path().join("v.sock");
+    let dir = tempfile::Builder::new()
+        .prefix("hvlite-vsock")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let base = dir.path().join("v.sock");
     let backend = Backend::bind(Some(base.clone())).expect("bind");
     let (tx, rx) = std::sync::mpsc::channel();
     backend.register_port(7, tx);
@@ -103,14 +104,17 @@ fn in_process_ports_come_first_and_vanish_with_their_receiver() {
 
 #[test]
 fn connect_nonblocking_reaches_a_listener_or_fails() {
-    let dir = TempDir::new_with_prefix("/tmp/hvlite-vsock").expect("temp dir");
-    let path = dir.as_path().join("l.sock");
+    let dir = tempfile::Builder::new()
+        .prefix("hvlite-vsock")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    let path = dir.path().join("l.sock");
     let listener = UnixListener::bind(&path).expect("listener");
     let stream = connect_nonblocking(&path).expect("connect");
     assert!(listener.accept().is_ok());
     drop(stream);
-    assert!(connect_nonblocking(&dir.as_path().join("missing")).is_err());
-    let long = dir.as_path().join("x".repeat(200));
+    assert!(connect_nonblocking(&dir.path().join("missing")).is_err());
+    let long = dir.path().join("x".repeat(200));
     assert_eq!(
         connect_nonblocking(&long).map(|_| ()).map_err(|e| e.kind()),
         Err(io::ErrorKind::InvalidInput)
