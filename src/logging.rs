@@ -1,9 +1,9 @@
 //! JSON-lines logging: a [`log::Log`] that writes one JSON object per record, with
 //! ECS-compatible field names, to a file or stderr (see docs/logging-and-metrics.md).
 //!
-//! The level filter uses env_logger's directive syntax (`info`, `hvlite::vmm=debug,warn`,
-//! a bare module name meaning `trace`), so `HVLITE_LOG` means the same whichever
-//! format is in use.
+//! The level filter is env_logger's (the env_filter crate: `info`,
+//! `hvlite::vmm=debug,warn`, a bare module name meaning `trace`), so `HVLITE_LOG` means
+//! the same whichever format is in use.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -57,16 +57,29 @@ pub enum LogFormat {
     Json,
 }
 
-/// A level filter: a global level and per-module levels, parsed from env_logger's
-/// directive syntax. The most specific module prefix wins. In JSON it is the directive
-/// string.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
+/// A level filter in env_logger's directive syntax, matched by env_filter (the crate
+/// env_logger itself uses), so `HVLITE_LOG` means the same in both formats: a global
+/// level and per-module levels, the longest matching module prefix winning. Two
+/// additions: `warning` (Firecracker's name) means warn, and a directive that is wrong
+/// (an unknown level, an empty module, a `/` message filter) is an error rather than a
+/// warning. In JSON it is the directive string.
+#[derive(Clone, Debug, serde::Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct LevelSpec {
-    default: LevelFilter,
-    /// (module path, level), as written.
-    modules: Vec<(String, LevelFilter)>,
+    /// The directives, normalized (lower-case levels, no spaces); what [`fmt::Display`]
+    /// writes and what equality compares.
+    text: String,
+    #[serde(skip)]
+    filter: env_filter::Filter,
 }
+
+impl PartialEq for LevelSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for LevelSpec {}
 
 impl Default for LevelSpec {
     fn default() -> Self {
@@ -74,20 +87,43 @@ impl Default for LevelSpec {
     }
 }
 
-/// Parses one level name, case-insensitively; `warning` (Firecracker's name) means warn.
-fn parse_level_name(s: &str) -> Option<LevelFilter> {
-    if s.eq_ignore_ascii_case("warning") {
-        return Some(LevelFilter::Warn);
+/// One level name, case-insensitively, normalized; `warning` means warn.
+fn level_name(s: &str) -> Option<String> {
+    let level = if s.eq_ignore_ascii_case("warning") {
+        LevelFilter::Warn
+    } else {
+        s.parse().ok()?
+    };
+    Some(level.as_str().to_ascii_lowercase())
+}
+
+/// One directive, normalized, or `None` if it is wrong.
+fn normalize(d: &str) -> Option<String> {
+    if d.contains('/') {
+        return None;
     }
-    s.parse().ok()
+    let text = match d.split_once('=') {
+        Some((module, level)) => {
+            let module = module.trim();
+            if module.is_empty() {
+                return None;
+            }
+            format!("{module}={}", level_name(level.trim())?)
+        }
+        None => level_name(d).unwrap_or_else(|| d.to_string()),
+    };
+    // What env_filter accepts (it refuses unknown levels and extra `=`).
+    env_filter::Builder::new().try_parse(&text).ok()?;
+    Some(text)
 }
 
 impl LevelSpec {
     /// One level for every module.
     pub fn global(level: LevelFilter) -> Self {
+        let text = level.as_str().to_ascii_lowercase();
         Self {
-            default: level,
-            modules: Vec::new(),
+            filter: env_filter::Builder::new().filter_level(level).build(),
+            text,
         }
     }
 
@@ -99,73 +135,54 @@ impl LevelSpec {
         }
     }
 
-    /// The level for records whose target is `target`.
+    /// Whether a record with `metadata` is logged.
+    pub fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.filter.enabled(metadata)
+    }
+
+    /// The most verbose level logged for records whose target is `target`.
     pub fn level_for(&self, target: &str) -> LevelFilter {
-        self.modules
-            .iter()
-            .filter(|(m, _)| {
-                target
-                    .strip_prefix(m.as_str())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        use log::Level::*;
+        [Trace, Debug, Info, Warn, Error]
+            .into_iter()
+            .find(|&level| {
+                let m = Metadata::builder().level(level).target(target).build();
+                self.filter.enabled(&m)
             })
-            .max_by_key(|(m, _)| m.len())
-            .map_or(self.default, |&(_, level)| level)
+            .map_or(LevelFilter::Off, |level| level.to_level_filter())
     }
 
     /// The most verbose level any module gets (for [`log::set_max_level`]).
     pub fn max_level(&self) -> LevelFilter {
-        self.modules
-            .iter()
-            .map(|&(_, l)| l)
-            .fold(self.default, Ord::max)
+        self.filter.filter()
     }
 }
 
 impl std::str::FromStr for LevelSpec {
     type Err = LoggingError;
 
-    /// Parses `DIRECTIVE[,DIRECTIVE...]`, each `LEVEL`, `MODULE=LEVEL` or `MODULE`.
+    /// Parses `DIRECTIVE[,DIRECTIVE...]`, each `LEVEL`, `MODULE=LEVEL` or `MODULE`. As in
+    /// env_logger, no directives at all means error, and with only module directives
+    /// other modules are off.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut spec = Self::global(LevelFilter::Off);
-        let mut any = false;
-        for d in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-            let bad = || LoggingError::Level(d.to_string());
-            any = true;
-            match d.split_once('=') {
-                Some((module, level)) => {
-                    let level = parse_level_name(level.trim()).ok_or_else(bad)?;
-                    let module = module.trim();
-                    if module.is_empty() {
-                        return Err(bad());
-                    }
-                    spec.modules.push((module.to_string(), level));
-                }
-                None => match parse_level_name(d) {
-                    Some(level) => spec.default = level,
-                    None if d.chars().all(|c| c.is_alphanumeric() || "_:".contains(c)) => {
-                        spec.modules.push((d.to_string(), LevelFilter::Trace));
-                    }
-                    None => return Err(bad()),
-                },
-            }
+        let directives = (s.split(',').map(str::trim).filter(|d| !d.is_empty()))
+            .map(|d| normalize(d).ok_or_else(|| LoggingError::Level(d.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        if directives.is_empty() {
+            return Ok(Self::global(LevelFilter::Error));
         }
-        // As env_logger: no directives at all means error; with only module directives,
-        // other modules are off.
-        if !any {
-            spec.default = LevelFilter::Error;
-        }
-        Ok(spec)
+        let text = directives.join(",");
+        let filter = (env_filter::Builder::new().try_parse(&text))
+            .map_err(|_| LoggingError::Level(s.to_string()))?
+            .build();
+        Ok(Self { text, filter })
     }
 }
 
 impl fmt::Display for LevelSpec {
     /// Writes directives that parse back to an equal spec.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.default.as_str().to_ascii_lowercase())?;
-        for (m, l) in &self.modules {
-            write!(f, ",{m}={}", l.as_str().to_ascii_lowercase())?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -178,7 +195,7 @@ impl TryFrom<String> for LevelSpec {
 
 impl From<LevelSpec> for String {
     fn from(spec: LevelSpec) -> Self {
-        spec.to_string()
+        spec.text
     }
 }
 
@@ -283,7 +300,7 @@ impl JsonLogger {
 
 impl Log for JsonLogger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        metadata.level() <= self.spec.level_for(metadata.target())
+        self.spec.enabled(metadata)
     }
 
     fn log(&self, record: &Record<'_>) {

@@ -91,13 +91,12 @@ fn filters_by_level_and_module() {
     emit(&l, Level::Debug, "hvlite::vcpu::regs", "kept 3");
     emit(&l, Level::Trace, "hvlite::vcpu", "dropped");
     emit(&l, Level::Warn, "hvlite::vcpu::exits", "dropped");
-    emit(
-        &l,
-        Level::Debug,
-        "hvlite::vcpus",
-        "dropped: not a submodule",
+    // As in env_logger, a directive matches by prefix, not by whole path segments.
+    emit(&l, Level::Debug, "hvlite::vcpus", "kept 4: a prefix match");
+    assert_eq!(
+        messages(&out),
+        ["kept 1", "kept 2", "kept 3", "kept 4: a prefix match"]
     );
-    assert_eq!(messages(&out), ["kept 1", "kept 2", "kept 3"]);
 }
 
 #[test]
