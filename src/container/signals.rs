@@ -8,31 +8,18 @@
 
 use std::io;
 
-/// The signals forwarded to the container's process.
-pub const FORWARDED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+use nix::sys::signal::{SigSet, Signal};
 
-fn forwarded_set() -> libc::sigset_t {
-    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any use.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `set` is a valid, writable sigset_t; the signal numbers are valid.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        for sig in FORWARDED {
-            libc::sigaddset(&mut set, sig);
-        }
-    }
-    set
+/// The signals forwarded to the container's process.
+pub const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+
+fn forwarded_set() -> SigSet {
+    FORWARDED.into_iter().collect()
 }
 
 /// Blocks the forwarded signals in the calling thread (and so in every thread it starts).
 pub fn block_forwarded() -> io::Result<()> {
-    let set = forwarded_set();
-    // SAFETY: `set` is an initialised sigset_t; a null old-set pointer is allowed.
-    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(())
+    forwarded_set().thread_block().map_err(io::Error::from)
 }
 
 /// Starts a thread that calls `on_signal` with every forwarded signal hvlite receives.
@@ -43,17 +30,15 @@ pub fn spawn_forwarder(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            // The signals are blocked in this thread (inherited), as sigwait requires.
             let set = forwarded_set();
             loop {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: `set` is initialised and `sig` is a valid place to store the
-                // signal number; the signals are blocked, as sigwait requires.
-                let rc = unsafe { libc::sigwait(&set, &mut sig) };
-                if rc == 0 {
-                    on_signal(sig);
-                } else {
-                    log::warn!("sigwait: {}", io::Error::from_raw_os_error(rc));
-                    return;
+                match set.wait() {
+                    Ok(sig) => on_signal(sig as libc::c_int),
+                    Err(e) => {
+                        log::warn!("sigwait: {e}");
+                        return;
+                    }
                 }
             }
         })
