@@ -11,31 +11,16 @@ use vm_memory::GuestMemoryMmap;
 
 use super::disk::DiskImage;
 use super::request::{RequestOutcome, process_request};
-use crate::devices::virtio::{DrainError, QueueSignal, drain_queue};
+use crate::devices::virtio::{QueueSignal, RingError, drain_queue};
 
 /// Why the queue stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum BlockQueueError {
-    #[error("malformed available ring")]
-    AvailRing(#[source] virtio_queue::Error),
-    #[error("cannot update the used ring")]
-    UsedRing(#[source] virtio_queue::Error),
-    #[error("cannot update the notification suppression fields")]
-    Notification(#[source] virtio_queue::Error),
+    /// The driver broke the ring.
+    #[error(transparent)]
+    Ring(#[from] RingError),
     #[error("cannot signal the driver")]
     Signal(#[source] io::Error),
-}
-
-impl From<DrainError<BlockQueueError>> for BlockQueueError {
-    fn from(e: DrainError<BlockQueueError>) -> Self {
-        match e {
-            DrainError::Serve(e) => e,
-            DrainError::Notification(e) => BlockQueueError::Notification(e),
-            DrainError::Stuck => {
-                BlockQueueError::AvailRing(virtio_queue::Error::InvalidDescriptorIndex)
-            }
-        }
-    }
 }
 
 /// Device counters, shared between the queue (on the event loop) and whoever reads them.
@@ -220,14 +205,14 @@ impl BlockQueue {
         tally: &mut Tally,
     ) -> Result<usize, BlockQueueError> {
         let handled = drain_queue(self, |q| (&mut q.queue, &q.mem), |q| q.serve_round(tally))
-            .map_err(BlockQueueError::from)?;
+            .map_err(RingError::from)?;
         // One interrupt for everything used above, if the driver asked for one (with
         // EVENT_IDX: if the used index went past its used_event since the last check).
         if handled > 0
             && self
                 .queue
                 .needs_notification(&self.mem)
-                .map_err(BlockQueueError::Notification)?
+                .map_err(RingError::Notification)?
         {
             signal
                 .signal_used_queue()
@@ -239,10 +224,10 @@ impl BlockQueue {
 
     /// Handles the chains available when called (one read of the avail index, at most a
     /// queue's worth), then returns them all through the used ring. Returns how many.
-    fn serve_round(&mut self, tally: &mut Tally) -> Result<usize, BlockQueueError> {
+    fn serve_round(&mut self, tally: &mut Tally) -> Result<usize, RingError> {
         let mem = &self.mem;
         self.used.clear();
-        let avail = self.queue.iter(mem).map_err(BlockQueueError::AvailRing)?;
+        let avail = self.queue.iter(mem).map_err(RingError::AvailRing)?;
         for chain in avail {
             let head = chain.head_index();
             let completion = process_request(mem, chain, &self.disk);
@@ -262,7 +247,7 @@ impl BlockQueue {
                         tally.dropped += 1;
                     }
                 }
-                Err(e) => return Err(BlockQueueError::UsedRing(e)),
+                Err(e) => return Err(RingError::UsedRing(e)),
             }
         }
         Ok(self.used.len())
