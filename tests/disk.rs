@@ -1,6 +1,6 @@
 //! virtio-blk through the real guest: booting from an ext4 root disk, data that the guest
 //! writes and syncs reaching the host file (also when hvlite is killed), a read-only disk,
-//! two disks at once.
+//! two disks at once, a root drive named in the config file.
 
 mod common;
 
@@ -131,4 +131,51 @@ fn synced_data_survives_sigkill() {
     let b = vm.kill();
     assert_eq!(b.status, None, "killed by a signal; {}", b.context());
     assert_eq!(ext4_cat(&root, "/kill.txt"), "durable\n", "{}", b.context());
+}
+
+#[test]
+fn a_root_drive_in_the_config_file_boots_as_dev_vda() {
+    let test = "a_root_drive_in_the_config_file_boots_as_dev_vda";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = scratch("disk-root-drive");
+    let root = root_copy(&dir);
+    let data = dir.join("data.img");
+    std::fs::write(&data, vec![0u8; 1024 * 1024]).unwrap();
+    // The root drive is listed second and the command line has no root=: hvlite puts it
+    // first and tells the kernel.
+    let config = serde_json::json!({
+        "drives": [
+            {"drive_id": "data", "path_on_host": data},
+            {"drive_id": "root", "path_on_host": root, "is_read_only": true, "is_root_device": true}
+        ]
+    });
+    let file = dir.join("vm.json");
+    std::fs::write(&file, config.to_string()).unwrap();
+    let k = kernel();
+    let script = "echo CMDLINE $(cat /proc/cmdline); \
+        echo vda-ro=$(cat /sys/block/vda/ro) vdb-size=$(cat /sys/block/vdb/size); exit 4";
+    let b = boot(&[
+        "run",
+        "--config",
+        file.to_str().unwrap(),
+        "--kernel",
+        k.to_str().unwrap(),
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    let ctx = b.context();
+    assert!(
+        b.stdout.contains(INIT_MARKER),
+        "booted from the disk; {ctx}"
+    );
+    let cmdline = (b.stdout.lines())
+        .find_map(|l| l.strip_prefix("CMDLINE "))
+        .unwrap_or_default();
+    assert!(cmdline.contains("root=/dev/vda ro"), "{ctx}");
+    assert!(b.stdout.contains("vda-ro=1 vdb-size=2048"), "{ctx}");
+    assert_eq!(b.status, Some(4), "{ctx}");
 }
