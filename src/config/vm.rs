@@ -191,7 +191,7 @@ pub enum ConfigError {
     MemoryOverHost { got: u64, host: u64 },
     #[error("the command after `--` is empty")]
     EmptyCommand,
-    #[error("only the first disk can hold the root filesystem")]
+    #[error("only one disk, the first, can hold the root filesystem")]
     RootNotFirst,
 }
 
@@ -215,13 +215,12 @@ impl VmConfig {
     }
 
     /// Sets the disks (metrics id, disk) in order, except that the root device, if one is
-    /// marked, goes first (`/dev/vda`). At most one may be marked.
-    pub fn set_disks(&mut self, disks: Vec<(String, DiskConfig)>) -> Result<(), SecondRoot> {
-        check_one_root(disks.iter().map(|(id, d)| (id.as_str(), d.root))).map_err(|(_, e)| e)?;
+    /// marked, goes first (`/dev/vda`). The front ends allow one ([`check_one_root`]);
+    /// [`VmConfig::validate`] refuses a second.
+    pub fn set_disks(&mut self, disks: Vec<(String, DiskConfig)>) {
         let (mut ordered, rest): (Vec<_>, Vec<_>) = disks.into_iter().partition(|(_, d)| d.root);
         ordered.extend(rest);
         (self.disk_ids, self.disks) = ordered.into_iter().unzip();
-        Ok(())
     }
 
     /// Whether the root filesystem is on the first disk, and if so whether it is read-only.
@@ -396,15 +395,16 @@ mod tests {
             ("root".to_string(), disk("/r", true)),
             ("more".to_string(), disk("/m", false)),
         ];
-        c.set_disks(disks.clone()).unwrap();
+        c.set_disks(disks.clone());
         assert_eq!(c.disk_ids, ["root", "data", "more"]);
         assert_eq!(c.root_disk().map(|d| d.path.clone()), Some("/r".into()));
         assert_eq!(c.validate(1024), Ok(()));
+        c.disks.swap(0, 1);
+        assert_eq!(c.validate(1024), Err(ConfigError::RootNotFirst));
         let mut two = disks;
         two.push(("other".to_string(), disk("/o", true)));
-        let err = c.set_disks(two).unwrap_err();
-        assert_eq!((err.first.as_str(), err.second.as_str()), ("root", "other"));
-        c.disks.swap(0, 1);
+        c.set_disks(two);
+        assert_eq!(c.disk_ids, ["root", "other", "data", "more"]);
         assert_eq!(c.validate(1024), Err(ConfigError::RootNotFirst));
         assert_eq!(
             check_one_root([("a", false), ("b", true), ("c", false), ("d", true)])

@@ -109,7 +109,7 @@ impl PendingVm {
             net_ids: self.nets.iter().map(|(i, _)| i.clone()).collect(),
             ..self.base.clone()
         };
-        cfg.set_disks(self.drives.clone())?;
+        cfg.set_disks(self.drives.clone());
         Ok(cfg)
     }
 }

@@ -245,8 +245,7 @@ impl FileConfig {
             cfg.memory_mib = m;
         }
         if cli.disks.is_empty() {
-            // Checked when the file was parsed: at most one root drive.
-            let _ = cfg.set_disks(self.drives.iter().map(Drive::to_disk).collect());
+            cfg.set_disks(self.drives.iter().map(Drive::to_disk).collect());
         } else {
             cfg.disks = cli.disks;
         }
