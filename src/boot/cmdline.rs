@@ -48,7 +48,7 @@ pub const ROOT_DEVICE: &str = "/dev/vda";
 
 /// How the root filesystem on [`ROOT_DEVICE`] is mounted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RootMode {
+pub enum RootAccess {
     ReadOnly,
     ReadWrite,
 }
@@ -112,7 +112,7 @@ pub struct CmdlineSpec<'a> {
     pub initrd: bool,
     /// The root filesystem is on [`ROOT_DEVICE`]: `root=/dev/vda ro` (or `rw`) goes before
     /// the user's options, which may still override it.
-    pub root: Option<RootMode>,
+    pub root: Option<RootAccess>,
     /// The user's `--cmdline`.
     pub user: Option<&'a str>,
     /// The command for the guest init.
@@ -151,8 +151,8 @@ pub fn build(spec: &CmdlineSpec<'_>) -> Result<Cmdline, CmdlineError> {
     }
     if let Some(mode) = spec.root {
         let mode = match mode {
-            RootMode::ReadOnly => "ro",
-            RootMode::ReadWrite => "rw",
+            RootAccess::ReadOnly => "ro",
+            RootAccess::ReadWrite => "rw",
         };
         cl.insert_str(format!("root={ROOT_DEVICE} {mode}"))?;
     }
@@ -240,14 +240,14 @@ mod tests {
     #[test]
     fn the_root_device_goes_before_user_options() {
         let spec = CmdlineSpec {
-            root: Some(RootMode::ReadWrite),
+            root: Some(RootAccess::ReadWrite),
             user: Some("quiet"),
             ..CmdlineSpec::new(HostKind::Hardware)
         };
         let t = text(&build(&spec).unwrap());
         assert_eq!(t, format!("{DEFAULT_OPTIONS} root=/dev/vda rw quiet"));
         let spec = CmdlineSpec {
-            root: Some(RootMode::ReadOnly),
+            root: Some(RootAccess::ReadOnly),
             ..CmdlineSpec::new(HostKind::Hardware)
         };
         assert!(text(&build(&spec).unwrap()).ends_with(" root=/dev/vda ro"));

@@ -191,8 +191,8 @@ fn load_guest(
     );
 
     let root = cfg.root_disk().map(|d| match d.read_only {
-        true => cmdline::RootMode::ReadOnly,
-        false => cmdline::RootMode::ReadWrite,
+        true => cmdline::RootAccess::ReadOnly,
+        false => cmdline::RootAccess::ReadWrite,
     });
     let cl = cmdline::build(&cmdline::CmdlineSpec {
         host,
