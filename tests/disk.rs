@@ -18,15 +18,6 @@ fn root_copy(dir: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// Reads a file from an ext4 image on the host, without mounting it.
-fn ext4_cat(image: &str, path: &str) -> String {
-    let out = Command::new("debugfs")
-        .args(["-R", &format!("cat {path}"), image])
-        .output()
-        .expect("run debugfs (e2fsprogs)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum")
         .arg(path)

@@ -70,6 +70,32 @@ pub fn scratch(name: &str) -> Scratch {
     Scratch(dir)
 }
 
+/// Reads a file from an ext4 image on the host, without mounting it. The guest never
+/// unmounted the image, so what it synced may still be in the journal only: replay it
+/// first (as a mount would), since debugfs reads the file system without the journal.
+pub fn ext4_cat(image: impl AsRef<Path>, path: &str) -> String {
+    let image = image.as_ref();
+    let fsck = Command::new("e2fsck")
+        .arg("-f")
+        .arg("-p")
+        .arg(image)
+        .output()
+        .expect("run e2fsck (e2fsprogs)");
+    // 0: clean, 1: errors corrected (the journal replayed).
+    assert!(
+        matches!(fsck.status.code(), Some(0 | 1)),
+        "e2fsck {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&fsck.stderr)
+    );
+    let out = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .expect("run debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs hvlite with `args`, stdin closed, and returns its output.
 pub fn run_hvlite(args: &[&str]) -> Output {
     Command::new(hvlite())
