@@ -146,6 +146,10 @@ enum MainError {
     Usage(String),
 }
 
+/// The error for `hvlite run` without anything to run.
+const NOTHING_TO_RUN: &str = "nothing to run: give --rootfs DIR -- CMD (a container), \
+                              --kernel PATH (a VM), --config FILE or --api-sock PATH";
+
 /// What `hvlite run` was asked to do.
 enum Job {
     /// Boot a VM (with the command for hvlite-init, if any).
@@ -173,6 +177,19 @@ impl RunArgs {
             vsock: self.vsock.clone(),
             command: self.command.clone(),
         }
+    }
+
+    /// Whether the options name nothing to boot or run: no container root, kernel, config
+    /// file, API socket, initrd, disk or command. `hvlite run` alone would boot the default
+    /// kernel into a panic (it has no root filesystem), so it is refused up front.
+    fn nothing_to_run(&self) -> bool {
+        self.rootfs.is_none()
+            && self.kernel.is_none()
+            && self.config.is_none()
+            && self.api_sock.is_none()
+            && self.initrd.is_none()
+            && self.disks.is_empty()
+            && self.command.is_empty()
     }
 
     fn into_job(self, file: &FileConfig) -> Result<Job, MainError> {
@@ -398,6 +415,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, MainError> {
+    if args.nothing_to_run() {
+        return Err(usage(NOTHING_TO_RUN));
+    }
     let file = match &args.config {
         Some(path) => config_file::load(path)?,
         None => FileConfig::default(),

@@ -74,17 +74,34 @@ fn bad_cpu_counts() {
 fn bad_flags() {
     let out = run_hvlite(&["run", "--kernel", "/k", "--no-such-flag"]);
     assert_error(&out, "--no-such-flag");
-    // No --kernel, no HVLITE_KERNEL, nothing installed.
-    let out = Command::new(hvlite())
-        .arg("run")
-        .env_remove("HVLITE_KERNEL")
-        .env("HVLITE_HOME", scratch("no-kernel-home"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_error(&out, "--kernel");
     let out = run_hvlite(&["run", "--kernel", "/k", "--memory", "0"]);
     assert_error(&out, "--memory");
+}
+
+#[test]
+fn nothing_to_run_is_an_error_with_a_hint_and_no_boot() {
+    // With and without an installed kernel: `hvlite run` alone never boots.
+    let dir = scratch("nothing-to-run");
+    for kernel in [None, Some(good_kernel(&dir))] {
+        let mut cmd = Command::new(hvlite());
+        cmd.arg("run")
+            .env_remove("HVLITE_KERNEL")
+            .env("HVLITE_HOME", dir.join("empty-home"))
+            .env("HVLITE_LOG", "info")
+            .stdin(Stdio::null());
+        if let Some(k) = &kernel {
+            cmd.env("HVLITE_KERNEL", k);
+        }
+        let out = cmd.output().unwrap();
+        assert_error(
+            &out,
+            "hvlite: error: nothing to run: give --rootfs DIR -- CMD (a container), \
+             --kernel PATH (a VM), --config FILE or --api-sock PATH",
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(out.stdout.is_empty(), "no guest output: {out:?}");
+    }
 }
 
 #[test]
