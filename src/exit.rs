@@ -10,10 +10,28 @@ pub enum ExitReason {
     GuestStatus(u8),
     /// The guest asked for a reset (i8042 reset line, or a KVM system-event reset).
     Reset,
-    /// The guest powered off or a vCPU shut down (triple fault, KVM system-event shutdown).
+    /// The guest powered off (KVM system-event shutdown) or was shut down from outside.
     Shutdown,
+    /// The guest kernel panicked; the kernel's panic line.
+    GuestPanic(String),
+    /// A vCPU triple-faulted (KVM_EXIT_SHUTDOWN), at this guest RIP.
+    TripleFault { vcpu: u8, rip: u64 },
     /// The VMM could not go on (for example an instruction it cannot emulate).
     Fatal(String),
+}
+
+impl ExitReason {
+    /// The one-line error for an end that is a failure of the guest or the VMM.
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Self::GuestStatus(_) | Self::Reset | Self::Shutdown => None,
+            Self::GuestPanic(line) => Some(format!("guest kernel panicked: {line}")),
+            Self::TripleFault { vcpu, rip } => Some(format!(
+                "guest triple fault on vCPU {vcpu} at RIP {rip:#x} (KVM shutdown exit)"
+            )),
+            Self::Fatal(msg) => Some(msg.clone()),
+        }
+    }
 }
 
 /// A one-shot latch: the first request wins; every vCPU sees [`ExitLatch::is_set`] from then on.

@@ -363,7 +363,8 @@ fn exit_code(reason: ExitReason, has_command: bool) -> ExitCode {
             );
             ExitCode::from(EXIT_VMM_ERROR)
         }
-        ExitReason::Fatal(msg) => {
+        other => {
+            let msg = other.failure().unwrap_or_else(|| format!("{other:?}"));
             eprintln!("hvlite: error: {msg}");
             ExitCode::from(EXIT_VMM_ERROR)
         }
@@ -378,7 +379,7 @@ fn container_exit_code(outcome: RunOutcome) -> ExitCode {
         ExitReason::Reset | ExitReason::Shutdown => {
             "the guest stopped before its agent reported the command's exit status".to_string()
         }
-        ExitReason::Fatal(msg) => msg,
+        other => other.failure().unwrap_or_else(|| format!("{other:?}")),
     };
     eprintln!("hvlite: error: {msg}");
     let tail = outcome.console_tail.trim_end();

@@ -359,7 +359,8 @@ fn an_agent_that_dies_is_a_clear_error() {
     let b = start_full(&[], &args, &envs, None).finish();
     assert_eq!(b.status, Some(125), "{}", b.context());
     assert!(
-        b.stderr.contains("before its agent reported"),
+        b.stderr
+            .contains("hvlite: error: guest kernel panicked: Kernel panic - not syncing: Attempted to kill init"),
         "{}",
         b.context()
     );

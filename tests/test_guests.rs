@@ -174,3 +174,28 @@ fn unknown_emulation_failure_names_bytes_and_rip() {
         assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
     }
 }
+
+#[test]
+fn triple_fault_is_an_error_naming_the_vcpu() {
+    // An empty IDT (limit 0), then ud2: #UD cannot be delivered, nor the #GP and #DF that
+    // follow, so the vCPU shuts down (KVM_EXIT_SHUTDOWN).
+    let mut image = vec![0x90u8; 0x100];
+    let idtr = GUEST_BASE + 0xf0;
+    let mut code = vec![0x0f, 0x01, 0x1c, 0x25]; // lidt [abs32]
+    code.extend((idtr as u32).to_le_bytes());
+    let ud2_at = GUEST_BASE + code.len() as u64;
+    code.extend([0x0f, 0x0b]); // ud2
+    code.extend(out_byte(EXIT_PORT, 1)); // not reached
+    code.extend(HALT_FOREVER);
+    image[..code.len()].copy_from_slice(&code);
+    image[0xf0..0xfa].fill(0); // IDTR: limit 0, base 0
+    let Some(out) = run_guest("triple_fault_is_an_error_naming_the_vcpu", &image, &[]) else {
+        return;
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
+    let expected = format!(
+        "hvlite: error: guest triple fault on vCPU 0 at RIP {ud2_at:#x} (KVM shutdown exit)"
+    );
+    assert!(stderr.contains(&expected), "want {expected:?} in: {stderr}");
+}

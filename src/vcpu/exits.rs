@@ -17,6 +17,8 @@ pub enum Action {
     /// KVM could not go on by itself (KVM_EXIT_INTERNAL_ERROR): the vCPU looks at the
     /// internal-error details, which may be an emulation failure it can help with.
     InternalError,
+    /// The vCPU shut down (KVM_EXIT_SHUTDOWN, a triple fault): the vCPU reports its RIP.
+    TripleFault,
 }
 
 /// Value read from a port or MMIO address no device answers (a floating bus).
@@ -47,7 +49,7 @@ pub fn dispatch(exit: VcpuExit<'_>, buses: &Buses) -> Action {
         }
         // With the in-kernel irqchip KVM handles HLT itself; should one reach us, resume.
         VcpuExit::Hlt | VcpuExit::IrqWindowOpen | VcpuExit::Intr => Action::Continue,
-        VcpuExit::Shutdown => Action::Stop(ExitReason::Shutdown),
+        VcpuExit::Shutdown => Action::TripleFault,
         VcpuExit::SystemEvent(kind, _) => match kind {
             KVM_SYSTEM_EVENT_RESET => Action::Stop(ExitReason::Reset),
             KVM_SYSTEM_EVENT_SHUTDOWN => Action::Stop(ExitReason::Shutdown),
@@ -119,10 +121,7 @@ mod tests {
     #[test]
     fn ends_of_the_vm() {
         let (b, _) = buses();
-        assert_eq!(
-            dispatch(VcpuExit::Shutdown, &b),
-            Action::Stop(ExitReason::Shutdown)
-        );
+        assert_eq!(dispatch(VcpuExit::Shutdown, &b), Action::TripleFault);
         assert_eq!(
             dispatch(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[]), &b),
             Action::Stop(ExitReason::Reset)

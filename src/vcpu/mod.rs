@@ -161,6 +161,7 @@ impl Vcpu {
             };
             let action = match action {
                 Action::InternalError => self.internal_error(),
+                Action::TripleFault => self.triple_fault(),
                 other => other,
             };
             if let Action::Stop(reason) = action {
@@ -186,6 +187,24 @@ impl Vcpu {
         {
             p.samples.record(regs.rip);
         }
+    }
+
+    /// Handles KVM_EXIT_SHUTDOWN: the guest triple-faulted; the VM ends naming this vCPU
+    /// and where it was.
+    fn triple_fault(&mut self) -> Action {
+        let rip = match self.fd.get_regs() {
+            Ok(regs) => regs.rip,
+            Err(e) => {
+                return Action::Stop(ExitReason::Fatal(format!(
+                    "guest triple fault on vCPU {} (KVM shutdown exit; KVM_GET_REGS: {e})",
+                    self.index
+                )));
+            }
+        };
+        Action::Stop(ExitReason::TripleFault {
+            vcpu: self.index,
+            rip,
+        })
     }
 
     /// Handles KVM_EXIT_INTERNAL_ERROR: on PVM hosts, completes the instructions the

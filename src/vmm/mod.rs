@@ -6,6 +6,8 @@ pub mod config_file;
 pub mod control;
 pub mod devices;
 pub mod event_loop;
+pub mod line_watch;
+pub mod panic_watch;
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -42,6 +44,8 @@ use boot_marker::MarkerWatch;
 use control::VmControl;
 use devices::VirtioMmioSlots;
 use event_loop::EventLoop;
+use line_watch::LineWatch;
+use panic_watch::PanicRecord;
 
 /// Errors building or running a VM.
 #[derive(Debug, thiserror::Error)]
@@ -357,11 +361,10 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
         m.set_guest_memory(mem.iter().map(|r| r.as_ptr() as u64).collect());
     }
     let start = PROCESS_START.get().copied().unwrap_or_else(Instant::now);
-    let console_out: ConsoleOut = Box::new(MarkerWatch::new(
-        console.out,
-        INIT_MARKER,
-        start,
-        hooks.metrics.clone(),
+    let panic = PanicRecord::new();
+    let console_out: ConsoleOut = Box::new(LineWatch::new(
+        MarkerWatch::new(console.out, INIT_MARKER, start, hooks.metrics.clone()),
+        panic.watcher(latch.clone()),
     ));
 
     let events = EventLoop::start(latch.clone())?;
@@ -416,7 +419,7 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
         run_vcpus(cfg, parts, &hooks)
     })();
     events.stop();
-    let reason = result?;
+    let reason = panic.explain(result?);
     report_memory(&mem);
     Ok(reason)
 }
