@@ -4,6 +4,7 @@
 # test guests and the project's Linux kernel under KVM.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
+source scripts/progress.sh
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -27,7 +28,8 @@ log "cargo clippy --workspace --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 log "guest kernel (scripts/build-kernel.sh)"
-HVLITE_KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
+HVLITE_KERNEL="$(with_progress "building the guest kernel" kernel_objects -- \
+    bash scripts/build-kernel.sh | tail -n 1)"
 log "guest initramfs (scripts/build-initramfs.sh)"
 HVLITE_INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
 log "guest root disk image (scripts/build-initramfs.sh --ext4)"

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use hvlite::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
@@ -22,11 +22,20 @@ use hvlite::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 /// a guest command's status is passed through unchanged.
 const EXIT_VMM_ERROR: u8 = 125;
 
+/// One example per subcommand, shown by `hvlite --help` (tests/cli_help.rs checks that
+/// every subcommand has one).
+const EXAMPLES: &str = "\
+Examples:
+  hvlite run --rootfs ~/.local/share/hvlite/rootfs -- /bin/sh -c 'echo hello'
+  hvlite completions bash > ~/.local/share/bash-completion/completions/hvlite
+  hvlite man ~/.local/share/man/man1";
+
 #[derive(Parser)]
 #[command(
     name = "hvlite",
     version,
-    about = "A hypervisor-lite microVM monitor on KVM"
+    about = "A hypervisor-lite microVM monitor on KVM",
+    after_help = EXAMPLES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,7 +45,30 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Boot a microVM; with `-- COMMAND ARGS...` run the command in it and exit with its status.
-    Run(RunArgs),
+    #[command(after_help = "\
+Examples:
+  hvlite run --rootfs ~/.local/share/hvlite/rootfs -- /bin/sh -c 'echo hello'
+  hvlite run --kernel vmlinux --initrd initrd.cpio -- /bin/sh -c 'uname -a'
+  hvlite run --api-sock /tmp/hvlite.sock")]
+    Run(Box<RunArgs>),
+    /// Print a shell completion script to stdout.
+    #[command(after_help = "\
+Example:
+  hvlite completions bash > ~/.local/share/bash-completion/completions/hvlite")]
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write hvlite's man pages (hvlite.1, hvlite-run.1, ...) into a directory.
+    #[command(after_help = "\
+Example:
+  hvlite man ~/.local/share/man/man1")]
+    Man {
+        /// The directory to write into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -144,6 +176,8 @@ enum MainError {
     Service(#[from] ServiceError),
     #[error("{0}")]
     Usage(String),
+    #[error("cannot write the man pages into {0}")]
+    Man(PathBuf, #[source] std::io::Error),
 }
 
 /// The error for `hvlite run` without anything to run.
@@ -408,11 +442,27 @@ fn main() -> ExitCode {
             };
         }
     };
-    let Command::Run(args) = cli.command;
-    match run(args) {
-        Ok(code) => code,
-        Err(e) => fail(&e),
+    match cli.command {
+        Command::Run(args) => match run(*args) {
+            Ok(code) => code,
+            Err(e) => fail(&e),
+        },
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "hvlite", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => match write_man_pages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
     }
+}
+
+/// Writes the man pages of hvlite and each of its subcommands into `dir`.
+fn write_man_pages(dir: &std::path::Path) -> Result<(), MainError> {
+    let err = |e| MainError::Man(dir.to_path_buf(), e);
+    std::fs::create_dir_all(dir).map_err(err)?;
+    clap_mangen::generate_to(Cli::command(), dir).map_err(err)
 }
 
 fn run(args: RunArgs) -> Result<ExitCode, MainError> {
