@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Measures the PVM host defect described in the README ("Hosts"): guest processes started
+# Measures the PVM host defect described in docs/pvm-host.md: guest processes started
 # at the same time sometimes read another address space's memory and crash. Boots the
 # project's kernel and initramfs once per vCPU count in VCPUS (default "1 2"), runs ROUNDS
 # (default 25) rounds of `busybox true & busybox echo x | busybox cat; wait` (3 process

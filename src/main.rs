@@ -128,7 +128,7 @@ struct RunArgs {
     /// Extra kernel command-line options, appended to hvlite's defaults.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
-    /// Number of vCPUs (1-32) [default: 1; 2 for container runs on PVM hosts, see README].
+    /// Number of vCPUs (1-32) [default: 1; 2 for container runs on PVM hosts, see docs/pvm-host.md].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
     cpus: Option<u8>,
     /// Guest memory in MiB [default: 128].

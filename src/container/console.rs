@@ -98,7 +98,7 @@ impl<W: Write> CrashWatch<W> {
         match self.reports {
             1 if self.pvm => log::warn!(
                 "{CRASH_WARNING}: {report} (on PVM hosts processes that run at the same \
-                 time sometimes read stale memory, a host defect described in the README)"
+                 time sometimes read stale memory, a host defect described in docs/pvm-host.md)"
             ),
             n if n <= REPORTS_MAX => log::warn!("{CRASH_WARNING}: {report}"),
             n if n == REPORTS_MAX + 1 => log::warn!("more guest processes crashed; not logged"),
