@@ -79,11 +79,6 @@ pub fn build_cached(
             .map_or("image".into(), |n| n.to_string_lossy()),
         std::process::id()
     ));
-    log::info!(
-        "building an ext4 image of {} (once: it is cached in {})",
-        dir.display(),
-        parent.display()
-    );
     let result = (|| {
         let mut bytes = size.image_bytes();
         for attempt in 1..=ATTEMPTS {

@@ -99,6 +99,12 @@ pub fn prepare(path: &Path) -> Result<PreparedRoot, RootfsError> {
     let image = paths::cache_dir()
         .join("rootfs")
         .join(format!("{}.ext4", &key[..32]));
+    if !image.is_file() {
+        log::info!(
+            "building an ext4 image of {} (once: later runs use the cached image)",
+            path.display()
+        );
+    }
     let built = image::build_cached(path, &image, size, true)
         .map_err(|e| RootfsError::Image(path.into(), e))?;
     Ok(PreparedRoot {
