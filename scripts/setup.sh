@@ -7,6 +7,7 @@
 #   vmlinux        -> the cached kernel build   (so --kernel can be left out)
 #   hvlite-agent   the static guest agent        (put into every --rootfs VM)
 #   rootfs/        -> the cached busybox root directory (a demo/test container root)
+#   initramfs.cpio -> the cached initramfs with hvlite-init and busybox (for plain VMs)
 # and puts the host binaries on PATH: into /usr/local/bin as root, else ~/.local/bin
 # (HVLITE_PREFIX=DIR installs into DIR/bin), with bash completions in
 # PREFIX/share/bash-completion/completions and man pages in PREFIX/share/man/man1.
@@ -37,6 +38,10 @@ log "container root filesystem (busybox)"
 ROOTFS="$(with_progress "building the busybox root" -- \
     bash scripts/build-initramfs.sh --dir | tail -n 1)"
 
+log "initramfs for plain VMs (hvlite-init and busybox)"
+INITRD="$(with_progress "building the initramfs" -- \
+    bash scripts/build-initramfs.sh | tail -n 1)"
+
 log "hvlite release build"
 # The host binaries, from cargo's JSON messages: every executable but the guest agent.
 build_host_binaries() {
@@ -61,7 +66,8 @@ mapfile -t BINARIES <<< "$BUILT"
 ln -sfn "$KERNEL" "$DATA/vmlinux"
 install -m 0755 "$AGENT" "$DATA/hvlite-agent.tmp" && mv -f "$DATA/hvlite-agent.tmp" "$DATA/hvlite-agent"
 ln -sfn "$ROOTFS" "$DATA/rootfs"
-log "installed into $DATA: vmlinux, hvlite-agent, rootfs"
+ln -sfn "$INITRD" "$DATA/initramfs.cpio"
+log "installed into $DATA: vmlinux, hvlite-agent, rootfs, initramfs.cpio"
 
 BIN="$PREFIX/bin"
 COMPLETIONS="$PREFIX/share/bash-completion/completions"

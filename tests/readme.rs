@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::linux::{agent, kernel, rootfs_dir};
+use common::linux::{agent, initrd, kernel, rootfs_dir};
 use common::*;
 
 const MARK: &str = "<!-- test -->";
@@ -102,6 +102,7 @@ fn installed_home() -> Scratch {
     std::os::unix::fs::symlink(kernel(), data.join("vmlinux")).unwrap();
     std::fs::copy(agent(), data.join("hvlite-agent")).expect("install the agent");
     std::os::unix::fs::symlink(rootfs_dir(), data.join("rootfs")).unwrap();
+    std::os::unix::fs::symlink(initrd(), data.join("initramfs.cpio")).unwrap();
     home
 }
 
