@@ -57,5 +57,13 @@ mkdir -p fuzz/corpus/api_request
 RUSTC_BOOTSTRAP=1 cargo fuzz run api_request fuzz/corpus/api_request fuzz/seeds/api_request \
     -- -max_total_time=20 -timeout=10 2>&1 | tail -n 5
 
+# Guest-facing parsers of issue 14 (fuzz/README.md has the long runs): 10 s each.
+for target in mmio_transport net_chains vsock_packets agent_frames; do
+    log "fuzz smoke run: $target"
+    mkdir -p "fuzz/corpus/$target"
+    RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" "fuzz/corpus/$target" "fuzz/seeds/$target" \
+        -- -max_total_time=10 -timeout=10 2>&1 | tail -n 3
+done
+
 log "cargo test --workspace (unit and integration tests)"
 cargo test --workspace 2>&1

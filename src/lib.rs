@@ -11,6 +11,7 @@ pub mod host;
 pub mod logging;
 pub mod metrics;
 pub mod process_stats;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vmm;
 

@@ -15,6 +15,7 @@ use hvlite::exit::ExitReason;
 use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LoggingError};
 use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
 use hvlite::process_stats::PROCESS_START;
+use hvlite::seccomp::{self, SeccompError, SeccompLevel};
 use hvlite::vmm::config_file::{self, CliOverrides, ConfigFileError, FileConfig};
 use hvlite::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
@@ -140,6 +141,10 @@ struct RunArgs {
     /// A network interface on a host TAP device, tap=NAME[,mac=MAC]; repeatable: eth0, eth1, ...
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     nets: Vec<NetConfig>,
+    /// Seccomp filtering of hvlite's own threads: 0 off, 2 a per-thread allow-list
+    /// (docs/security.md) [default: 2].
+    #[arg(long, value_name = "0|2")]
+    seccomp_level: Option<SeccompLevel>,
     /// Command for the guest init to run.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -174,6 +179,8 @@ enum MainError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("{0}")]
     Usage(String),
     #[error("cannot write the man pages into {0}")]
@@ -478,6 +485,14 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
         .clone()
         .unwrap_or_else(|| format!("hvlite-{}", std::process::id()));
     init_logging(&args, &file, &vm_id)?;
+    let level = args
+        .seccomp_level
+        .or(file.seccomp_level)
+        .unwrap_or_default();
+    seccomp::configure(level)?;
+    if level == SeccompLevel::Off {
+        log::warn!("seccomp filters are off (--seccomp-level 0)");
+    }
     let metrics = start_metrics(&args, &file, &vm_id)?;
     let writer = metrics.as_ref().map(|(w, _)| Arc::clone(w));
     let hooks = RunHooks {

@@ -262,7 +262,10 @@ impl PeriodicFlusher {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || flush_loop(&writer, interval, &stopped))
+            .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
+                flush_loop(&writer, interval, &stopped)
+            })
             .map_err(MetricsError::Spawn)?;
         Ok(Self {
             stop: Some(stop),

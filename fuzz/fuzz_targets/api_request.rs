@@ -13,7 +13,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok(Parsed::Complete(req, used)) = http::parse(rest) {
-        assert!(used > 0 && used <= rest.len(), "consumed {used} of {}", rest.len());
+        assert!(
+            used > 0 && used <= rest.len(),
+            "consumed {used} of {}",
+            rest.len()
+        );
         if let Err(e) = parse_request(&req) {
             let resp = e.to_response();
             assert!((400..500).contains(&resp.status), "{e}");

@@ -16,8 +16,8 @@ use std::ffi::CString;
 use std::io;
 use std::sync::{Arc, OnceLock};
 
-use hvlite::devices::virtio::block::config::ConfigSpace;
 use hvlite::devices::virtio::QueueSignal;
+use hvlite::devices::virtio::block::config::ConfigSpace;
 use hvlite::devices::virtio::block::{BlockCounters, BlockQueue, DiskImage};
 use libfuzzer_sys::fuzz_target;
 use virtio_queue::{Queue, QueueT};

@@ -10,6 +10,7 @@ pub mod http;
 pub mod model;
 pub mod request;
 pub mod server;
+pub mod socket;
 
 #[cfg(test)]
 mod openapi_tests;

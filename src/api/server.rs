@@ -121,7 +121,10 @@ impl ApiServer {
         let wake = acceptor.wake.try_clone().map_err(ApiServerError::Setup)?;
         let thread = thread::Builder::new()
             .name("hvlite-api".into())
-            .spawn(move || acceptor.run())
+            .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
+                acceptor.run()
+            })
             .map_err(ApiServerError::Thread)?;
         Ok(ApiServer {
             path: path.to_path_buf(),
@@ -179,7 +182,7 @@ fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ApiServerError::Probe(path.into(), e)),
     }
-    UnixListener::bind(path).map_err(|e| ApiServerError::Bind(path.into(), e))
+    super::socket::bind_private(path).map_err(|e| ApiServerError::Bind(path.into(), e))
 }
 
 /// A connection's thread, and its socket to shut down when the server stops.
@@ -294,8 +297,10 @@ impl Acceptor {
         };
         match thread::Builder::new()
             .name("hvlite-api-conn".into())
-            .spawn(move || connection.serve())
-        {
+            .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Api);
+                connection.serve()
+            }) {
             Ok(thread) => self.conns.push(Conn { stream, thread }),
             Err(e) => log::warn!("API server: cannot start a connection thread: {e}"),
         }

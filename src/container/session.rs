@@ -80,6 +80,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("agent-session".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
             let Some(stream) = wait_for_agent(&agent, &latch) else {
                 return;
             };
@@ -214,6 +215,7 @@ fn spawn_stdin_pump(
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
             let mut buf = vec![0u8; MAX_CHUNK];
             loop {
                 let n = match input.read(&mut buf) {

@@ -30,6 +30,7 @@ pub fn spawn_forwarder(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
             // The signals are blocked in this thread (inherited), as sigwait requires.
             let set = forwarded_set();
             loop {

@@ -80,7 +80,10 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, VmConfig), ServiceError> {
     report_socket_ready();
     std::thread::Builder::new()
         .name("hvlite-ctl".into())
-        .spawn(move || controller.serve(api_rx))
+        .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::ApiControl);
+            controller.serve(api_rx)
+        })
         .map_err(ServiceError::Thread)?;
     if !boot_now {
         log::info!("waiting for the VM's configuration and InstanceStart on the API");

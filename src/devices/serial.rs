@@ -87,6 +87,7 @@ pub fn spawn_stdin_forwarder<R: Read + Send + 'static>(
     thread::Builder::new()
         .name("serial-stdin".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
             let mut buf = [0u8; 64];
             loop {
                 let n = match input.read(&mut buf) {

@@ -128,6 +128,10 @@ impl Vcpu {
     }
 
     fn run(mut self) {
+        if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu) {
+            self.latch.request(ExitReason::Fatal(e.to_string()));
+            return;
+        }
         let mut first = true;
         while !self.latch.is_set() {
             if self.pause.is_requested() {

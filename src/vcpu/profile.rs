@@ -49,20 +49,27 @@ pub struct Profile {
     pub path: PathBuf,
     /// Samples so far.
     pub samples: RipSamples,
+    /// The output, created up front: the vCPU thread's seccomp filter allows no open.
+    out: io::Result<File>,
 }
 
 impl Profile {
-    /// An empty profile written to `path` at the end.
+    /// An empty profile written to `path` (created now) at the end.
     pub fn new(path: &Path) -> Self {
         Self {
             path: path.to_owned(),
             samples: RipSamples::default(),
+            out: File::create(path),
         }
     }
 
     /// Writes the histogram to the output file.
     pub fn save(&self) -> io::Result<()> {
-        let mut out = BufWriter::new(File::create(&self.path)?);
+        let file = self
+            .out
+            .as_ref()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+        let mut out = BufWriter::new(file);
         self.samples.write(&mut out)?;
         out.flush()
     }
@@ -79,6 +86,7 @@ pub fn spawn_sampler<T>(
     thread::Builder::new()
         .name("guest-profiler".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Vmm);
             while !latch.is_set() {
                 thread::sleep(period);
                 // SAFETY: `target` is the pthread of a vCPU thread that is joined only after

@@ -82,6 +82,9 @@ pub struct FileConfig {
     pub logger: Option<Logger>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// Seccomp filtering: 0 off, 2 a per-thread allow-list (`--seccomp-level`, default 2).
+    #[serde(rename = "seccomp-level", skip_serializing_if = "Option::is_none")]
+    pub seccomp_level: Option<crate::seccomp::SeccompLevel>,
 }
 
 /// `process`: the command the guest init runs (`-- COMMAND ARGS...`) and its context.

@@ -3,6 +3,7 @@
 //! leaves the kernel for a vCPU thread), an irqfd for its interrupt, and an entry that
 //! announces it on the kernel command line.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use kvm_ioctls::{IoEventAddress, VmFd};
@@ -40,12 +41,18 @@ pub enum DeviceError {
 pub struct VirtioMmioSlots {
     next: u32,
     attached: Vec<VirtioMmioEntry>,
+    refusals: Vec<Arc<AtomicU64>>,
 }
 
 impl VirtioMmioSlots {
     /// No device attached yet.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The refused-access counter of the device attached last (for the metrics).
+    pub fn last_refusals(&self) -> Option<Arc<AtomicU64>> {
+        self.refusals.last().cloned()
     }
 
     /// The devices attached so far, for the kernel command line.
@@ -85,9 +92,11 @@ impl VirtioMmioSlots {
             Arc::new(VirtioInterrupt::new(irq_evt)),
             kicks,
         )?;
+        let refusals = transport.refusals();
         buses
             .mmio
             .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+        self.refusals.push(refusals);
         let entry = VirtioMmioEntry {
             base,
             size: MMIO_WINDOW_SIZE,

@@ -40,6 +40,10 @@ impl EventLoop {
         let thread = thread::Builder::new()
             .name("vmm-events".into())
             .spawn(move || {
+                if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::DeviceLoop) {
+                    latch.request(ExitReason::Fatal(e.to_string()));
+                    return;
+                }
                 while !stop_flag.load(Ordering::Acquire) {
                     if let Err(e) = manager.run_with_timeout(POLL_TIMEOUT_MS) {
                         latch.request(ExitReason::Fatal(format!("device event loop failed: {e}")));

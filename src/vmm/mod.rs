@@ -379,6 +379,7 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
                 m.register_block(&cfg.disk_id(i), device.counters());
             }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+            register_refusals(metrics, &cfg.disk_id(i), &slots);
         }
         for (i, (tap, mac)) in taps.into_iter().enumerate() {
             log::info!(
@@ -396,6 +397,7 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
                 m.register_net(&cfg.net_id(i), device.counters());
             }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+            register_refusals(metrics, &cfg.net_id(i), &slots);
         }
         if let Some(vsock) = vsock {
             let device = vsock.build(events.handle()).map_err(VmmError::Vsock)?;
@@ -403,6 +405,7 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
                 m.register_vsock("vsock", device.counters());
             }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+            register_refusals(metrics, "vsock", &slots);
         }
         let buses = Arc::new(buses);
         let boot = load_guest(cfg, host, &mem, slots.entries())?;
@@ -498,6 +501,16 @@ struct VcpuParts<'a> {
 }
 
 /// Creates the vCPUs, runs them until the VM ends and stops them all.
+/// Shows the refused-access counter of the transport attached last as
+/// `hvlite.virtio_mmio.<id>.refused`.
+fn register_refusals(metrics: Option<&Metrics>, id: &str, slots: &VirtioMmioSlots) {
+    if let (Some(m), Some(counter)) = (metrics, slots.last_refusals()) {
+        m.register("virtio_mmio", id, move || {
+            serde_json::json!({ "refused": counter.load(std::sync::atomic::Ordering::Relaxed) })
+        });
+    }
+}
+
 fn run_vcpus(cfg: &VmConfig, p: VcpuParts, hooks: &RunHooks) -> Result<ExitReason, VmmError> {
     let latch = p.latch;
     let base_cpuid = p
@@ -559,6 +572,10 @@ fn run_vcpus(cfg: &VmConfig, p: VcpuParts, hooks: &RunHooks) -> Result<ExitReaso
         }
         _ => None,
     };
+    // Every thread of this VM runs: the main thread is filtered from here on.
+    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm) {
+        latch.request(ExitReason::Fatal(e.to_string()));
+    }
     let reason = latch.wait();
     if let Some(c) = &hooks.control {
         c.detach();

@@ -10,6 +10,7 @@
 //! to the driver through DEVICE_NEEDS_RESET ([`VirtioInterrupt::signal_needs_reset`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{debug, warn};
 use virtio_bindings::virtio_config::{
@@ -183,6 +184,8 @@ pub struct MmioTransport {
     acked_features: u64,
     status: u32,
     activated: bool,
+    /// Register accesses and status changes refused (shared with the metrics).
+    refused: Arc<AtomicU64>,
 }
 
 impl MmioTransport {
@@ -222,6 +225,7 @@ impl MmioTransport {
             acked_features: 0,
             status: 0,
             activated: false,
+            refused: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -233,6 +237,17 @@ impl MmioTransport {
     /// Whether the device is running (activated on DRIVER_OK and not reset since).
     pub fn is_activated(&self) -> bool {
         self.activated
+    }
+
+    /// The counter of refused accesses (unknown or read-only registers, wrong widths,
+    /// writes in the wrong status, absent queues, bad status transitions and features,
+    /// failed activations), for the metrics.
+    pub fn refusals(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.refused)
+    }
+
+    fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The device behind the transport.
@@ -268,6 +283,7 @@ impl MmioTransport {
             // The transport cannot see device-side configuration changes.
             REG_CONFIG_GENERATION => self.device.config_generation(),
             _ => {
+                self.refuse();
                 debug!("virtio-mmio: read of write-only or unknown register {offset:#x}");
                 0
             }
@@ -291,12 +307,16 @@ impl MmioTransport {
             REG_QUEUE_NOTIFY => self.notify(value),
             REG_INTERRUPT_ACK => self.interrupt.ack(value),
             REG_STATUS => self.write_status(value),
-            _ => debug!("virtio-mmio: write of read-only or unknown register {offset:#x}"),
+            _ => {
+                self.refuse();
+                debug!("virtio-mmio: write of read-only or unknown register {offset:#x}");
+            }
         }
     }
 
     fn write_driver_features(&mut self, value: u32) {
         if self.status & DRIVER == 0 || self.status & (FEATURES_OK | FAILED) != 0 {
+            self.refuse();
             debug!(
                 "virtio-mmio: DriverFeatures write in status {:#x}",
                 self.status
@@ -313,6 +333,7 @@ impl MmioTransport {
 
     fn write_queue_reg(&mut self, offset: u64, value: u32) {
         if self.status & FEATURES_OK == 0 || self.status & (DRIVER_OK | FAILED) != 0 {
+            self.refuse();
             debug!(
                 "virtio-mmio: queue register {offset:#x} written in status {:#x}",
                 self.status
@@ -324,6 +345,7 @@ impl MmioTransport {
             .ok()
             .and_then(|i| self.queues.get_mut(i))
         else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
             debug!("virtio-mmio: queue register {offset:#x} written for absent queue {sel}");
             return;
         };
@@ -331,7 +353,10 @@ impl MmioTransport {
             REG_QUEUE_NUM => queue.num = value,
             REG_QUEUE_READY => match value {
                 0 | 1 => queue.ready = value == 1,
-                _ => debug!("virtio-mmio: QueueReady write of {value:#x}"),
+                _ => {
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    debug!("virtio-mmio: QueueReady write of {value:#x}");
+                }
             },
             REG_QUEUE_DESC_LOW => set_low(&mut queue.desc, value),
             REG_QUEUE_DESC_HIGH => set_high(&mut queue.desc, value),
@@ -350,7 +375,10 @@ impl MmioTransport {
                     warn!("virtio-mmio: cannot signal the kick of queue {value}: {e}");
                 }
             }
-            None => debug!("virtio-mmio: QueueNotify for absent queue {value}"),
+            None => {
+                self.refuse();
+                debug!("virtio-mmio: QueueNotify for absent queue {value}");
+            }
         }
     }
 
@@ -372,6 +400,7 @@ impl MmioTransport {
             || !in_order
             || (old & FAILED != 0 && added != 0)
         {
+            self.refuse();
             debug!("virtio-mmio: ignored status transition {old:#x} -> {value:#x}");
             return;
         }
@@ -381,6 +410,7 @@ impl MmioTransport {
                 self.acked_features = self.driver_features;
                 self.device.set_acked_features(self.driver_features);
             } else {
+                self.refuse();
                 debug!(
                     "virtio-mmio: rejected driver features {:#x} (device offers {:#x})",
                     self.driver_features, self.avail_features
@@ -404,6 +434,7 @@ impl MmioTransport {
         match self.try_activate() {
             Ok(()) => self.activated = true,
             Err(e) => {
+                self.refuse();
                 warn!(
                     "virtio-mmio: cannot activate device type {}: {e}",
                     self.device_type
@@ -472,12 +503,14 @@ impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         if !in_window(offset, data.len()) {
+            self.refuse();
             debug!("virtio-mmio: read of {} bytes at {offset:#x}", data.len());
         } else if offset >= CONFIG_SPACE_OFFSET {
             self.device.read_config(offset - CONFIG_SPACE_OFFSET, data);
         } else if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
+            self.refuse();
             debug!(
                 "virtio-mmio: {}-byte register read at {offset:#x}",
                 data.len()
@@ -487,12 +520,14 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if !in_window(offset, data.len()) {
+            self.refuse();
             debug!("virtio-mmio: write of {} bytes at {offset:#x}", data.len());
         } else if offset >= CONFIG_SPACE_OFFSET {
             self.device.write_config(offset - CONFIG_SPACE_OFFSET, data);
         } else if let (Ok(bytes), true) = (<[u8; 4]>::try_from(data), offset.is_multiple_of(4)) {
             self.write_reg(offset, u32::from_le_bytes(bytes));
         } else {
+            self.refuse();
             debug!(
                 "virtio-mmio: {}-byte register write at {offset:#x}",
                 data.len()

@@ -498,3 +498,18 @@ fn garbage_never_panics() {
     full_init(&mut t);
     assert_eq!(rec.lock().unwrap().activations.len(), before + 1);
 }
+
+#[test]
+fn refused_accesses_are_counted_and_a_good_driver_has_none() {
+    let mut f = fixture();
+    let refused = f.t.refusals();
+    full_init(&mut f.t);
+    assert_eq!(refused.load(Ordering::Relaxed), 0);
+    w(&mut f.t, 0x0c, 1); // unknown register
+    w(&mut f.t, REG_QUEUE_NUM, 8); // queue register after DRIVER_OK
+    w(&mut f.t, REG_QUEUE_NOTIFY, 7); // absent queue
+    f.t.write(REG_STATUS, &[1, 2]); // wrong width
+    f.t.read(MMIO_WINDOW_SIZE, &mut [0u8; 4]); // outside the window
+    w(&mut f.t, REG_STATUS, ACKNOWLEDGE); // a bit taken away
+    assert_eq!(refused.load(Ordering::Relaxed), 6);
+}
