@@ -56,6 +56,10 @@ log "fuzz smoke run: API request parser (HTTP and JSON bodies)"
 mkdir -p fuzz/corpus/api_request
 RUSTC_BOOTSTRAP=1 cargo fuzz run api_request fuzz/corpus/api_request fuzz/seeds/api_request \
     -- -max_total_time=20 -timeout=10 2>&1 | tail -n 5
+log "fuzz smoke run: snapshot state file parser"
+mkdir -p fuzz/corpus/snapshot_state
+RUSTC_BOOTSTRAP=1 cargo fuzz run snapshot_state fuzz/corpus/snapshot_state \
+    -- -max_total_time=10 -timeout=10 -rss_limit_mb=2048 2>&1 | tail -n 5
 
 # Guest-facing parsers of issue 14 (fuzz/README.md has the long runs): 10 s each.
 for target in mmio_transport net_chains vsock_packets agent_frames; do

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod metrics;
 pub mod process_stats;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vmm;
 

@@ -17,6 +17,7 @@ use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
 use hvlite::process_stats::PROCESS_START;
 use hvlite::seccomp::{self, SeccompError, SeccompLevel};
 use hvlite::vmm::config_file::{self, CliOverrides, ConfigFileError, FileConfig};
+use hvlite::vmm::persist::{self, RestoreSpec};
 use hvlite::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
 /// Exit status for hvlite's own failures (bad input, KVM errors), as `docker run` does;
@@ -145,9 +146,38 @@ struct RunArgs {
     /// (docs/security.md) [default: 2].
     #[arg(long, value_name = "0|2")]
     seccomp_level: Option<SeccompLevel>,
+    /// Restore the snapshot in DIR (files `state` and `memory`, written by
+    /// PUT /snapshot/create) instead of booting; see docs/snapshots.md.
+    #[arg(long, value_name = "DIR", conflicts_with_all = [
+        "kernel", "initrd", "rootfs", "cmdline", "cpus", "memory", "disks", "nets", "vsock",
+        "command",
+    ])]
+    restore: Option<PathBuf>,
+    /// With --restore: open drive ID from PATH instead of the snapshot's file; repeatable.
+    #[arg(long, value_name = "ID=PATH", requires = "restore", value_parser = parse_override)]
+    drive_override: Vec<(String, String)>,
+    /// With --restore: attach interface ID to TAP instead of the snapshot's; repeatable.
+    #[arg(long, value_name = "ID=TAP", requires = "restore", value_parser = parse_override)]
+    net_override: Vec<(String, String)>,
+    /// With --restore: the vsock device's host socket.
+    #[arg(long, value_name = "PATH", requires = "restore")]
+    vsock_uds: Option<PathBuf>,
+    /// With --restore and --api-sock: keep the restored VM paused (resume it with
+    /// PATCH /vm).
+    #[arg(long, requires_all = ["restore", "api_sock"])]
+    paused: bool,
     /// Command for the guest init to run.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_override(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((id, value)) if !id.is_empty() && !value.is_empty() => {
+            Ok((id.to_string(), value.to_string()))
+        }
+        _ => Err(format!("{s:?}: expected ID=VALUE")),
+    }
 }
 
 fn parse_id(s: &str) -> Result<String, String> {
@@ -197,12 +227,15 @@ enum Job {
     Vm(VmConfig),
     /// Run a container's process in a VM.
     Container(ContainerConfig),
-    /// Serve the API (booting `kernel` at once when given).
+    /// Serve the API (booting `kernel` at once when given, or restoring `restore`).
     Api {
         socket: PathBuf,
         kernel: Option<PathBuf>,
         base: VmConfig,
+        restore: Option<RestoreSpec>,
     },
+    /// Restore a snapshot and run it.
+    Restore(RestoreSpec),
 }
 
 impl RunArgs {
@@ -231,10 +264,72 @@ impl RunArgs {
             && self.initrd.is_none()
             && self.disks.is_empty()
             && self.command.is_empty()
+            && self.restore.is_none()
+    }
+
+    /// The restore `--restore` and its overrides ask for, else the config file's
+    /// `snapshot` (which must then be the file's only VM resource).
+    fn restore_spec(&self, file: &FileConfig) -> Result<Option<RestoreSpec>, MainError> {
+        let Some(dir) = self.restore.as_ref() else {
+            let Some(load) = &file.snapshot else {
+                return Ok(None);
+            };
+            let others = file.boot_source.is_some()
+                || file.machine_config.is_some()
+                || !file.drives.is_empty()
+                || !file.network_interfaces.is_empty()
+                || file.vsock.is_some()
+                || file.process.is_some()
+                || file.rootfs.is_some();
+            let cli = self.overrides();
+            let cli_resources = cli.kernel.is_some()
+                || cli.initrd.is_some()
+                || cli.cmdline.is_some()
+                || cli.cpus.is_some()
+                || cli.memory_mib.is_some()
+                || !cli.disks.is_empty()
+                || !cli.nets.is_empty()
+                || cli.vsock.is_some()
+                || !cli.command.is_empty()
+                || self.rootfs.is_some();
+            if others || cli_resources {
+                return Err(usage(
+                    "a config file with a snapshot cannot also give the VM's resources (they come from the snapshot)",
+                ));
+            }
+            if !load.resume_vm && self.api_sock.is_none() {
+                return Err(usage(
+                    "the config file's snapshot has resume_vm false: that needs --api-sock to resume it",
+                ));
+            }
+            return Ok(Some(load.to_spec()));
+        };
+        Ok(Some(RestoreSpec {
+            state_path: dir.join(persist::STATE_FILE),
+            mem_path: dir.join(persist::MEMORY_FILE),
+            drive_overrides: (self.drive_override.iter())
+                .map(|(id, p)| (id.clone(), PathBuf::from(p)))
+                .collect(),
+            net_overrides: self.net_override.clone(),
+            vsock_uds: self.vsock_uds.clone(),
+            resume: !self.paused,
+        }))
     }
 
     fn into_job(self, file: &FileConfig) -> Result<Job, MainError> {
+        let restore = self.restore_spec(file)?;
         let (kernel, mut vm) = file.to_partial_vm_config(self.overrides());
+        if let Some(spec) = restore {
+            return Ok(match self.api_sock {
+                Some(socket) => Job::Api {
+                    socket,
+                    kernel: None,
+                    base: vm,
+                    restore: Some(spec),
+                },
+                None => Job::Restore(spec),
+            });
+        }
         vm.guest_profile = std::env::var_os("HVLITE_GUEST_PROFILE").map(PathBuf::from);
         let rootfs = (self.rootfs.clone()).or(file.rootfs.clone().map(PathBuf::from));
         if let Some(socket) = self.api_sock.clone() {
@@ -245,6 +340,7 @@ impl RunArgs {
                 socket,
                 kernel,
                 base: vm,
+                restore: None,
             });
         }
         vm.kernel = match kernel {
@@ -514,15 +610,22 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
             socket,
             kernel,
             base,
+            restore,
         } => {
-            let (reason, cfg) = service::run_api(ApiRun {
+            let (reason, has_command) = service::run_api(ApiRun {
                 id: vm_id,
                 socket,
                 kernel,
                 base,
                 metrics: writer,
+                restore,
             })?;
-            exit_code(reason, cfg.command.is_some())
+            exit_code(reason, has_command)
+        }
+        Job::Restore(spec) => {
+            let (reason, has_command) =
+                vmm::restore_with(&spec, RunEnv::new(Console::default()), hooks)?;
+            exit_code(reason, has_command)
         }
     };
     // Stopping the flusher writes the last metrics line.

@@ -4,76 +4,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::linux::{Running, initrd, kernel, start};
+use common::api::{fault, put, read_response, request, wait_for_socket};
+use common::linux::{initrd, kernel, start};
 use common::*;
 use serde_json::{Value, json};
-
-/// One request on a fresh connection; returns the status and the parsed body (Null when
-/// empty).
-fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let body = body.unwrap_or("");
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    // The server may answer (413) and close before taking the whole body.
-    let _ = s.write_all(body.as_bytes());
-    read_response(&mut s)
-}
-
-fn read_response(s: &mut UnixStream) -> (u16, Value) {
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let value = if body.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("body {body:?}: {e}"))
-    };
-    (status, value)
-}
-
-fn put(sock: &Path, path: &str, body: Value) -> (u16, Value) {
-    request(sock, "PUT", path, Some(&body.to_string()))
-}
-
-fn fault(resp: &(u16, Value)) -> String {
-    resp.1["fault_message"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no fault_message in {resp:?}"))
-        .to_string()
-}
-
-fn wait_for_socket(sock: &Path, vm: &mut Running) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while UnixStream::connect(sock).is_err() {
-        assert!(
-            vm.is_running(),
-            "hvlite exited before its API socket was up"
-        );
-        assert!(
-            Instant::now() < deadline,
-            "no API socket at {}",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 /// The errors a client can make before the start; each is a 4xx with a fault message.
 fn check_errors_before_start(sock: &Path) {

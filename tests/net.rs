@@ -4,83 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Instant;
 
 use common::linux::{initrd, kernel, start_with};
+use common::netns::{GUEST_IP, HOST_IP, Netns, TAP, can_use_tap, run};
 use common::*;
 use hvlite::initcmd::INIT_MARKER;
-
-const HOST_IP: &str = "172.16.0.1";
-const GUEST_IP: &str = "172.16.0.2";
-const TAP: &str = "hvtap0";
-
-fn run(cmd: &[&str]) -> Output {
-    Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
-}
-
-fn must(cmd: &[&str]) {
-    let out = run(cmd);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace with a TAP device configured as the guest's gateway; deleted on drop.
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("hvl-test-{}", std::process::id());
-        let _ = run(&["ip", "netns", "del", &name]);
-        must(&["ip", "netns", "add", &name]);
-        let ns = Netns(name);
-        must(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
-        must(&[
-            "ip", "-n", &ns.0, "tuntap", "add", "dev", TAP, "mode", "tap",
-        ]);
-        must(&[
-            "ip",
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{HOST_IP}/24"),
-            "dev",
-            TAP,
-        ]);
-        must(&["ip", "-n", &ns.0, "link", "set", TAP, "up"]);
-        ns
-    }
-
-    fn exec<'a>(&'a self, cmd: &[&'a str]) -> Vec<&'a str> {
-        let mut v = vec!["ip", "netns", "exec", self.0.as_str()];
-        v.extend_from_slice(cmd);
-        v
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = run(&["ip", "netns", "del", &self.0]);
-    }
-}
-
-fn can_use_tap(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let tun = Path::new("/dev/net/tun").exists();
-    let ip = Command::new("ip").arg("-V").output().is_ok();
-    let missing =
-        format!("needs root, /dev/net/tun and iproute2 (root={root}, tun={tun}, ip={ip})");
-    host_has(test, root && tun && ip, &missing)
-}
 
 /// A one-connection TCP echo server (Python) for the guest to talk to.
 const ECHO_SERVER: &str = r#"

@@ -11,6 +11,10 @@ pub use crate::config::{
     BootSource, DeviceId, Drive, MacAddr, MachineConfig, NetworkInterface, Vsock,
 };
 
+#[path = "model_snapshot.rs"]
+mod snapshot;
+pub use snapshot::*;
+
 /// `PUT /actions`: what to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ActionType {

@@ -112,6 +112,7 @@ fn wrong_type(doc: &Value, schema: &Value) -> Value {
         Some("string") => json!(12345),
         Some("integer") => json!("1"),
         Some("boolean") => json!("true"),
+        Some("array") => json!({}),
         _ => json!([]),
     }
 }
@@ -188,6 +189,12 @@ fn validate(doc: &Value, schema: &Value, value: &Value, at: &str) -> Result<(), 
         }
         "boolean" => {
             value.as_bool().ok_or_else(bad_type)?;
+        }
+        "array" => {
+            let items = value.as_array().ok_or_else(bad_type)?;
+            for (i, item) in items.iter().enumerate() {
+                validate(doc, &schema["items"], item, &format!("{at}[{i}]"))?;
+            }
         }
         _ => {}
     }

@@ -7,7 +7,7 @@ use super::ApiResponse;
 use super::http::HttpRequest;
 use super::model::{
     ActionBody, ActionType, BootSource, DeviceId, Drive, MachineConfig, NetworkInterface,
-    VmPatchBody, VmStateRequest, Vsock,
+    SnapshotCreateParams, SnapshotLoadParams, VmPatchBody, VmStateRequest, Vsock,
 };
 
 /// What a client asks of the VMM.
@@ -33,6 +33,10 @@ pub enum ApiRequest {
     GetMachineConfig,
     /// `GET /`: answer with a [`super::model::InstanceInfo`].
     GetInstanceInfo,
+    /// `PUT /snapshot/create`.
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load`.
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 /// Requests refused by the API layer itself.
@@ -161,6 +165,16 @@ pub const ROUTES: &[Route] = &[
         method: "PATCH",
         path: "/vm",
         handler: |req, _| json::<VmPatchBody>(req).map(|b| ApiRequest::PatchVm(b.state)),
+    },
+    Route {
+        method: "PUT",
+        path: "/snapshot/create",
+        handler: |req, _| json(req).map(ApiRequest::CreateSnapshot),
+    },
+    Route {
+        method: "PUT",
+        path: "/snapshot/load",
+        handler: |req, _| json(req).map(ApiRequest::LoadSnapshot),
     },
 ];
 

@@ -17,13 +17,24 @@ pub mod service;
 
 use std::sync::{Arc, Mutex, mpsc};
 
+use crate::api::model::{SnapshotCreateParams, SnapshotLoadParams};
 use crate::api::{
     ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VmInfo, VmStateRequest,
 };
 use crate::config::VmConfig;
 use crate::metrics::MetricsWriter;
-use crate::vmm::control::VmControl;
+use crate::vmm::control::{ControlError, VmControl};
+use crate::vmm::persist::RestoreSpec;
 pub use pending::{PendingError, PendingVm};
+
+/// What the thread that runs VMs is asked to start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartRequest {
+    /// Boot this VM.
+    Boot(VmConfig),
+    /// Restore this snapshot.
+    Restore(RestoreSpec),
+}
 
 /// Status for a request the current state does not allow.
 pub const CONFLICT: u16 = 409;
@@ -38,8 +49,10 @@ pub struct Controller {
     pending: PendingVm,
     control: Arc<VmControl>,
     metrics: Option<Arc<MetricsWriter>>,
-    /// Where InstanceStart sends the VM to boot.
-    start: mpsc::Sender<VmConfig>,
+    /// Where InstanceStart sends the VM to boot (and a snapshot load what to restore).
+    start: mpsc::Sender<StartRequest>,
+    /// A resource was configured through the API (a snapshot load needs a fresh instance).
+    configured: bool,
 }
 
 impl Controller {
@@ -51,7 +64,7 @@ impl Controller {
         pending: PendingVm,
         control: Arc<VmControl>,
         metrics: Option<Arc<MetricsWriter>>,
-        start: mpsc::Sender<VmConfig>,
+        start: mpsc::Sender<StartRequest>,
     ) -> Self {
         Self {
             id,
@@ -60,6 +73,7 @@ impl Controller {
             control,
             metrics,
             start,
+            configured: false,
         }
     }
 
@@ -91,6 +105,8 @@ impl Controller {
             ApiRequest::GetMachineConfig => ApiResponse::ok_json(&self.pending.machine_config()),
             ApiRequest::Action(action) => self.action(action, state),
             ApiRequest::PatchVm(want) => self.patch_vm(want, state),
+            ApiRequest::CreateSnapshot(p) => self.create_snapshot(&p, state),
+            ApiRequest::LoadSnapshot(p) => self.load_snapshot(&p, state),
             other => self.configure(other, state),
         }
     }
@@ -121,7 +137,65 @@ impl Controller {
                 return ApiResponse::fault(500, format!("unhandled request {other:?}"));
             }
         }
+        self.configured = true;
         ApiResponse::no_content()
+    }
+
+    /// `PUT /snapshot/create`: a paused VM only.
+    fn create_snapshot(&mut self, p: &SnapshotCreateParams, state: InstanceState) -> ApiResponse {
+        if state != InstanceState::Paused {
+            return ApiResponse::fault(
+                CONFLICT,
+                format!(
+                    "the VM is {}: only a paused VM can be snapshotted",
+                    state_name(state)
+                ),
+            );
+        }
+        match self
+            .control
+            .create_snapshot(p.snapshot_path.as_path(), p.mem_file_path.as_path())
+        {
+            Ok(_) => ApiResponse::no_content(),
+            Err(e @ (ControlError::NotPaused | ControlError::NotRunning)) => {
+                ApiResponse::fault(CONFLICT, e.to_string())
+            }
+            Err(e) => ApiResponse::fault(400, e.to_string()),
+        }
+    }
+
+    /// `PUT /snapshot/load`: a fresh instance only (nothing configured, not started).
+    fn load_snapshot(&mut self, p: &SnapshotLoadParams, state: InstanceState) -> ApiResponse {
+        if state != InstanceState::NotStarted || self.configured {
+            let why = if state == InstanceState::NotStarted {
+                "resources were configured already".to_string()
+            } else {
+                format!("the VM is {}", state_name(state))
+            };
+            return ApiResponse::fault(
+                CONFLICT,
+                format!("a snapshot can only be loaded into a fresh hvlite: {why}"),
+            );
+        }
+        self.control.reset();
+        if self.start.send(StartRequest::Restore(p.to_spec())).is_err() {
+            return ApiResponse::fault(503, "the VMM no longer starts VMs");
+        }
+        match self.control.wait_started() {
+            Ok(()) => {
+                self.set_state(if p.resume_vm {
+                    InstanceState::Running
+                } else {
+                    InstanceState::Paused
+                });
+                log::info!(
+                    "API: snapshot {} loaded",
+                    p.snapshot_path.as_path().display()
+                );
+                ApiResponse::no_content()
+            }
+            Err(msg) => ApiResponse::fault(400, format!("the snapshot was not loaded: {msg}")),
+        }
     }
 
     fn action(&mut self, action: ActionType, state: InstanceState) -> ApiResponse {
@@ -161,7 +235,7 @@ impl Controller {
             Err(e) => return ApiResponse::fault(400, e.to_string()),
         };
         self.control.reset();
-        if self.start.send(cfg).is_err() {
+        if self.start.send(StartRequest::Boot(cfg)).is_err() {
             return ApiResponse::fault(503, "the VMM no longer starts VMs");
         }
         match self.control.wait_started() {
@@ -231,7 +305,7 @@ mod tests {
     use super::*;
     use crate::api::MachineConfig;
 
-    fn controller() -> (Controller, mpsc::Receiver<VmConfig>, Arc<VmControl>) {
+    fn controller() -> (Controller, mpsc::Receiver<StartRequest>, Arc<VmControl>) {
         let (tx, rx) = mpsc::channel();
         let control = Arc::new(VmControl::new());
         let state = Arc::new(Mutex::new(InstanceState::NotStarted));
@@ -282,7 +356,9 @@ mod tests {
         let b = serde_json::from_str(r#"{"kernel_image_path": "/k"}"#).unwrap();
         assert_eq!(c.handle(ApiRequest::PutBootSource(b)).status, 204);
         let runner = std::thread::spawn(move || {
-            let cfg = rx.recv().unwrap();
+            let Ok(StartRequest::Boot(cfg)) = rx.recv() else {
+                panic!("no boot request");
+            };
             control.fail(format!("cannot open {}", cfg.kernel.display()));
         });
         let resp = c.handle(ApiRequest::Action(ActionType::InstanceStart));
@@ -295,5 +371,50 @@ mod tests {
                 .contains("cannot open /k")
         );
         assert_eq!(c.state(), InstanceState::NotStarted);
+    }
+
+    #[test]
+    fn snapshot_requests_in_the_wrong_state_conflict() {
+        use crate::api::model::{MemBackend, MemBackendType, SnapshotType};
+        use crate::config::values::HostPath;
+        let path = |p: &str| HostPath::try_from(std::path::PathBuf::from(p)).unwrap();
+        let create = SnapshotCreateParams {
+            snapshot_path: path("/s"),
+            mem_file_path: path("/m"),
+            snapshot_type: SnapshotType::Full,
+        };
+        let load = SnapshotLoadParams {
+            snapshot_path: path("/s"),
+            mem_backend: MemBackend {
+                backend_type: MemBackendType::File,
+                backend_path: path("/m"),
+            },
+            resume_vm: false,
+            network_overrides: vec![],
+            vsock_override: None,
+            drive_overrides: vec![],
+        };
+        let (mut c, _rx, _) = controller();
+        let r = c.handle(ApiRequest::CreateSnapshot(create.clone()));
+        assert_eq!(r.status, 409, "{r:?}");
+        c.set_state(InstanceState::Running);
+        let r = c.handle(ApiRequest::CreateSnapshot(create.clone()));
+        assert_eq!(r.status, 409, "{r:?}");
+        assert_eq!(c.handle(ApiRequest::LoadSnapshot(load.clone())).status, 409);
+        // Paused, but no VM behind the handle: still a conflict, never a panic.
+        c.set_state(InstanceState::Paused);
+        assert_eq!(c.handle(ApiRequest::CreateSnapshot(create)).status, 409);
+
+        let (mut c, _rx, _) = controller();
+        let m = MachineConfig::new(1, 64).unwrap();
+        assert_eq!(c.handle(ApiRequest::PutMachineConfig(m)).status, 204);
+        let r = c.handle(ApiRequest::LoadSnapshot(load));
+        assert_eq!(r.status, 409);
+        assert!(
+            r.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("fresh hvlite")
+        );
     }
 }

@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
 
-use super::{Controller, PendingVm, error_chain};
+use super::{Controller, PendingVm, StartRequest, error_chain};
 use crate::api::{ApiServer, ApiServerError, InstanceState};
 use crate::config::VmConfig;
 use crate::exit::ExitReason;
 use crate::metrics::MetricsWriter;
 use crate::vmm::control::VmControl;
+use crate::vmm::persist::RestoreSpec;
 use crate::vmm::{self, Console, RunEnv, RunHooks, VmmError};
 
 /// Errors of an API-driven run.
@@ -37,6 +38,8 @@ pub struct ApiRun {
     pub base: VmConfig,
     /// The metrics, if a file was given.
     pub metrics: Option<Arc<MetricsWriter>>,
+    /// A snapshot to restore at once (instead of booting).
+    pub restore: Option<RestoreSpec>,
 }
 
 /// Logs how long the API socket took to listen, in wall and CPU time (the benchmark
@@ -55,17 +58,22 @@ fn report_socket_ready() {
     }
 }
 
-/// Serves the API and runs the VM until it ends; returns why, with the VM's config.
-pub fn run_api(run: ApiRun) -> Result<(ExitReason, VmConfig), ServiceError> {
+/// Serves the API and runs the VM until it ends; returns why, and whether the guest
+/// reports a command's status.
+pub fn run_api(run: ApiRun) -> Result<(ExitReason, bool), ServiceError> {
     let control = Arc::new(VmControl::new());
-    let boot_now = run.kernel.is_some();
-    let state = Arc::new(Mutex::new(if boot_now {
-        InstanceState::Running
-    } else {
-        InstanceState::NotStarted
-    }));
+    let boot_now = run.kernel.is_some() || run.restore.is_some();
+    let initial = match &run.restore {
+        Some(r) if !r.resume => InstanceState::Paused,
+        _ if boot_now => InstanceState::Running,
+        _ => InstanceState::NotStarted,
+    };
+    let state = Arc::new(Mutex::new(initial));
     let pending = PendingVm::new(run.kernel, run.base);
-    let first = pending.to_vm_config().ok();
+    let first = match run.restore {
+        Some(spec) => Some(StartRequest::Restore(spec)),
+        None => pending.to_vm_config().ok().map(StartRequest::Boot),
+    };
     let (api_tx, api_rx) = mpsc::channel();
     let (start_tx, start_rx) = mpsc::channel();
     let controller = Controller::new(
@@ -86,28 +94,37 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, VmConfig), ServiceError> {
         })
         .map_err(ServiceError::Thread)?;
     if !boot_now {
-        log::info!("waiting for the VM's configuration and InstanceStart on the API");
+        log::info!(
+            "waiting for the VM's configuration and InstanceStart (or a snapshot load) on the API"
+        );
     }
     let hooks = || RunHooks {
         metrics: run.metrics.as_ref().map(|w| Arc::clone(w.metrics())),
         control: Some(Arc::clone(&control)),
     };
-    let mut cfg = match first {
-        Some(cfg) if boot_now => cfg,
+    let mut job = match first {
+        Some(job) if boot_now => job,
         _ => start_rx.recv().map_err(|_| ServiceError::ControllerGone)?,
     };
     loop {
-        match vmm::run_with(&cfg, RunEnv::new(Console::default()), hooks()) {
-            Ok(reason) => {
+        let env = || RunEnv::new(Console::default());
+        let result = match &job {
+            StartRequest::Boot(cfg) => {
+                vmm::run_with(cfg, env(), hooks()).map(|r| (r, cfg.command.is_some()))
+            }
+            StartRequest::Restore(spec) => vmm::restore_with(spec, env(), hooks()),
+        };
+        match result {
+            Ok(done) => {
                 *state.lock().unwrap_or_else(|p| p.into_inner()) = InstanceState::Stopped;
                 drop(server);
-                return Ok((reason, cfg));
+                return Ok(done);
             }
             Err(e) if !boot_now => {
                 let msg = error_chain(&e);
-                log::error!("InstanceStart failed: {msg}");
+                log::error!("starting the VM failed: {msg}");
                 control.fail(msg);
-                cfg = start_rx.recv().map_err(|_| ServiceError::ControllerGone)?;
+                job = start_rx.recv().map_err(|_| ServiceError::ControllerGone)?;
             }
             Err(e) => return Err(e.into()),
         }

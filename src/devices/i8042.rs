@@ -131,6 +131,30 @@ impl I8042 {
         }
     }
 
+    /// The controller's state, for a snapshot.
+    pub fn save_state(&self) -> crate::snapshot::state::I8042State {
+        crate::snapshot::state::I8042State {
+            ctr: self.ctr,
+            output_port: self.output_port,
+            pending: self.pending,
+            kbd_pending: self.kbd_pending,
+            last_was_command: self.last_was_command,
+            output: self.output.iter().copied().collect(),
+            last_read: self.last_read,
+        }
+    }
+
+    /// Takes a snapshot's state; an output queue longer than the controller's is cut.
+    pub fn restore_state(&mut self, s: &crate::snapshot::state::I8042State) {
+        self.ctr = s.ctr;
+        self.output_port = s.output_port;
+        self.pending = s.pending;
+        self.kbd_pending = s.kbd_pending;
+        self.last_was_command = s.last_was_command;
+        self.output = s.output.iter().copied().take(OUTPUT_CAPACITY).collect();
+        self.last_read = s.last_read;
+    }
+
     /// Presses and releases Ctrl-Alt-Del on the keyboard, in the scancode set the guest
     /// configured (set 1 when it has the controller translate, set 2 otherwise).
     pub fn press_ctrl_alt_del(&mut self) -> Result<(), KeyboardError> {

@@ -48,6 +48,46 @@ impl SerialConsole {
         }
     }
 
+    /// A UART with the registers and FIFO of a snapshot; a FIFO longer than the UART's
+    /// is refused.
+    pub fn from_state(
+        irq: EventFd,
+        out: ConsoleOut,
+        state: &crate::snapshot::state::SerialState,
+    ) -> Result<Self, String> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor[0],
+            baud_divisor_high: state.baud_divisor[1],
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&s, SerialIrq(irq), NoEvents, out)
+            .map_err(|e| format!("the serial state is invalid: {e:?}"))?;
+        Ok(Self { uart })
+    }
+
+    /// The UART's registers and FIFO, for a snapshot.
+    pub fn save_state(&self) -> crate::snapshot::state::SerialState {
+        let s = self.uart.state();
+        crate::snapshot::state::SerialState {
+            baud_divisor: [s.baud_divisor_low, s.baud_divisor_high],
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
     /// Queues host input for the guest; returns how many bytes fitted into the FIFO.
     pub fn enqueue_input(&mut self, input: &[u8]) -> usize {
         match self.uart.enqueue_raw_bytes(input) {

@@ -173,6 +173,9 @@ const DEVICE_LOOP: &[Rule] = &[
     Rule::any(libc::SYS_sendmsg),
     Rule::any(libc::SYS_shutdown),
     Rule::any(libc::SYS_getsockopt),
+    // Snapshots: the guest memory file (created, sized, written sparse, synced).
+    Rule::any(libc::SYS_openat),
+    Rule::any(libc::SYS_ftruncate),
 ];
 
 const API: &[Rule] = &[
@@ -195,6 +198,13 @@ const API_CONTROL: &[Rule] = &[
     Rule::any(libc::SYS_statx),
     Rule::any(libc::SYS_lseek),
     Rule::any(libc::SYS_fsync),
+    // Snapshots: the state file, written to a temporary name and renamed.
+    Rule::any(libc::SYS_fdatasync),
+    Rule::any(libc::SYS_rename),
+    Rule::any(libc::SYS_renameat),
+    Rule::any(libc::SYS_renameat2),
+    Rule::any(libc::SYS_unlink),
+    Rule::any(libc::SYS_unlinkat),
 ];
 
 const VMM: &[Rule] = &[

@@ -90,6 +90,16 @@ impl VcpuExitCounters {
         self.counts[kind as usize].load(Ordering::Relaxed)
     }
 
+    /// Adds the counts of a snapshotted VM, (name, count) as [`Self::snapshot`] gave them;
+    /// unknown names are ignored.
+    pub fn preload(&self, counts: &[(String, u64)]) {
+        for (name, n) in counts {
+            if let Some(k) = ExitKind::ALL.iter().find(|k| k.name() == name) {
+                self.counts[*k as usize].fetch_add(*n, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// (name, count) of every kind, in [`ExitKind::ALL`] order.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         ExitKind::ALL

@@ -4,13 +4,14 @@ pub mod counters;
 pub mod emulation;
 pub mod exits;
 pub mod pause;
+pub mod persist;
 pub mod profile;
 pub mod regs;
 
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use kvm_bindings::{CpuId, KVM_INTERNAL_ERROR_EMULATION};
+use kvm_bindings::{CpuId, KVM_INTERNAL_ERROR_EMULATION, kvm_cpuid_entry2};
 use kvm_ioctls::{VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -32,6 +33,8 @@ pub enum VcpuError {
     Regs(u8, #[source] regs::RegsError),
     #[error("starting the thread of vCPU {0} failed")]
     Spawn(u8, #[source] std::io::Error),
+    #[error("restoring vCPU state failed")]
+    Restore(#[source] persist::PersistError),
 }
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
@@ -57,6 +60,10 @@ pub struct Vcpu {
     profile: Option<profile::Profile>,
     exits: Arc<VcpuExitCounters>,
     pause: Arc<pause::PauseGate>,
+    /// The CPUID set on the vCPU (a snapshot saves it).
+    cpuid: Vec<kvm_cpuid_entry2>,
+    /// Where the vCPU saves its state when it parks, with the MSRs to save.
+    snapshot: Option<(Arc<persist::SavedStates>, Arc<Vec<u32>>)>,
 }
 
 impl Vcpu {
@@ -87,7 +94,51 @@ impl Vcpu {
             profile: None,
             exits: Arc::default(),
             pause: Arc::default(),
+            cpuid: cpuid.as_slice().to_vec(),
+            snapshot: None,
         })
+    }
+
+    /// Makes the vCPU save its state into `states` whenever it parks for a pause, with
+    /// the MSRs of `msr_list`, so that a paused VM can be snapshotted.
+    pub fn set_snapshot_slot(
+        &mut self,
+        states: Arc<persist::SavedStates>,
+        msr_list: Arc<Vec<u32>>,
+    ) {
+        self.snapshot = Some((states, msr_list));
+    }
+
+    /// Gives the new vCPU a snapshot's state (instead of [`Self::setup_boot`]).
+    pub fn restore_state(
+        &self,
+        state: &crate::snapshot::state::VcpuState,
+    ) -> Result<(), VcpuError> {
+        persist::restore(&self.fd, self.index, state).map_err(VcpuError::Restore)
+    }
+
+    /// Saves the state of this parked vCPU for a snapshot (see [`Self::set_snapshot_slot`]).
+    fn save_for_snapshot(&mut self) {
+        let Some((states, msrs)) = self.snapshot.clone() else {
+            return;
+        };
+        // Completes an MMIO or port read that KVM still has to hand to the guest, without
+        // entering the guest: KVM_RUN with immediate_exit returns EINTR at once.
+        self.fd.set_kvm_immediate_exit(1);
+        let completed = match self.fd.run() {
+            Err(e) if e.errno() != libc::EINTR => Err(e),
+            _ => Ok(()),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        let state = match completed {
+            Err(e) => Err(format!("completing the pending I/O failed: {e}")),
+            Ok(()) => persist::save(&self.fd, self.index, &self.cpuid, &msrs)
+                .map_err(|e| crate::control::error_chain(&e)),
+        };
+        if let Err(e) = &state {
+            log::warn!("vCPU {}: cannot save its state: {e}", self.index);
+        }
+        states.put(self.index, state);
     }
 
     /// Records this vCPU's RIP whenever it is kicked, into a histogram saved at `path`
@@ -135,7 +186,11 @@ impl Vcpu {
         let mut first = true;
         while !self.latch.is_set() {
             if self.pause.is_requested() {
+                self.save_for_snapshot();
                 self.pause.park(&self.latch);
+                if let Some((states, _)) = &self.snapshot {
+                    states.clear(self.index);
+                }
                 continue;
             }
             if first && self.index == 0 {

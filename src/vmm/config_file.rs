@@ -85,6 +85,9 @@ pub struct FileConfig {
     /// Seccomp filtering: 0 off, 2 a per-thread allow-list (`--seccomp-level`, default 2).
     #[serde(rename = "seccomp-level", skip_serializing_if = "Option::is_none")]
     pub seccomp_level: Option<crate::seccomp::SeccompLevel>,
+    /// A snapshot to restore instead of booting (the body of `PUT /snapshot/load`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::api::model::SnapshotLoadParams>,
 }
 
 /// `process`: the command the guest init runs (`-- COMMAND ARGS...`) and its context.

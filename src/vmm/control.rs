@@ -6,6 +6,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::path::Path;
+
+use super::persist::{CreateStats, SnapshotSource, create_snapshot};
 use crate::devices::i8042::{I8042, KeyboardError};
 use crate::vcpu::{self, pause::PauseGate};
 
@@ -21,6 +24,10 @@ pub enum ControlError {
     PauseTimeout(Duration),
     #[error(transparent)]
     Keyboard(#[from] KeyboardError),
+    #[error("the VM must be paused to be snapshotted")]
+    NotPaused,
+    #[error("the snapshot failed: {0}")]
+    Snapshot(String),
 }
 
 /// Where the VM is in its life, as the handle sees it.
@@ -47,6 +54,8 @@ pub struct VmControl {
     gate: Arc<PauseGate>,
     phase: Mutex<Phase>,
     changed: Condvar,
+    /// What a snapshot of the running VM reads.
+    snapshot: Mutex<Option<Arc<SnapshotSource>>>,
 }
 
 impl Default for VmControl {
@@ -66,6 +75,7 @@ impl VmControl {
             gate: Arc::new(PauseGate::new()),
             phase: Mutex::new(Phase::Idle),
             changed: Condvar::new(),
+            snapshot: Mutex::new(None),
         }
     }
 
@@ -148,6 +158,36 @@ impl VmControl {
         }
         self.gate.resume();
         Ok(())
+    }
+
+    /// Called by the VMM once the VM's devices exist: snapshots read them from `source`.
+    pub fn set_snapshot_source(&self, source: Arc<SnapshotSource>) {
+        *lock(&self.snapshot) = Some(source);
+    }
+
+    /// Called by the VMM when the VM is gone.
+    pub fn clear_snapshot_source(&self) {
+        *lock(&self.snapshot) = None;
+    }
+
+    /// Writes a snapshot of the paused VM.
+    pub fn create_snapshot(
+        &self,
+        state_path: &Path,
+        mem_path: &Path,
+    ) -> Result<CreateStats, ControlError> {
+        let phase = lock(&self.phase);
+        let Phase::Live(live) = &*phase else {
+            return Err(ControlError::NotRunning);
+        };
+        if !self.gate.is_requested() || self.gate.parked() < live.vcpus.len() {
+            return Err(ControlError::NotPaused);
+        }
+        let source = lock(&self.snapshot)
+            .clone()
+            .ok_or(ControlError::NotRunning)?;
+        create_snapshot(&source, state_path, mem_path)
+            .map_err(|e| ControlError::Snapshot(crate::control::error_chain(&e)))
     }
 
     /// Presses Ctrl-Alt-Del on the VM's keyboard.

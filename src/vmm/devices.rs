@@ -37,11 +37,12 @@ pub enum DeviceError {
 }
 
 /// Hands out virtio-mmio slots (window and IRQ) in order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct VirtioMmioSlots {
     next: u32,
     attached: Vec<VirtioMmioEntry>,
     refusals: Vec<Arc<AtomicU64>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl VirtioMmioSlots {
@@ -58,6 +59,11 @@ impl VirtioMmioSlots {
     /// The devices attached so far, for the kernel command line.
     pub fn entries(&self) -> &[VirtioMmioEntry] {
         &self.attached
+    }
+
+    /// The transports attached so far, in slot order (for snapshots).
+    pub fn transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.transports
     }
 
     /// Attaches `device` to the next free slot.
@@ -93,9 +99,11 @@ impl VirtioMmioSlots {
             kicks,
         )?;
         let refusals = transport.refusals();
+        let transport = Arc::new(Mutex::new(transport));
         buses
             .mmio
-            .insert(Arc::new(Mutex::new(transport)), base, MMIO_WINDOW_SIZE)?;
+            .insert(transport.clone(), base, MMIO_WINDOW_SIZE)?;
+        self.transports.push(transport);
         self.refusals.push(refusals);
         let entry = VirtioMmioEntry {
             base,

@@ -8,6 +8,7 @@ pub mod devices;
 pub mod event_loop;
 pub mod line_watch;
 pub mod panic_watch;
+pub mod persist;
 
 use std::io;
 use std::os::unix::net::UnixStream;
@@ -32,6 +33,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::EventLoopHandle;
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
 use crate::devices::virtio::vsock::{Vsock, VsockBackendConfig, VsockError};
 use crate::exit::{ExitLatch, ExitReason};
@@ -39,6 +41,7 @@ use crate::host::HostKind;
 use crate::initcmd::{EXIT_PORT, INIT_MARKER};
 use crate::metrics::Metrics;
 use crate::process_stats::{self, PROCESS_START};
+use crate::snapshot;
 use crate::vcpu::{self, Vcpu, VcpuError};
 use boot_marker::MarkerWatch;
 use control::VmControl;
@@ -100,6 +103,14 @@ pub enum VmmError {
     VsockNeeded,
     #[error("cannot install the vCPU kick signal handler")]
     Signal(#[source] vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Snapshot(#[from] persist::SnapshotError),
+    #[error("restoring virtio device {index}")]
+    RestoreDevice {
+        index: usize,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Sampling period of the guest profiler (HVLITE_GUEST_PROFILE).
@@ -122,6 +133,12 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, VmmError> {
     let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_mib << 20))
         .map_err(|e| VmmError::Memory(mem_mib, e))?;
+    register_memory(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Registers every region of `mem` with KVM as a memory slot.
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = u32::try_from(slot).map_err(|_| VmmError::Kvm("memory slot", io_einval()))?;
         let desc = kvm_bindings::kvm_userspace_memory_region {
@@ -136,7 +153,7 @@ fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, VmmError> {
         unsafe { vm.set_user_memory_region(desc) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
     }
-    Ok(mem)
+    Ok(())
 }
 
 fn io_einval() -> kvm_ioctls::Error {
@@ -234,6 +251,7 @@ fn load_guest(
 /// The legacy devices on the port-I/O bus, and the keyboard for the VM's controllers.
 struct LegacyDevices {
     buses: Buses,
+    serial: Arc<Mutex<SerialConsole>>,
     keyboard: Arc<Mutex<I8042>>,
 }
 
@@ -243,23 +261,33 @@ fn setup_devices(
     latch: &Arc<ExitLatch>,
     console_out: ConsoleOut,
     forward_stdin: bool,
+    restore: Option<&snapshot::VmState>,
 ) -> Result<LegacyDevices, VmmError> {
     let mut buses = Buses::default();
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&irq, layout::SERIAL_IRQ)
         .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-    let serial = Arc::new(Mutex::new(SerialConsole::new(irq, console_out)));
+    let serial = match restore {
+        Some(s) => SerialConsole::from_state(irq, console_out, &s.serial)
+            .map_err(|e| VmmError::Snapshot(persist::SnapshotError::Inconsistent(e)))?,
+        None => SerialConsole::new(irq, console_out),
+    };
+    let serial = Arc::new(Mutex::new(serial));
     buses
         .pio
         .insert(serial.clone(), u64::from(COM1_BASE), u64::from(COM1_LEN))?;
     if forward_stdin {
         // The forwarder thread is detached: it blocks on stdin until EOF or exit.
-        spawn_stdin_forwarder(io::stdin(), serial).map_err(VmmError::Stdin)?;
+        spawn_stdin_forwarder(io::stdin(), serial.clone()).map_err(VmmError::Stdin)?;
     }
     let kbd_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(VmmError::EventFd)?;
     vm.register_irqfd(&kbd_irq, layout::KEYBOARD_IRQ)
         .map_err(kvm_err("KVM_IRQFD (keyboard)"))?;
-    let keyboard = Arc::new(Mutex::new(I8042::new(latch.clone(), Some(kbd_irq))));
+    let mut kbd = I8042::new(latch.clone(), Some(kbd_irq));
+    if let Some(s) = restore {
+        kbd.restore_state(&s.i8042);
+    }
+    let keyboard = Arc::new(Mutex::new(kbd));
     buses.pio.insert(
         keyboard.clone(),
         u64::from(I8042_BASE),
@@ -270,7 +298,11 @@ fn setup_devices(
         u64::from(EXIT_PORT),
         1,
     )?;
-    Ok(LegacyDevices { buses, keyboard })
+    Ok(LegacyDevices {
+        buses,
+        serial,
+        keyboard,
+    })
 }
 
 /// Where the guest's console goes and whether host stdin is forwarded to it.
@@ -329,18 +361,55 @@ pub fn run(cfg: &VmConfig, env: RunEnv) -> Result<ExitReason, VmmError> {
 
 /// [`run`], with metrics and a control handle.
 pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReason, VmmError> {
+    run_inner(cfg, env, hooks, None)
+}
+
+/// Restores the snapshot of `spec` and runs the VM until it ends; returns why it ended and
+/// whether the guest reports a command's status.
+pub fn restore_with(
+    spec: &persist::RestoreSpec,
+    env: RunEnv,
+    hooks: RunHooks,
+) -> Result<(ExitReason, bool), VmmError> {
+    let start = Instant::now();
+    let (restore, cfg) = persist::prepare_restore(spec, HostKind::detect())?;
+    log::debug!(
+        "snapshot {} read and checked in {:.2} ms",
+        spec.state_path.display(),
+        start.elapsed().as_secs_f64() * 1e3
+    );
+    let has_command = cfg.command.is_some();
+    let reason = run_inner(&cfg, env, hooks, Some(&restore))?;
+    Ok((reason, has_command))
+}
+
+/// Boots the VM of `cfg`, or restores `restore` (whose devices `cfg` describes).
+fn run_inner(
+    cfg: &VmConfig,
+    env: RunEnv,
+    hooks: RunHooks,
+    restore: Option<&persist::Restore>,
+) -> Result<ExitReason, VmmError> {
+    let load_start = Instant::now();
     let RunEnv {
         console,
         latch,
         vsock_ports,
     } = env;
-    cfg.validate(config::host_ram_mib())?;
-    // Bad input files are reported before anything touches KVM.
-    loader::check_readable(&cfg.kernel)?;
-    if let Some(initrd) = &cfg.initrd {
-        loader::check_readable(initrd)?;
+    if restore.is_none() {
+        cfg.validate(config::host_ram_mib())?;
+        // Bad input files are reported before anything touches KVM.
+        loader::check_readable(&cfg.kernel)?;
+        if let Some(initrd) = &cfg.initrd {
+            loader::check_readable(initrd)?;
+        }
+    } else {
+        let mut check = cfg.clone();
+        check.command = None;
+        check.validate(config::host_ram_mib())?;
     }
     let disks = open_disks(cfg)?;
+    let disk_sizes: Vec<u64> = disks.iter().map(DiskImage::size).collect();
     let taps = open_taps(cfg)?;
     let vsock = open_vsock(cfg, vsock_ports)?;
     let kvm = open_kvm()?;
@@ -353,9 +422,24 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
             max,
         });
     }
-    let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
+    let base_cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    if let Some(r) = restore {
+        persist::check_cpu(base_cpuid.as_slice(), &r.state)?;
+    }
+    let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
     setup_irqchip(&vm)?;
-    let mem = create_memory(&vm, cfg.memory_mib)?;
+    let mem = match restore {
+        Some(r) => {
+            let mem = snapshot::memory::load(&r.mem_path, &r.state.memory)
+                .map_err(persist::SnapshotError::from)?;
+            register_memory(&vm, &mem)?;
+            persist::restore_vm_state(&vm, &r.state.vm)?;
+            mem
+        }
+        None => create_memory(&vm, cfg.memory_mib)?,
+    };
     let metrics = hooks.metrics.as_deref();
     if let Some(m) = metrics {
         m.set_guest_memory(mem.iter().map(|r| r.as_ptr() as u64).collect());
@@ -370,11 +454,17 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
     let events = EventLoop::start(latch.clone())?;
     // Whatever happens from here on, the event loop thread is stopped before returning.
     let result = (|| {
-        let legacy = setup_devices(&vm, &latch, console_out, console.forward_stdin)?;
+        let state = restore.map(|r| &r.state);
+        let legacy = setup_devices(&vm, &latch, console_out, console.forward_stdin, state)?;
         let mut buses = legacy.buses;
         let mut slots = VirtioMmioSlots::new();
+        let mut counters = persist::VmCounters {
+            devices: Vec::new(),
+            vcpu_exits: hooks.metrics.as_ref().map(|m| m.vcpu_exits()),
+        };
         for (i, disk) in disks.into_iter().enumerate() {
             let device = Block::new(disk, events.handle());
+            counters.devices.push(device.counters());
             if let Some(m) = metrics {
                 m.register_block(&cfg.disk_id(i), device.counters());
             }
@@ -393,6 +483,7 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
                 }
             );
             let device = Net::new(tap, mac, events.handle());
+            counters.devices.push(device.counters());
             if let Some(m) = metrics {
                 m.register_net(&cfg.net_id(i), device.counters());
             }
@@ -401,30 +492,119 @@ pub fn run_with(cfg: &VmConfig, env: RunEnv, hooks: RunHooks) -> Result<ExitReas
         }
         if let Some(vsock) = vsock {
             let device = vsock.build(events.handle()).map_err(VmmError::Vsock)?;
+            counters.devices.push(device.counters());
             if let Some(m) = metrics {
                 m.register_vsock("vsock", device.counters());
             }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
             register_refusals(metrics, "vsock", &slots);
         }
+        let transports = slots.transports().to_vec();
+        if let Some(r) = restore {
+            check_devices(&transports, &r.state)?;
+            counters.restore(&r.state.counters);
+        }
         let buses = Arc::new(buses);
-        let boot = load_guest(cfg, host, &mem, slots.entries())?;
+        let boot = match restore {
+            Some(_) => None,
+            None => Some(load_guest(cfg, host, &mem, slots.entries())?),
+        };
+        let saved_states = Arc::new(vcpu::persist::SavedStates::new(usize::from(cfg.cpus)));
+        let snapshots = match &hooks.control {
+            Some(control) => {
+                let msrs = Arc::new(persist::msr_list(&kvm)?);
+                control.set_snapshot_source(Arc::new(persist::SnapshotSource {
+                    vm: vm.clone(),
+                    host,
+                    mem: mem.clone(),
+                    serial: legacy.serial.clone(),
+                    keyboard: legacy.keyboard.clone(),
+                    transports: transports.clone(),
+                    config: persist::saved_config(cfg, &disk_sizes),
+                    events: events.handle(),
+                    vcpus: saved_states.clone(),
+                    counters: counters.clone(),
+                }));
+                Some((saved_states, msrs))
+            }
+            None => None,
+        };
         let parts = VcpuParts {
-            kvm: &kvm,
             vm: &vm,
             host,
-            boot: &boot,
+            base_cpuid: &base_cpuid,
+            boot: boot.as_ref(),
             buses: &buses,
             mem: &mem,
             latch: &latch,
             keyboard: legacy.keyboard,
+            snapshots,
         };
-        run_vcpus(cfg, parts, &hooks)
+        let before_start = || -> Result<(), VmmError> {
+            if let Some(r) = restore {
+                restore_devices(&transports, &r.state, &disk_sizes)?;
+                log::info!(
+                    "snapshot restored in {:.2} ms",
+                    load_start.elapsed().as_secs_f64() * 1e3
+                );
+            }
+            Ok(())
+        };
+        let paused = restore.is_some_and(|r| !r.resume);
+        run_vcpus(cfg, parts, &hooks, restore, before_start, paused)
     })();
     events.stop();
+    if let Some(c) = &hooks.control {
+        c.clear_snapshot_source();
+    }
     let reason = panic.explain(result?);
     report_memory(&mem);
     Ok(reason)
+}
+
+/// Refuses a restore whose devices are not those of the snapshot.
+fn check_devices(
+    transports: &[Arc<Mutex<MmioTransport>>],
+    state: &snapshot::VmState,
+) -> Result<(), VmmError> {
+    for (index, (t, s)) in transports.iter().zip(&state.virtio).enumerate() {
+        let t = t.lock().unwrap_or_else(|p| p.into_inner());
+        t.check_state(s).map_err(|e| VmmError::RestoreDevice {
+            index,
+            source: Box::new(e),
+        })?;
+    }
+    Ok(())
+}
+
+/// Gives each virtio device its saved state (after the vCPUs got theirs: KVM_SET_LAPIC
+/// would drop an interrupt a device raises before it), and announces a disk whose size
+/// changed with a config-change interrupt.
+fn restore_devices(
+    transports: &[Arc<Mutex<MmioTransport>>],
+    state: &snapshot::VmState,
+    disk_sizes: &[u64],
+) -> Result<(), VmmError> {
+    for (index, (t, s)) in transports.iter().zip(&state.virtio).enumerate() {
+        let mut t = t.lock().unwrap_or_else(|p| p.into_inner());
+        t.restore_state(s).map_err(|e| VmmError::RestoreDevice {
+            index,
+            source: Box::new(e),
+        })?;
+        let resized = (state.config.disks.get(index))
+            .zip(disk_sizes.get(index))
+            .filter(|(d, size)| d.size != **size);
+        if let Some((d, size)) = resized {
+            log::info!(
+                "drive {}: {} bytes instead of {}; telling the guest",
+                d.id,
+                size,
+                d.size
+            );
+            t.signal_config_change();
+        }
+    }
+    Ok(())
 }
 
 /// Opens every disk of `cfg`, so that a bad disk is reported before the guest starts.
@@ -490,17 +670,19 @@ fn open_vsock(
 
 /// What the vCPUs are made from.
 struct VcpuParts<'a> {
-    kvm: &'a Kvm,
     vm: &'a VmFd,
     host: HostKind,
-    boot: &'a BootImage,
+    base_cpuid: &'a kvm_bindings::CpuId,
+    /// The boot image (none when restoring).
+    boot: Option<&'a BootImage>,
     buses: &'a Arc<Buses>,
     mem: &'a GuestMemoryMmap,
     latch: &'a Arc<ExitLatch>,
     keyboard: Arc<Mutex<I8042>>,
+    /// Where the vCPUs save their states when paused, and the MSRs to save.
+    snapshots: Option<(Arc<vcpu::persist::SavedStates>, Arc<Vec<u32>>)>,
 }
 
-/// Creates the vCPUs, runs them until the VM ends and stops them all.
 /// Shows the refused-access counter of the transport attached last as
 /// `hvlite.virtio_mmio.<id>.refused`.
 fn register_refusals(metrics: Option<&Metrics>, id: &str, slots: &VirtioMmioSlots) {
@@ -511,16 +693,32 @@ fn register_refusals(metrics: Option<&Metrics>, id: &str, slots: &VirtioMmioSlot
     }
 }
 
-fn run_vcpus(cfg: &VmConfig, p: VcpuParts, hooks: &RunHooks) -> Result<ExitReason, VmmError> {
+/// Creates the vCPUs (booting, or restoring `restore`), calls `before_start`, runs them
+/// (parked at first when `paused`) until the VM ends and stops them all.
+fn run_vcpus(
+    cfg: &VmConfig,
+    p: VcpuParts,
+    hooks: &RunHooks,
+    restore: Option<&persist::Restore>,
+    before_start: impl FnOnce() -> Result<(), VmmError>,
+    paused: bool,
+) -> Result<ExitReason, VmmError> {
     let latch = p.latch;
-    let base_cpuid = p
-        .kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
     for index in 0..cfg.cpus {
-        let mut cpuid = base_cpuid.clone();
-        cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, p.host);
+        let saved = restore.and_then(|r| r.state.vcpus.get(usize::from(index)));
+        let cpuid = match saved {
+            Some(s) => kvm_bindings::CpuId::from_entries(&s.cpuid).map_err(|_| {
+                persist::SnapshotError::Inconsistent(format!(
+                    "vCPU {index} has too many CPUID entries"
+                ))
+            })?,
+            None => {
+                let mut cpuid = p.base_cpuid.clone();
+                cpuid::customize_cpuid(&mut cpuid, index, cfg.cpus, p.host);
+                cpuid
+            }
+        };
         let mut v = Vcpu::new(
             p.vm,
             index,
@@ -530,11 +728,17 @@ fn run_vcpus(cfg: &VmConfig, p: VcpuParts, hooks: &RunHooks) -> Result<ExitReaso
             p.mem.clone(),
             latch.clone(),
         )?;
-        if index == 0 {
-            v.setup_boot(p.boot.entry, &p.boot.segments, p.boot.cr3)?;
-            if let Some(path) = &cfg.guest_profile {
-                v.enable_profile(path);
-            }
+        if let Some(s) = saved {
+            v.restore_state(s)?;
+        } else if index == 0
+            && let Some(boot) = p.boot
+        {
+            v.setup_boot(boot.entry, &boot.segments, boot.cr3)?;
+        }
+        if index == 0
+            && let Some(path) = &cfg.guest_profile
+        {
+            v.enable_profile(path);
         }
         if let Some(m) = &hooks.metrics {
             v.set_exit_counters(m.vcpu_exits());
@@ -542,7 +746,14 @@ fn run_vcpus(cfg: &VmConfig, p: VcpuParts, hooks: &RunHooks) -> Result<ExitReaso
         if let Some(c) = &hooks.control {
             v.set_pause_gate(c.pause_gate());
         }
+        if let Some((states, msrs)) = &p.snapshots {
+            v.set_snapshot_slot(states.clone(), msrs.clone());
+        }
         vcpus.push(v);
+    }
+    before_start()?;
+    if paused && let Some(c) = &hooks.control {
+        c.pause_gate().request_pause();
     }
     vcpu::install_kick_handler().map_err(VmmError::Signal)?;
     let mut threads = Vec::with_capacity(vcpus.len());

@@ -175,4 +175,6 @@ pub const EXIT_PORT: u16 = hvlite::initcmd::EXIT_PORT;
 pub fn is_pvm() -> bool {
     hvlite::host::HostKind::detect().is_pvm()
 }
+pub mod api;
 pub mod linux;
+pub mod netns;

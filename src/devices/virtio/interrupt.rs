@@ -77,6 +77,13 @@ impl VirtioInterrupt {
         self.needs_reset.store(false, Ordering::SeqCst);
     }
 
+    /// Sets InterruptStatus and the needs-reset flag as a snapshot saved them, without
+    /// raising the interrupt.
+    pub fn restore(&self, status: u32, needs_reset: bool) {
+        self.status.store(status, Ordering::SeqCst);
+        self.needs_reset.store(needs_reset, Ordering::SeqCst);
+    }
+
     /// The eventfd behind the interrupt (for tests and for registering the irqfd).
     pub fn eventfd(&self) -> &EventFd {
         &self.irq

@@ -431,7 +431,7 @@ impl MmioTransport {
     }
 
     fn activate(&mut self) {
-        match self.try_activate() {
+        match self.try_activate(&[]) {
             Ok(()) => self.activated = true,
             Err(e) => {
                 self.refuse();
@@ -446,7 +446,9 @@ impl MmioTransport {
         }
     }
 
-    fn try_activate(&mut self) -> Result<(), MmioError> {
+    /// Hands the queues to the device; `positions` (from a snapshot) gives each queue's
+    /// next available and next used index, a fresh queue starts at 0.
+    fn try_activate(&mut self, positions: &[(u16, u16)]) -> Result<(), MmioError> {
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let total = self.queues.len();
         let mut queues = Vec::with_capacity(total);
@@ -454,7 +456,12 @@ impl MmioTransport {
             if !config.ready {
                 return Err(MmioError::QueueNotReady { index, total });
             }
-            queues.push(config.to_queue(index, event_idx, &self.mem)?);
+            let mut queue = config.to_queue(index, event_idx, &self.mem)?;
+            if let Some(&(next_avail, next_used)) = positions.get(index) {
+                queue.set_next_avail(next_avail);
+                queue.set_next_used(next_used);
+            }
+            queues.push(queue);
         }
         let kicks = self
             .kicks
@@ -535,6 +542,8 @@ impl BusDevice for MmioTransport {
         }
     }
 }
+
+mod persist;
 
 #[cfg(test)]
 mod tests;

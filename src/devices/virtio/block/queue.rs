@@ -36,6 +36,36 @@ pub struct BlockCounters {
     interrupts: AtomicU64,
 }
 
+impl BlockCounters {
+    fn all(&self) -> [&std::sync::atomic::AtomicU64; 8] {
+        [
+            &self.requests,
+            &self.bytes_read,
+            &self.bytes_written,
+            &self.errors,
+            &self.unsupported,
+            &self.dropped,
+            &self.queue_errors,
+            &self.interrupts,
+        ]
+    }
+
+    /// Every counter's value, in declaration order (for snapshots).
+    pub fn values(&self) -> Vec<u64> {
+        self.all()
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Adds `values` (from [`Self::values`] of a snapshotted device) to the counters.
+    pub fn preload(&self, values: &[u64]) {
+        for (c, v) in self.all().iter().zip(values) {
+            c.fetch_add(*v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A copy of [`BlockCounters`] at one moment.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct BlockStats {

@@ -19,6 +19,39 @@ pub struct NetCounters {
     pub(super) interrupts: AtomicU64,
 }
 
+impl NetCounters {
+    fn all(&self) -> [&AtomicU64; 11] {
+        [
+            &self.rx_frames,
+            &self.rx_bytes,
+            &self.rx_dropped,
+            &self.rx_errors,
+            &self.rx_starved,
+            &self.tx_frames,
+            &self.tx_bytes,
+            &self.tx_dropped,
+            &self.tx_errors,
+            &self.queue_errors,
+            &self.interrupts,
+        ]
+    }
+
+    /// Every counter's value, in declaration order (for snapshots).
+    pub fn values(&self) -> Vec<u64> {
+        self.all()
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Adds `values` (from [`Self::values`] of a snapshotted device) to the counters.
+    pub fn preload(&self, values: &[u64]) {
+        for (c, v) in self.all().iter().zip(values) {
+            c.fetch_add(*v, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A copy of [`NetCounters`] at one moment. Byte counts exclude the vnet header.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct NetStats {

@@ -22,6 +22,41 @@ pub struct VsockCounters {
     pub(super) interrupts: AtomicU64,
 }
 
+impl VsockCounters {
+    fn all(&self) -> [&std::sync::atomic::AtomicU64; 13] {
+        [
+            &self.packets_to_guest,
+            &self.bytes_to_guest,
+            &self.packets_from_guest,
+            &self.bytes_from_guest,
+            &self.connections_opened,
+            &self.resets_sent,
+            &self.resets_received,
+            &self.malformed,
+            &self.dropped,
+            &self.host_rejected,
+            &self.rx_dropped,
+            &self.queue_errors,
+            &self.interrupts,
+        ]
+    }
+
+    /// Every counter's value, in declaration order (for snapshots).
+    pub fn values(&self) -> Vec<u64> {
+        self.all()
+            .iter()
+            .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Adds `values` (from [`Self::values`] of a snapshotted device) to the counters.
+    pub fn preload(&self, values: &[u64]) {
+        for (c, v) in self.all().iter().zip(values) {
+            c.fetch_add(*v, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 /// A copy of [`VsockCounters`] at one moment. Byte counts are payload bytes.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct VsockStats {
