@@ -10,6 +10,7 @@ pub mod exit;
 pub mod host;
 pub mod logging;
 pub mod metrics;
+pub mod oci;
 pub mod process_stats;
 pub mod seccomp;
 pub mod snapshot;

@@ -97,16 +97,50 @@ pub fn kernel_options(mode: RootMode, console: bool) -> String {
     opts
 }
 
+/// What the session of a running container offers another front end (the OCI runtime's
+/// monitor): signals to the process, and the VM's end.
+#[derive(Clone, Debug)]
+pub struct SessionHandle {
+    /// The agent session (signal forwarding, whether the process started).
+    pub shared: Arc<session::SessionShared>,
+    /// Ends the VM.
+    pub latch: Arc<ExitLatch>,
+}
+
+/// How a front end other than `hvlite run` adjusts a container run.
+#[derive(Default)]
+pub struct RunHooks {
+    /// The process for the agent, instead of `cfg.process`'s.
+    pub spec: Option<agent::protocol::ProcessSpec>,
+    /// A root filesystem already prepared, instead of preparing `cfg.rootfs`.
+    pub root: Option<rootfs::PreparedRoot>,
+    /// Hold the process back until the host says go.
+    pub gate: Option<session::StartGate>,
+    /// Called with the session before the VM boots.
+    pub on_session: Option<Box<dyn FnOnce(SessionHandle) + Send>>,
+}
+
 /// Runs the container described by `cfg` until its process ends.
 ///
 /// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread first: call it before starting
 /// any other thread.
 pub fn run(cfg: ContainerConfig) -> Result<RunOutcome, ContainerError> {
+    run_with(cfg, RunHooks::default())
+}
+
+/// [`run`], adjusted by `hooks`.
+pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, ContainerError> {
     signals::block_forwarded().map_err(ContainerError::Signals)?;
-    let spec = cfg.process.to_spec(|k| std::env::var(k).ok());
+    let spec = match hooks.spec {
+        Some(spec) => spec,
+        None => cfg.process.to_spec(|k| std::env::var(k).ok()),
+    };
     spec.validate().map_err(ContainerError::Spec)?;
 
-    let root = rootfs::prepare(&cfg.rootfs)?;
+    let root = match hooks.root {
+        Some(root) => root,
+        None => rootfs::prepare(&cfg.rootfs)?,
+    };
     log::info!(
         "rootfs: {} ({}, {:.1} ms)",
         root.image.display(),
@@ -155,13 +189,19 @@ pub fn run(cfg: ContainerConfig) -> Result<RunOutcome, ContainerError> {
     let outputs = session::Outputs {
         stdout: Box::new(io::stdout()),
         stderr: Box::new(io::stderr()),
-        stdin: cfg
-            .process
+        stdin: spec
             .stdin
             .then(|| Box::new(io::stdin()) as Box<dyn io::Read + Send>),
     };
-    let (shared, session_thread) = session::spawn(spec, agent_rx, Arc::clone(&latch), outputs)
-        .map_err(ContainerError::Session)?;
+    let (shared, session_thread) =
+        session::spawn_gated(spec, agent_rx, Arc::clone(&latch), outputs, hooks.gate)
+            .map_err(ContainerError::Session)?;
+    if let Some(on_session) = hooks.on_session {
+        on_session(SessionHandle {
+            shared: Arc::clone(&shared),
+            latch: Arc::clone(&latch),
+        });
+    }
     let sig_latch = Arc::clone(&latch);
     let forwarder = signals::spawn_forwarder(move |sig| {
         if shared.forward_signal(sig) {

@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,11 +33,22 @@ pub struct Outputs {
     pub stdin: Option<Box<dyn Read + Send>>,
 }
 
+/// Holds the process back after the agent's Hello until the host says go (an OCI
+/// runtime's `create` / `start` split): the agent is up, the process not yet started.
+#[derive(Debug)]
+pub struct StartGate {
+    /// Told once the agent has connected and said Hello.
+    pub ready: Sender<()>,
+    /// The session sends Start when this receives (or is dropped: then it stops).
+    pub go: Receiver<()>,
+}
+
 /// What the other threads (the signal forwarder) see of a session.
 #[derive(Debug, Default)]
 pub struct SessionShared {
     writer: Mutex<Option<UnixStream>>,
     started: AtomicBool,
+    gate: Mutex<Option<StartGate>>,
 }
 
 impl SessionShared {
@@ -53,9 +64,15 @@ impl SessionShared {
     /// Forwards signal `sig` to the process. Returns false when there is no process yet
     /// (the agent has not started it) or the agent is gone.
     pub fn forward_signal(&self, sig: i32) -> bool {
-        if !self.started.load(Ordering::SeqCst) {
-            return false;
-        }
+        self.started.load(Ordering::SeqCst) && self.send_signal(sig)
+    }
+
+    /// Whether the agent has started the process.
+    pub fn is_started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    fn send_signal(&self, sig: i32) -> bool {
         match self.send(&HostMessage::Signal(sig)) {
             Ok(sent) => sent,
             Err(e) => {
@@ -75,7 +92,21 @@ pub fn spawn(
     latch: Arc<ExitLatch>,
     outputs: Outputs,
 ) -> io::Result<(Arc<SessionShared>, JoinHandle<()>)> {
-    let shared = Arc::new(SessionShared::default());
+    spawn_gated(spec, agent, latch, outputs, None)
+}
+
+/// [`spawn`], with the process held back by `gate` until the host says go.
+pub fn spawn_gated(
+    spec: ProcessSpec,
+    agent: Receiver<UnixStream>,
+    latch: Arc<ExitLatch>,
+    outputs: Outputs,
+    gate: Option<StartGate>,
+) -> io::Result<(Arc<SessionShared>, JoinHandle<()>)> {
+    let shared = Arc::new(SessionShared {
+        gate: Mutex::new(gate),
+        ..SessionShared::default()
+    });
     let s = Arc::clone(&shared);
     let thread = std::thread::Builder::new()
         .name("agent-session".into())
@@ -119,6 +150,8 @@ pub enum SessionError {
     Unexpected(&'static str, &'static str),
     #[error("the guest agent closed the connection before reporting the command's exit status")]
     Closed,
+    #[error("the container was stopped before its process was started")]
+    NotStarted,
 }
 
 fn kind(msg: &AgentMessage) -> &'static str {
@@ -154,6 +187,10 @@ pub fn run(
         since_start_ms()
     );
     *shared.writer.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+    let gate = shared.gate.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(gate) = gate {
+        wait_for_go(&gate, latch)?;
+    }
     shared
         .send(&HostMessage::Start(spec.clone()))
         .map_err(SessionError::Io)?;
@@ -188,6 +225,19 @@ pub fn run(
             AgentMessage::Hello { .. } => {
                 return Err(SessionError::Unexpected("a second Hello", "Exited"));
             }
+        }
+    }
+}
+
+/// Reports the agent ready and waits for the go (or the VM's end).
+fn wait_for_go(gate: &StartGate, latch: &ExitLatch) -> Result<(), SessionError> {
+    // Nobody listening for the readiness is not an error: the go still decides.
+    let _ = gate.ready.send(());
+    loop {
+        match gate.go.recv_timeout(POLL) {
+            Ok(()) => return Ok(()),
+            Err(RecvTimeoutError::Timeout) if !latch.is_set() => {}
+            Err(_) => return Err(SessionError::NotStarted),
         }
     }
 }

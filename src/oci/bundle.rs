@@ -1,0 +1,227 @@
+//! Reading and checking an OCI bundle (`DIR/config.json` + the root it names).
+//!
+//! Everything here runs before anything is created on disk: a refused bundle leaves
+//! nothing behind.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::agent::protocol::{ProcessSpec, User};
+
+/// The annotation that sets the VM's vCPUs.
+pub const ANNOTATION_VCPUS: &str = "io.hvlite.vcpus";
+/// The annotation that sets the VM's memory in MiB.
+pub const ANNOTATION_MEMORY: &str = "io.hvlite.memory_mib";
+
+/// Mount types the guest agent creates itself (its fixed set: /proc, /sys, /dev, /dev/pts,
+/// /dev/shm, /tmp), or that have no meaning inside a VM of its own.
+const GUEST_MOUNT_TYPES: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
+
+/// A bundle that passed the checks: what the runtime needs of it.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    /// The bundle directory, absolute.
+    pub dir: PathBuf,
+    /// The container's root directory, absolute.
+    pub root: PathBuf,
+    /// `root.readonly` (accepted, not applied: the root is an overlay whose changes are
+    /// discarded anyway).
+    pub readonly_root: bool,
+    /// The process, in the agent's terms.
+    pub process: ProcessSpec,
+    /// `process.terminal`.
+    pub terminal: bool,
+    /// Host files bind-mounted at guest paths (copied into the container's image).
+    pub files: Vec<(PathBuf, String)>,
+    /// The spec's annotations.
+    pub annotations: HashMap<String, String>,
+    /// vCPUs from `io.hvlite.vcpus`.
+    pub vcpus: Option<u8>,
+    /// Memory from `io.hvlite.memory_mib`.
+    pub memory_mib: Option<u64>,
+}
+
+/// Why a bundle was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("bundle {0}: no such directory")]
+    NoDir(PathBuf),
+    #[error("bundle {0}: config.json is missing")]
+    NoConfig(PathBuf),
+    #[error("bundle {0}: config.json is not a valid OCI runtime spec: {1}")]
+    BadConfig(PathBuf, String),
+    #[error("unsupported ociVersion {0:?}: hvlite-runtime supports 1.x")]
+    Version(String),
+    #[error("config.json has no root")]
+    NoRoot,
+    #[error("root.path {0}: not a directory")]
+    MissingRoot(PathBuf),
+    #[error("config.json has no process")]
+    NoProcess,
+    #[error("process.args is empty")]
+    NoArgs,
+    #[error("process.cwd {0:?} is not an absolute path")]
+    Cwd(String),
+    #[error("annotation {0}: {1:?} is not {2}")]
+    Annotation(&'static str, String, &'static str),
+    #[error("mount at {0}: {1}")]
+    Mount(String, String),
+}
+
+/// Reads and checks the bundle in `dir`.
+pub fn load(dir: &Path) -> Result<Bundle, BundleError> {
+    let dir = std::path::absolute(dir).map_err(|_| BundleError::NoDir(dir.into()))?;
+    if !dir.is_dir() {
+        return Err(BundleError::NoDir(dir));
+    }
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(BundleError::NoConfig(dir));
+    }
+    let spec =
+        Spec::load(&config).map_err(|e| BundleError::BadConfig(dir.clone(), e.to_string()))?;
+    check(&dir, &spec)
+}
+
+/// Checks a parsed spec of the bundle in `dir` (absolute).
+pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
+    let version = spec.version();
+    if !version.starts_with("1.") {
+        return Err(BundleError::Version(version.clone()));
+    }
+    let root = spec.root().as_ref().ok_or(BundleError::NoRoot)?;
+    let root_path = dir.join(root.path());
+    if !root_path.is_dir() {
+        return Err(BundleError::MissingRoot(root_path));
+    }
+    let process = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(BundleError::NoArgs);
+    }
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        return Err(BundleError::Cwd(cwd));
+    }
+    let user = process.user();
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let vcpus = annotation(
+        &annotations,
+        ANNOTATION_VCPUS,
+        "a vCPU count from 1 to 32",
+        |v| v.parse::<u8>().ok().filter(|n| (1..=32).contains(n)),
+    )?;
+    let memory_mib = annotation(
+        &annotations,
+        ANNOTATION_MEMORY,
+        "a size in MiB from 64 to 65536",
+        |v| v.parse::<u64>().ok().filter(|n| (64..=65536).contains(n)),
+    )?;
+    let files = file_mounts(spec)?;
+    Ok(Bundle {
+        dir: dir.into(),
+        root: root_path,
+        readonly_root: root.readonly().unwrap_or(false),
+        process: ProcessSpec {
+            args,
+            env: process.env().clone().unwrap_or_default(),
+            cwd,
+            user: User {
+                uid: user.uid(),
+                gid: user.gid(),
+                additional_gids: user.additional_gids().clone().unwrap_or_default(),
+            },
+            terminal: false,
+            // The engine's stdin (conmon's pipe or /dev/null) is always forwarded.
+            stdin: true,
+        },
+        terminal: process.terminal().unwrap_or(false),
+        files,
+        annotations,
+        vcpus,
+        memory_mib,
+    })
+}
+
+fn annotation<T>(
+    all: &HashMap<String, String>,
+    key: &'static str,
+    what: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, BundleError> {
+    match all.get(key) {
+        None => Ok(None),
+        Some(v) => parse(v.trim())
+            .map(Some)
+            .ok_or_else(|| BundleError::Annotation(key, v.clone(), what)),
+    }
+}
+
+/// The bind mounts of host files; guest-made mounts are skipped; anything else refused.
+fn file_mounts(spec: &Spec) -> Result<Vec<(PathBuf, String)>, BundleError> {
+    let mut files = Vec::new();
+    for m in spec.mounts().iter().flatten() {
+        let dest = m.destination().to_string_lossy().into_owned();
+        let options = m.options().clone().unwrap_or_default();
+        let bind = m.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind {
+            match m.typ().as_deref() {
+                Some(t) if GUEST_MOUNT_TYPES.contains(&t) => continue,
+                Some(t) => {
+                    return Err(BundleError::Mount(
+                        dest,
+                        format!("type {t:?} is not supported"),
+                    ));
+                }
+                None => {
+                    return Err(BundleError::Mount(
+                        dest,
+                        "no type and not a bind mount".into(),
+                    ));
+                }
+            }
+        }
+        let Some(source) = m.source() else {
+            return Err(BundleError::Mount(
+                dest,
+                "a bind mount without a source".into(),
+            ));
+        };
+        if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+            return Err(BundleError::Mount(
+                dest,
+                "the destination must be an absolute path without ..".into(),
+            ));
+        }
+        let meta = std::fs::metadata(source).map_err(|e| {
+            BundleError::Mount(dest.clone(), format!("source {}: {e}", source.display()))
+        })?;
+        if meta.is_dir() {
+            return Err(BundleError::Mount(
+                dest,
+                format!(
+                    "source {} is a directory: directory bind mounts need host directories \
+                     shared with the guest (virtio-fs), which hvlite does not have yet",
+                    source.display()
+                ),
+            ));
+        }
+        if !meta.is_file() {
+            return Err(BundleError::Mount(
+                dest,
+                format!("source {} is not a regular file", source.display()),
+            ));
+        }
+        files.push((source.clone(), dest));
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+#[path = "bundle_tests.rs"]
+mod tests;

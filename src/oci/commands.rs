@@ -1,0 +1,320 @@
+//! The runtime's commands, as runc names them.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use super::state::{self, OCI_VERSION, State, StateRoot, Status};
+use super::{OciError, bundle, control};
+use crate::container::paths;
+
+/// The fd number the monitor finds its readiness socket at.
+pub const READY_FD: i32 = 3;
+
+/// The global options a command needs to start a monitor.
+#[derive(Clone, Debug, Default)]
+pub struct Globals {
+    /// Arguments to repeat before `monitor` (--root, --log, --log-format, --debug, --kernel).
+    pub monitor_args: Vec<String>,
+    /// `--kernel`.
+    pub kernel: Option<PathBuf>,
+    /// `--agent` (passed to the monitor as `HVLITE_AGENT`).
+    pub agent: Option<PathBuf>,
+}
+
+/// `create`: checks the bundle, starts the monitor and waits until the VM's agent is up.
+/// Returns the monitor (a child of this process until it exits).
+pub fn create(
+    root: &StateRoot,
+    globals: &Globals,
+    id: &str,
+    bundle_dir: &Path,
+    pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
+) -> Result<Child, OciError> {
+    state::check_id(id)?;
+    let bundle = bundle::load(bundle_dir)?;
+    if bundle.terminal {
+        return Err(OciError::Refused(
+            "process.terminal is true: hvlite-runtime has no terminal (pty) support yet; \
+             run without -t"
+                .into(),
+        ));
+    }
+    if console_socket.is_some() {
+        log::debug!("--console-socket ignored: the process has no terminal");
+    }
+    // Fail before creating anything when the kernel or the agent is missing.
+    match &globals.kernel {
+        Some(k) if !k.is_file() => {
+            return Err(OciError::Refused(format!(
+                "--kernel {}: no such file",
+                k.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            paths::default_kernel().map_err(crate::container::ContainerError::from)?;
+        }
+    }
+    match &globals.agent {
+        Some(a) if !a.is_file() => {
+            return Err(OciError::Refused(format!(
+                "--agent {}: no such file",
+                a.display()
+            )));
+        }
+        Some(_) => {}
+        None => {
+            paths::agent_binary().map_err(crate::container::ContainerError::from)?;
+        }
+    }
+    let dir = root.create(id)?;
+    let cleanup = |e: OciError| {
+        let _ = root.remove(id);
+        e
+    };
+    let st = State {
+        oci_version: OCI_VERSION.into(),
+        id: id.into(),
+        status: Status::Creating,
+        pid: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.root.clone(),
+        created: crate::logging::timestamp_now(),
+        owner: String::new(),
+        annotations: bundle.annotations.clone(),
+        monitor_start_time: 0,
+    };
+    root.save(&st).map_err(|e| cleanup(e.into()))?;
+    let (mut child, ready) =
+        spawn_monitor(globals, id).map_err(|e| cleanup(OciError::Io(dir.clone(), e)))?;
+    if let Err(msg) = wait_ready(ready) {
+        // The monitor is this process's child: kill and reap it (no zombie).
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(cleanup(OciError::Refused(msg)));
+    }
+    if let Some(p) = pid_file {
+        write_pid_file(p, child.id()).map_err(|e| cleanup(OciError::Io(p.into(), e)))?;
+    }
+    Ok(child)
+}
+
+/// Writes `pid` to `path` atomically.
+fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("hvlite-tmp");
+    std::fs::write(&tmp, pid.to_string())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Starts `hvlite-runtime ... monitor ID` detached (own session), with this process's
+/// stdio (the engine's) and a readiness socket at fd [`READY_FD`].
+fn spawn_monitor(globals: &Globals, id: &str) -> std::io::Result<(Child, UnixStream)> {
+    let (parent, child_end) = UnixStream::pair()?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(&globals.monitor_args).arg("monitor").arg(id);
+    if let Some(agent) = &globals.agent {
+        cmd.env(paths::AGENT_ENV, agent);
+    }
+    let fd = child_end.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, dup2,
+    // fcntl) on fds this process owns; nothing allocates.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if fd == READY_FD {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(child_end);
+    Ok((child, parent))
+}
+
+/// Reads the monitor's answer: `ok`, or why it failed.
+fn wait_ready(mut ready: UnixStream) -> Result<(), String> {
+    let mut text = String::new();
+    if let Err(e) = ready.read_to_string(&mut text) {
+        return Err(format!("cannot hear from the container's monitor: {e}"));
+    }
+    match text.trim_end() {
+        "ok" => Ok(()),
+        "" => Err("the container's monitor died before the container was created".into()),
+        other => Err(other.strip_prefix("error: ").unwrap_or(other).to_string()),
+    }
+}
+
+/// The monitor's readiness socket, when started by `create`.
+pub fn ready_socket() -> Option<UnixStream> {
+    // SAFETY: fd 3 is checked to be open and a socket before it is owned; `create` put it
+    // there for this process alone.
+    let open = unsafe { libc::fcntl(READY_FD, libc::F_GETFD) } >= 0;
+    if !open {
+        return None;
+    }
+    // SAFETY: as above: the fd is open and nothing else in this process owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(READY_FD) };
+    let _ = set_cloexec(&fd);
+    Some(UnixStream::from(fd))
+}
+
+fn set_cloexec(fd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: F_SETFD on an fd this process owns.
+    let r = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Loads a container's state as it is now (stopped if its monitor is gone).
+pub fn load(root: &StateRoot, id: &str) -> Result<State, OciError> {
+    Ok(state::current(root.load(id)?))
+}
+
+/// `start`.
+pub fn start(root: &StateRoot, id: &str) -> Result<(), OciError> {
+    let st = load(root, id)?;
+    if st.status != Status::Created {
+        return Err(OciError::Refused(format!(
+            "container {id:?} is {}, not created: cannot start it",
+            st.status.as_str()
+        )));
+    }
+    control::request(&root.container_dir(id), "start")?;
+    Ok(())
+}
+
+/// Parses a signal: a number, or a name with or without `SIG`.
+pub fn parse_signal(s: &str) -> Result<i32, OciError> {
+    if let Ok(n) = s.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(OciError::Refused(format!(
+            "bad signal {s:?}: numbers go from 1 to 64"
+        )));
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|sig| sig as i32)
+        .map_err(|_| OciError::Refused(format!("unknown signal {s:?}")))
+}
+
+/// `kill [--all] ID SIG`: SIGKILL ends the monitor (and the VM); other signals go to the
+/// process through the agent. `--all` is the same: the process is the container's only
+/// process the host knows of.
+pub fn kill(root: &StateRoot, id: &str, sig: i32) -> Result<(), OciError> {
+    let st = load(root, id)?;
+    if matches!(st.status, Status::Stopped | Status::Creating) {
+        return Err(OciError::Refused(format!(
+            "container {id:?} is {}: nothing to signal",
+            st.status.as_str()
+        )));
+    }
+    if sig == libc::SIGKILL {
+        // SAFETY: kill(2) on the monitor's pid, just checked (with its start time) to be ours.
+        if unsafe { libc::kill(st.pid, libc::SIGKILL) } < 0 {
+            return Err(OciError::Io(
+                format!("/proc/{}", st.pid).into(),
+                std::io::Error::last_os_error(),
+            ));
+        }
+        return Ok(());
+    }
+    control::request(&root.container_dir(id), &format!("kill {sig}"))?;
+    Ok(())
+}
+
+/// `delete [--force]`.
+pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<(), OciError> {
+    let st = match load(root, id) {
+        Ok(st) => st,
+        // A corrupt state directory can still be removed by force.
+        Err(OciError::State(state::StateError::Corrupt(..))) if force => {
+            return Ok(root.remove(id)?);
+        }
+        Err(e) => return Err(e),
+    };
+    if st.status != Status::Stopped {
+        if !force {
+            return Err(OciError::Refused(format!(
+                "container {id:?} is {}: stop it first or use delete --force",
+                st.status.as_str()
+            )));
+        }
+        // SAFETY: kill(2) on the monitor's pid, checked to be ours by its start time.
+        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state::monitor_alive(&st) {
+            if Instant::now() > deadline {
+                return Err(OciError::Refused(format!(
+                    "the monitor (pid {}) of container {id:?} did not die",
+                    st.pid
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    root.remove(id)?;
+    Ok(())
+}
+
+/// `list`: a table, or only the ids with `quiet`, or JSON.
+pub fn list(root: &StateRoot, quiet: bool, json: bool) -> Result<String, OciError> {
+    let mut states = Vec::new();
+    for id in root.ids()? {
+        match load(root, &id) {
+            Ok(st) => states.push(st),
+            Err(e) => log::warn!("{e}"),
+        }
+    }
+    if json {
+        let all: Vec<_> = states.iter().map(state::to_spec_json).collect();
+        return Ok(serde_json::Value::Array(all).to_string() + "\n");
+    }
+    if quiet {
+        return Ok(states.iter().map(|s| format!("{}\n", s.id)).collect());
+    }
+    let mut out = format!(
+        "{:<20} {:<8} {:<10} {:<40} {}\n",
+        "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+    );
+    for s in &states {
+        let pid = if s.status == Status::Stopped {
+            0
+        } else {
+            s.pid
+        };
+        out.push_str(&format!(
+            "{:<20} {:<8} {:<10} {:<40} {}\n",
+            s.id,
+            pid,
+            s.status.as_str(),
+            s.bundle.display(),
+            s.created
+        ));
+    }
+    Ok(out)
+}
