@@ -21,6 +21,9 @@ const GUEST_MOUNT_TYPES: [&str; 7] = [
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
 
+/// Directories the agent mounts itself, so a bind mount there is served by the guest's own.
+const GUEST_DIRS: [&str; 1] = ["/dev/shm"];
+
 /// A bundle that passed the checks: what the runtime needs of it.
 #[derive(Clone, Debug)]
 pub struct Bundle {
@@ -185,6 +188,11 @@ fn file_mounts(spec: &Spec) -> Result<Vec<(PathBuf, String)>, BundleError> {
                     ));
                 }
             }
+        }
+        if GUEST_DIRS.contains(&dest.as_str()) {
+            // podman binds its own tmpfs at /dev/shm: the guest has a private one there.
+            log::debug!("bind mount at {dest}: the guest's own is used");
+            continue;
         }
         let Some(source) = m.source() else {
             return Err(BundleError::Mount(

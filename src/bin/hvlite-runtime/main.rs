@@ -204,7 +204,7 @@ fn run(cli: Cli) -> Result<ExitCode, OciError> {
             let st = commands::load(&root, &id)?;
             let text = serde_json::to_string_pretty(&state::to_spec_json(&st))
                 .map_err(|e| OciError::Refused(e.to_string()))?;
-            println!("{text}");
+            print_out(&format!("{text}\n"));
         }
         Cmd::Kill { all, id, signal } => {
             let sig = commands::parse_signal(&signal)?;
@@ -261,6 +261,13 @@ fn run(cli: Cli) -> Result<ExitCode, OciError> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints to stdout; a closed stdout is the reader's business, not a crash.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 fn main() -> ExitCode {

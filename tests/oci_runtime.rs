@@ -1,0 +1,284 @@
+//! `hvlite-runtime`'s own lifecycle, as an engine drives it: refused bundles and commands
+//! (no boot), then one boot for create / state / start / kill / state / delete.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn runtime() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hvlite-runtime"))
+}
+
+fn rt(root: &Path, args: &[&str]) -> Output {
+    Command::new(runtime())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hvlite-runtime")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_refused(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert!(!o.status.success(), "should fail: {err}");
+    assert!(
+        err.contains(needle),
+        "stderr should mention {needle:?}: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A bundle whose root links to the busybox root directory.
+fn bundle(dir: &Path, config: &str) -> PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    let _ = symlink(linux::rootfs_dir(), b.join("rootfs"));
+    std::fs::write(b.join("config.json"), config).unwrap();
+    b
+}
+
+fn config(args: &str, extra: &str) -> String {
+    format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"hostname":"box",
+        "process":{{"args":{args},"cwd":"/","env":["PATH=/bin:/usr/bin"],"user":{{"uid":0,"gid":0}}}},
+        "annotations":{{"io.hvlite.memory_mib":"256","org.example":"x"}}{extra}}}"#
+    )
+}
+
+fn leftovers(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn bad_bundles_and_commands_are_refused_and_leave_nothing_behind() {
+    let dir = scratch("oci-bad");
+    let root = dir.join("state");
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(&b).unwrap();
+    let b_s = b.to_str().unwrap();
+    let create = |root: &Path| rt(root, &["create", "--bundle", b_s, "c1"]);
+
+    assert_refused(&create(&root), "config.json is missing");
+    let cases: Vec<(String, &str)> = vec![
+        ("{not json".into(), "not a valid OCI runtime spec"),
+        (
+            config(r#"["/bin/true"]"#, "").replace("1.0.2", "0.5.0"),
+            "unsupported ociVersion",
+        ),
+        (
+            config(r#"["/bin/true"]"#, "").replace("\"rootfs\"", "\"gone\""),
+            "not a directory",
+        ),
+        (config(r#"[]"#, ""), "process.args is empty"),
+        (
+            config(r#"["/bin/true"]"#, "").replace("\"256\"", "\"9\""),
+            "io.hvlite.memory_mib",
+        ),
+        (
+            config(
+                r#"["/bin/true"]"#,
+                &format!(
+                    r#","mounts":[{{"destination":"/data","type":"bind","source":"{}"}}]"#,
+                    dir.display()
+                ),
+            ),
+            "virtio-fs",
+        ),
+        (
+            config(r#"["/bin/true"]"#, "").replace("\"cwd\"", "\"terminal\":true,\"cwd\""),
+            "no terminal (pty) support",
+        ),
+    ];
+    for (cfg, needle) in cases {
+        bundle(&dir, &cfg);
+        assert_refused(&create(&root), needle);
+        assert!(
+            leftovers(&root).is_empty(),
+            "{needle}: left {:?}",
+            leftovers(&root)
+        );
+    }
+    // Missing kernel: refused before anything is created.
+    bundle(&dir, &config(r#"["/bin/true"]"#, ""));
+    let o = rt(
+        &root,
+        &[
+            "--kernel",
+            "/nonexistent/vmlinux",
+            "create",
+            "--bundle",
+            b_s,
+            "c1",
+        ],
+    );
+    assert_refused(&o, "/nonexistent/vmlinux");
+    assert!(leftovers(&root).is_empty());
+    assert_refused(
+        &rt(&root, &["create", "--bundle", b_s, "../x"]),
+        "invalid container id",
+    );
+
+    for cmd in [
+        &["start", "nope"][..],
+        &["state", "nope"],
+        &["kill", "nope", "TERM"],
+        &["delete", "nope"],
+    ] {
+        assert_refused(&rt(&root, cmd), "\"nope\" does not exist");
+    }
+    assert_refused(&rt(&root, &["frobnicate"]), "unrecognized subcommand");
+    assert_refused(
+        &rt(&root, &["--bogus", "list"]),
+        "unexpected argument '--bogus'",
+    );
+    assert_refused(&rt(&root, &["--log-format", "xml", "list"]), "xml");
+    assert_refused(&rt(&root, &["kill", "c1", "SIGNOPE"]), "unknown signal");
+    assert_refused(
+        &rt(&root, &["exec", "--process", "/p.json", "c1"]),
+        "cannot run a second process",
+    );
+    let o = rt(&root, &["list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ID"));
+}
+
+fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn state_json(root: &Path, id: &str) -> serde_json::Value {
+    let o = rt(root, &["state", id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("state is JSON")
+}
+
+#[test]
+fn create_start_state_kill_delete_with_one_boot() {
+    if !kvm_available("create_start_state_kill_delete_with_one_boot") {
+        return;
+    }
+    // Like conmon: become the subreaper, so the detached monitor is reaped here and its
+    // exit status (the container's) is seen.
+    // SAFETY: prctl with integer arguments.
+    let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(r, 0);
+    let dir = scratch("oci-life");
+    // A state path longer than sockaddr_un's 108 bytes.
+    let root = dir.join("s".repeat(90)).join("state");
+    let hosts = dir.join("hosts");
+    std::fs::write(&hosts, "10.1.2.3 injected\n").unwrap();
+    let script = "cat /etc/hosts; trap 'echo got-term; exit 7' TERM; echo started; \
+                  while :; do sleep 1; done";
+    let b = bundle(
+        &dir,
+        &config(
+            &format!(r#"["/bin/sh","-c","{script}"]"#),
+            &format!(
+                r#","mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
+                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}}]"#,
+                hosts.display()
+            ),
+        ),
+    );
+    let out_path = dir.join("stdout");
+    // The monitor keeps create's stdio (the engine's): files, not pipes a test would wait on.
+    let err_path = dir.join("stderr");
+    let pid_file = dir.join("pid");
+    let k = linux::kernel();
+    let a = linux::agent();
+    let create = Command::new(runtime())
+        .arg("--root")
+        .arg(&root)
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--agent",
+            a.to_str().unwrap(),
+        ])
+        .args([
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
+    let errors = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(create.success(), "create: {}", errors());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    let st = state_json(&root, "c1");
+    assert_eq!(st["ociVersion"], "1.0.2");
+    assert_eq!(st["id"], "c1");
+    assert_eq!(st["status"], "created");
+    assert_eq!(st["pid"], pid);
+    assert_eq!(st["bundle"], b.to_str().unwrap());
+    assert_eq!(st["annotations"]["org.example"], "x");
+    assert!(st["created"].as_str().unwrap().ends_with('Z'));
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    assert_eq!(output(), "", "nothing runs before start");
+    let list = String::from_utf8_lossy(&rt(&root, &["list", "-q"]).stdout).into_owned();
+    assert_eq!(list, "c1\n");
+
+    let o = rt(&root, &["start", "c1"]);
+    assert!(o.status.success(), "start: {}", stderr(&o));
+    assert_eq!(state_json(&root, "c1")["status"], "running");
+    assert_refused(&rt(&root, &["start", "c1"]), "not created");
+    wait_until("the process to start", Duration::from_secs(120), || {
+        output().contains("started")
+    });
+    assert!(output().starts_with("10.1.2.3 injected\n"), "{}", output());
+    assert_refused(&rt(&root, &["delete", "c1"]), "delete --force");
+
+    let o = rt(&root, &["kill", "c1", "15"]);
+    assert!(o.status.success(), "kill: {}", stderr(&o));
+    let mut status = 0;
+    // SAFETY: waitpid on the monitor, reparented to this (subreaper) process.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "the monitor is reaped here");
+    assert!(libc::WIFEXITED(status), "status {status:#x}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        7,
+        "exit status; stderr: {}",
+        errors()
+    );
+    assert!(output().contains("got-term"), "{}", output());
+    let st = state_json(&root, "c1");
+    assert_eq!(st["status"], "stopped");
+    assert_eq!(st["pid"], 0);
+    assert_refused(&rt(&root, &["kill", "c1", "KILL"]), "stopped");
+
+    let o = rt(&root, &["delete", "c1"]);
+    assert!(o.status.success(), "delete: {}", stderr(&o));
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+}
