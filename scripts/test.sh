@@ -21,6 +21,13 @@ for comp in rustfmt clippy; do
     fi
 done
 
+# tests/podman.rs drives a real podman (with conmon) through hvlite-runtime.
+if ! command -v podman >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing podman (tests/podman.rs)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y podman >&2 || { apt-get update >&2 && apt-get install -y podman >&2; }
+fi
+
 log "cargo fmt --all --check"
 cargo fmt --all --check
 

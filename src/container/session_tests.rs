@@ -213,3 +213,77 @@ fn a_vm_that_ends_first_stops_the_wait() {
     thread.join().unwrap();
     assert_eq!(latch.wait(), ExitReason::Reset);
 }
+
+/// A session with a start gate (the OCI runtime's create/start split).
+fn start_gated() -> (Harness, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (host_end, agent) = UnixStream::pair().unwrap();
+    let (tx, rx) = mpsc::channel();
+    tx.send(host_end).unwrap();
+    let (out, err) = (Sink::default(), Sink::default());
+    let latch = Arc::new(ExitLatch::new());
+    let outputs = Outputs {
+        stdout: Box::new(out.clone()),
+        stderr: Box::new(err.clone()),
+        stdin: None,
+    };
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel();
+    let gate = StartGate {
+        ready: ready_tx,
+        go: go_rx,
+    };
+    let (shared, thread) =
+        spawn_gated(spec(), rx, Arc::clone(&latch), outputs, Some(gate)).unwrap();
+    let h = Harness {
+        agent,
+        out,
+        err,
+        latch,
+        shared,
+        thread,
+    };
+    (h, ready_rx, go_tx)
+}
+
+#[test]
+fn a_gated_session_sends_start_only_after_the_go() {
+    let (mut h, ready, go) = start_gated();
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    ready.recv().unwrap();
+    // Nothing is sent before the go.
+    h.agent.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let early = h.agent.read(&mut byte);
+    assert!(
+        matches!(&early, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        "{early:?}"
+    );
+    h.agent.set_nonblocking(false).unwrap();
+    go.send(()).unwrap();
+    assert_eq!(recv(&mut h), HostMessage::Start(spec()));
+    send(&mut h, AgentMessage::Started { pid: 7 });
+    send(&mut h, AgentMessage::Exited(ProcessEnd::Exited(4)));
+    let (reason, _, _) = finish(h);
+    assert_eq!(reason, ExitReason::GuestStatus(4));
+}
+
+#[test]
+fn a_gated_session_stopped_before_the_go_never_starts() {
+    let (mut h, ready, go) = start_gated();
+    send(
+        &mut h,
+        AgentMessage::Hello {
+            version: PROTOCOL_VERSION,
+        },
+    );
+    ready.recv().unwrap();
+    h.latch.request(ExitReason::GuestStatus(143));
+    let (reason, _, _) = finish(h);
+    assert_eq!(reason, ExitReason::GuestStatus(143));
+    drop(go);
+}

@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""`podman run --rm IMAGE /bin/true` through hvlite-runtime, runc and crun (see bench-oci.sh).
+
+Each runtime is called through a small wrapper script that appends "<command> <seconds>"
+for every call to a log, which gives the create and start times; end to end is podman's
+wall time. A runtime whose runs fail is recorded with its error instead of numbers."""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+
+IMAGE = "localhost/hvlite-bench-busybox:latest"
+
+
+def wrapper(path, real, log, extra):
+    with open(path, "w") as f:
+        f.write(
+            "#!/bin/sh\n"
+            f'cmd=""; for a in "$@"; do case "$a" in -*) ;; *) cmd="$a"; break;; esac; done\n'
+            "t0=$(date +%s.%N)\n"
+            f'"{real}" {extra} "$@"\n'
+            "rc=$?\n"
+            "t1=$(date +%s.%N)\n"
+            f'echo "$cmd $t0 $t1" >> "{log}"\n'
+            "exit $rc\n"
+        )
+    os.chmod(path, 0o755)
+
+
+def median(xs):
+    return round(statistics.median(xs), 4) if xs else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    for a in ("--runtime", "--kernel", "--agent", "--rootfs", "--out", "--profile"):
+        ap.add_argument(a, required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--hvlite-runs", type=int, default=3)
+    args = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="hvlite-bench-oci-")
+    podman = ["podman", "--root", f"{work}/storage", "--runroot", f"{work}/run",
+              "--tmpdir", f"{work}/tmp", "--storage-driver", "vfs",
+              "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+    try:
+        tar = f"{work}/busybox.tar"
+        subprocess.run(["tar", "-C", args.rootfs, "-cf", tar, "."], check=True)
+        subprocess.run(podman + ["import", tar, IMAGE], check=True, capture_output=True)
+        runtimes = [
+            ("hvlite-runtime", os.path.abspath(args.runtime),
+             f"--kernel {args.kernel} --agent {args.agent}", [], args.hvlite_runs),
+            # runc and crun here refuse podman's default rlimits (nofile 1048576 above the host's
+            # hard limit): lowered for it.
+            ("runc", shutil.which("runc") or "runc", "",
+             ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"], args.runs),
+            ("crun", shutil.which("crun") or "crun", "",
+             ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1000:1000"], args.runs),
+        ]
+        results = {}
+        for name, real, extra, flags, runs in runtimes:
+            log = f"{work}/{name}.log"
+            wrap = f"{work}/{name}-wrap.sh"
+            wrapper(wrap, real, log, extra)
+            walls, error = [], None
+            for i in range(runs):
+                t0 = time.monotonic()
+                p = subprocess.run(
+                    podman + ["--runtime", wrap, "run", "--rm", "--network", "none"]
+                    + flags + [IMAGE, "/bin/true"],
+                    capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                wall = time.monotonic() - t0
+                if p.returncode != 0:
+                    error = (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]
+                    print(f"{name} run {i + 1}: failed: {error}", flush=True)
+                    break
+                walls.append(wall)
+                print(f"{name} run {i + 1}: {wall:.3f} s", flush=True)
+            phases = {}
+            if os.path.exists(log):
+                for line in open(log):
+                    parts = line.split()
+                    if len(parts) == 3:
+                        phases.setdefault(parts[0], []).append(float(parts[2]) - float(parts[1]))
+            results[name] = {
+                "runs": len(walls),
+                "end_to_end_s": {"median": median(walls), "all": [round(w, 3) for w in walls]},
+                "create_s": {"median": median(phases.get("create", [])[: len(walls)])},
+                "start_s": {"median": median(phases.get("start", [])[: len(walls)])},
+                "error": error,
+            }
+        out = {
+            "benchmark": "podman run --rm IMAGE /bin/true",
+            "podman": subprocess.run(["podman", "--version"], capture_output=True,
+                                     text=True).stdout.strip(),
+            "hvlite_profile": args.profile,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "results": results,
+        }
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=2)
+            f.write("\n")
+        print(json.dumps(out, indent=2))
+    finally:
+        subprocess.run(podman + ["rm", "-a", "-f"], capture_output=True)
+        subprocess.run(["rm", "-rf", work])
+
+
+if __name__ == "__main__":
+    main()
