@@ -140,12 +140,9 @@ fn init_logging(cli: &Cli, monitor: bool) {
         LevelSpec::from_env().unwrap_or_else(|_| LevelSpec::global(log::LevelFilter::Info))
     };
     let Some(path) = &cli.log else {
-        // Without --log the monitor's stderr is the container's: only errors go there.
-        let level = if monitor && !cli.debug {
-            "error"
-        } else {
-            "warn"
-        };
+        // Without --log the monitor's stderr is the container's: only errors go there;
+        // the other commands print their error once themselves.
+        let level = if monitor { "error" } else { "off" };
         let _ = env_logger::Builder::new()
             .parse_filters(if cli.debug { "debug" } else { level })
             .format_target(false)

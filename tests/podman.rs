@@ -1,0 +1,163 @@
+//! A real engine: podman (Debian's, with conmon) runs containers through hvlite-runtime.
+//! The image is imported from the busybox root directory; podman's storage lives in a
+//! scratch directory, so the host's is never touched. Two boots.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// One podman boot at a time (2 cores).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const IMAGE: &str = "localhost/hvlite-test-busybox:latest";
+
+/// podman with its own storage in `dir` and hvlite-runtime as the runtime.
+struct Podman {
+    dir: PathBuf,
+}
+
+impl Podman {
+    fn new(dir: &Path) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let runtime = env!("CARGO_BIN_EXE_hvlite-runtime");
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.dir.join("storage"))
+            .arg("--runroot")
+            .arg(self.dir.join("run"))
+            .arg("--tmpdir")
+            .arg(self.dir.join("tmp"))
+            .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file", "--runtime", runtime])
+            .arg(format!(
+                "--runtime-flag=kernel={}",
+                linux::kernel().display()
+            ))
+            .arg(format!("--runtime-flag=agent={}", linux::agent().display()))
+            .args(args)
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run podman")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(
+            o.status.success(),
+            "podman {args:?}: {}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn podman_available(test: &str) -> bool {
+    let found = Command::new("podman").arg("--version").output().is_ok();
+    host_has(test, found, "needs podman (apt-get install podman)")
+        && kvm_available(test)
+        && root(test, "(podman's storage and conmon)")
+}
+
+/// A podman set-up with the busybox image imported.
+fn podman_with_image(name: &str) -> (Scratch, Podman) {
+    let dir = scratch(name);
+    let p = Podman::new(&dir);
+    let tar = dir.join("busybox.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(linux::rootfs_dir())
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar of the busybox root");
+    p.ok(&["import", tar.to_str().unwrap(), IMAGE]);
+    (dir, p)
+}
+
+#[test]
+fn podman_run_rm_gives_output_status_env_workdir_and_user() {
+    if !podman_available("podman_run_rm_gives_output_status_env_workdir_and_user") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (_dir, p) = podman_with_image("podman-run");
+    let script = "echo out; echo err >&2; echo FOO=$FOO; pwd; id -u; id -g; \
+                  echo $(cat /etc/hostname); exit 3";
+    let o = p.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--hostname",
+        "hvbox",
+        "-e",
+        "FOO=bar",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000:100",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        stdout, "out\nFOO=bar\n/tmp\n1000\n100\nhvbox\n",
+        "stderr: {stderr}"
+    );
+    assert!(stderr.contains("err"), "{stderr}");
+    // --rm removed the container.
+    assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
+}
+
+#[test]
+fn podman_run_detached_then_stop_then_rm() {
+    if !podman_available("podman_run_detached_then_stop_then_rm") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (_dir, p) = podman_with_image("podman-detached");
+    let script = "trap 'echo stopping; exit 0' TERM; echo up; while :; do sleep 1; done";
+    let id = p.ok(&["run", "-d", "--network", "none", IMAGE, "sh", "-c", script]);
+    let id = id.trim();
+    assert_eq!(id.len(), 64, "a container id: {id:?}");
+    let status = p.ok(&["inspect", "-f", "{{.State.Status}}", id]);
+    assert_eq!(status.trim(), "running");
+    // The trap must be set before the stop: wait for the script's first line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !p.ok(&["logs", id]).contains("up") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never printed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    p.ok(&["stop", "-t", "60", id]);
+    let status = p.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", id]);
+    assert_eq!(status.trim(), "exited 0");
+    let logs = p.ok(&["logs", id]);
+    assert!(logs.contains("up") && logs.contains("stopping"), "{logs}");
+    p.ok(&["rm", id]);
+    assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
+    // Nothing of it is left in the runtime's state directory.
+    assert!(!Path::new("/run/hvlite-runtime").join(id).exists());
+}
