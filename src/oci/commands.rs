@@ -233,7 +233,7 @@ pub fn kill(root: &StateRoot, id: &str, sig: i32) -> Result<(), OciError> {
             st.status.as_str()
         )));
     }
-    if sig == libc::SIGKILL {
+    if sig == libc::SIGKILL && st.pid > 0 {
         // SAFETY: kill(2) on the monitor's pid, just checked (with its start time) to be ours.
         if unsafe { libc::kill(st.pid, libc::SIGKILL) } < 0 {
             return Err(OciError::Io(
@@ -264,8 +264,11 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<(), OciError> {
                 st.status.as_str()
             )));
         }
-        // SAFETY: kill(2) on the monitor's pid, checked to be ours by its start time.
-        unsafe { libc::kill(st.pid, libc::SIGKILL) };
+        if st.pid > 0 && state::monitor_alive(&st) {
+            // SAFETY: kill(2) on the monitor's pid (positive, never a group), checked to be
+            // ours by its start time.
+            unsafe { libc::kill(st.pid, libc::SIGKILL) };
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while state::monitor_alive(&st) {
             if Instant::now() > deadline {
@@ -317,4 +320,46 @@ pub fn list(root: &StateRoot, quiet: bool, json: bool) -> Result<String, OciErro
         ));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("TERM").unwrap(), libc::SIGTERM);
+        assert_eq!(parse_signal("SIGKILL").unwrap(), libc::SIGKILL);
+        assert_eq!(parse_signal("hup").unwrap(), libc::SIGHUP);
+        assert_eq!(parse_signal("10").unwrap(), 10);
+        for bad in ["0", "65", "-1", "SIGNOPE", ""] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_half_created_container_is_deleted_by_force_without_signalling_anyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StateRoot::new(dir.path().join("r"));
+        root.create("c").unwrap();
+        let st = State {
+            oci_version: OCI_VERSION.into(),
+            id: "c".into(),
+            status: Status::Creating,
+            pid: 0,
+            bundle: "/b".into(),
+            rootfs: "/b/r".into(),
+            created: String::new(),
+            owner: String::new(),
+            annotations: Default::default(),
+            monitor_start_time: 0,
+        };
+        root.save(&st).unwrap();
+        assert!(delete(&root, "c", false).is_err());
+        assert!(kill(&root, "c", libc::SIGKILL).is_err());
+        delete(&root, "c", true).unwrap();
+        assert!(root.ids().unwrap().is_empty());
+        let list = list(&root, false, false).unwrap();
+        assert_eq!(list.lines().count(), 1, "only the header: {list}");
+    }
 }
