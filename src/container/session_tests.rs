@@ -31,6 +31,8 @@ fn spec() -> ProcessSpec {
         user: User::default(),
         terminal: false,
         stdin: true,
+        rlimits: Vec::new(),
+        no_new_privileges: false,
     }
 }
 

@@ -122,6 +122,8 @@ impl ProcessOptions {
             },
             terminal: false,
             stdin: self.stdin,
+            rlimits: Vec::new(),
+            no_new_privileges: false,
         }
     }
 }

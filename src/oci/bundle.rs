@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::agent::protocol::{ProcessSpec, User};
+use crate::agent::protocol::{ProcessSpec, Rlimit, User};
 
 /// The annotation that sets the VM's vCPUs.
 pub const ANNOTATION_VCPUS: &str = "io.hvlite.vcpus";
@@ -141,6 +141,17 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
             terminal: false,
             // The engine's stdin (conmon's pipe or /dev/null) is always forwarded.
             stdin: true,
+            rlimits: process
+                .rlimits()
+                .iter()
+                .flatten()
+                .map(|r| Rlimit {
+                    typ: r.typ().to_string(),
+                    hard: r.hard(),
+                    soft: r.soft(),
+                })
+                .collect(),
+            no_new_privileges: process.no_new_privileges().unwrap_or(false),
         },
         terminal: process.terminal().unwrap_or(false),
         files,

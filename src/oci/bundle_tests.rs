@@ -29,6 +29,19 @@ fn a_good_bundle_becomes_the_agents_process() {
     assert_eq!(b.process.user.additional_gids, [5]);
     assert_eq!((b.vcpus, b.memory_mib), (Some(2), Some(256)));
     assert_eq!(b.root, p.join("rootfs"));
+    assert!(b.process.rlimits.is_empty() && !b.process.no_new_privileges);
+    let (_d, p) = bundle_with(&config("").replace(
+        "\"cwd\"",
+        r#""noNewPrivileges":true,"rlimits":[{"type":"RLIMIT_NOFILE","hard":1048576,"soft":1024}],"cwd""#,
+    ));
+    let b = load(&p).unwrap();
+    assert!(b.process.no_new_privileges);
+    assert_eq!(b.process.rlimits.len(), 1);
+    assert_eq!(b.process.rlimits[0].typ, "RLIMIT_NOFILE");
+    assert_eq!(
+        (b.process.rlimits[0].soft, b.process.rlimits[0].hard),
+        (1024, 1048576)
+    );
 }
 
 #[test]

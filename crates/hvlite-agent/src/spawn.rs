@@ -50,6 +50,8 @@ pub enum Stage {
     Gid = 5,
     Uid = 6,
     Exec = 7,
+    Rlimit = 8,
+    NoNewPrivs = 9,
 }
 
 impl Stage {
@@ -62,6 +64,8 @@ impl Stage {
             Self::Gid,
             Self::Uid,
             Self::Exec,
+            Self::Rlimit,
+            Self::NoNewPrivs,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -107,6 +111,9 @@ pub struct ChildSetup {
     gid: libc::gid_t,
     uid: libc::uid_t,
     stdin: bool,
+    /// (resource, soft, hard, name) for setrlimit.
+    rlimits: Vec<(u32, u64, u64, String)>,
+    no_new_privs: bool,
     /// For messages.
     cwd_text: String,
     root_text: String,
@@ -134,6 +141,12 @@ impl ChildSetup {
             gid: spec.user.gid,
             uid: spec.user.uid,
             stdin: spec.stdin,
+            rlimits: spec
+                .rlimits
+                .iter()
+                .filter_map(|r| Some((r.resource()?, r.soft, r.hard, r.typ.clone())))
+                .collect(),
+            no_new_privs: spec.no_new_privileges,
             cwd_text: spec.cwd.clone(),
             root_text: root.unwrap_or("/").to_string(),
         })
@@ -152,6 +165,11 @@ impl ChildSetup {
             Stage::Groups => format!("setgroups({:?}): {err}", self.groups),
             Stage::Gid => format!("setgid({}): {err}", self.gid),
             Stage::Uid => format!("setuid({}): {err}", self.uid),
+            Stage::Rlimit => {
+                let names: Vec<&str> = self.rlimits.iter().map(|r| r.3.as_str()).collect();
+                format!("setrlimit ({}): {err}", names.join(", "))
+            }
+            Stage::NoNewPrivs => format!("PR_SET_NO_NEW_PRIVS: {err}"),
         }
     }
 }
@@ -282,6 +300,12 @@ fn run_child(s: &ChildSetup, stdio: [RawFd; 3], report: RawFd) -> ! {
     {
         mkdirs(&s.cwd_prefixes);
     }
+    // Limits before the ids switch: raising a hard limit needs root.
+    for &(resource, soft, hard, _) in &s.rlimits {
+        if let Err(e) = process::setrlimit(resource, soft, hard) {
+            init_error(Stage::Rlimit, &e);
+        }
+    }
     let ids: [(Stage, &dyn Fn() -> io::Result<()>); 3] = [
         (Stage::Groups, &|| process::setgroups(&s.groups)),
         (Stage::Gid, &|| process::setgid(s.gid)),
@@ -294,6 +318,11 @@ fn run_child(s: &ChildSetup, stdio: [RawFd; 3], report: RawFd) -> ! {
     }
     if let Err(e) = process::chdir(&s.cwd) {
         init_error(Stage::Cwd, &e);
+    }
+    if s.no_new_privs
+        && let Err(e) = process::set_no_new_privs()
+    {
+        init_error(Stage::NoNewPrivs, &e);
     }
     let mut failures = ExecFailures::default();
     sys::exec_candidates(&s.cmd, |errno| failures.record(errno));

@@ -305,3 +305,29 @@ fn user_and_working_directory() {
     assert_eq!(groups, ["65531", "65532", "65533"]);
     assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
 }
+
+#[test]
+fn rlimits_apply_before_the_user_switch_and_no_new_privs() {
+    if !root("rlimits_apply_before_the_user_switch_and_no_new_privs") {
+        return;
+    }
+    let mut s = spec(&[
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; grep NoNewPrivs /proc/self/status",
+    ]);
+    s.user.uid = 65534;
+    s.user.gid = 65534;
+    s.rlimits = vec![hvlite_protocol::agent::protocol::Rlimit {
+        typ: "RLIMIT_NOFILE".into(),
+        hard: 333,
+        soft: 222,
+    }];
+    s.no_new_privileges = true;
+    let (outcome, seen) = session(start(s), |_, _| {});
+    let out = String::from_utf8(seen.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["222", "333"], "{out}");
+    assert_eq!(lines[2].split_whitespace().last(), Some("1"), "{out}");
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
+}

@@ -31,6 +31,8 @@ fn failure_reports_round_trip() {
         Stage::Gid,
         Stage::Uid,
         Stage::Exec,
+        Stage::Rlimit,
+        Stage::NoNewPrivs,
     ] {
         let f = ChildFailure {
             stage,
@@ -42,7 +44,7 @@ fn failure_reports_round_trip() {
     assert_eq!(ChildFailure::from_bytes(&[]), None);
     assert_eq!(ChildFailure::from_bytes(&[7, 127, 0, 0, 0, 0, 0]), None);
     assert_eq!(ChildFailure::from_bytes(&[0, 127, 0, 0, 0, 0, 0, 0]), None);
-    assert_eq!(ChildFailure::from_bytes(&[8; 8]), None);
+    assert_eq!(ChildFailure::from_bytes(&[10; 8]), None);
 }
 
 fn spec(args: &[&str]) -> ProcessSpec {

@@ -34,6 +34,22 @@ pub fn mkdir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
     check(unsafe { libc::mkdir(path.as_ptr(), mode) }).map(drop)
 }
 
+/// Child: setrlimit(2) of `resource` (a RLIMIT_* number).
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: `lim` is a valid rlimit; the resource number was checked by the spec.
+    check(unsafe { libc::setrlimit(resource as _, &lim) }).map(drop)
+}
+
+/// Child: prctl(PR_SET_NO_NEW_PRIVS, 1).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }).map(drop)
+}
+
 /// Child: setgroups(2).
 pub fn setgroups(groups: &[libc::gid_t]) -> io::Result<()> {
     // SAFETY: `groups` is a valid array of `groups.len()` gids.

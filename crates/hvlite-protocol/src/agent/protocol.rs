@@ -171,6 +171,47 @@ pub struct ProcessSpec {
     /// stdin is `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
+    /// Resource limits, set before the ids are switched (OCI `rlimits`: `RLIMIT_NOFILE`...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rlimits: Vec<Rlimit>,
+    /// `noNewPrivileges`: PR_SET_NO_NEW_PRIVS before exec.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
+}
+
+/// One resource limit, as OCI writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// `RLIMIT_NOFILE`, `RLIMIT_NPROC`, ... (see [`Rlimit::resource`]).
+    #[serde(rename = "type")]
+    pub typ: String,
+    pub hard: u64,
+    pub soft: u64,
+}
+
+impl Rlimit {
+    /// The resource number of `typ`, if it is one Linux has.
+    pub fn resource(&self) -> Option<u32> {
+        const NAMES: [&str; 16] = [
+            "RLIMIT_CPU",
+            "RLIMIT_FSIZE",
+            "RLIMIT_DATA",
+            "RLIMIT_STACK",
+            "RLIMIT_CORE",
+            "RLIMIT_RSS",
+            "RLIMIT_NPROC",
+            "RLIMIT_NOFILE",
+            "RLIMIT_MEMLOCK",
+            "RLIMIT_AS",
+            "RLIMIT_LOCKS",
+            "RLIMIT_SIGPENDING",
+            "RLIMIT_MSGQUEUE",
+            "RLIMIT_NICE",
+            "RLIMIT_RTPRIO",
+            "RLIMIT_RTTIME",
+        ];
+        NAMES.iter().position(|n| *n == self.typ).map(|i| i as u32)
+    }
 }
 
 fn root_dir() -> String {
@@ -200,6 +241,8 @@ impl ProcessSpec {
             user: User::default(),
             terminal: false,
             stdin: false,
+            rlimits: Vec::new(),
+            no_new_privileges: false,
         }
     }
 
@@ -234,6 +277,17 @@ impl ProcessSpec {
         }
         if self.terminal {
             return bad("terminal is not supported".into());
+        }
+        for r in &self.rlimits {
+            if r.resource().is_none() {
+                return bad(format!("rlimit {:?} is not a Linux resource limit", r.typ));
+            }
+            if r.soft > r.hard {
+                return bad(format!(
+                    "rlimit {}: soft {} above hard {}",
+                    r.typ, r.soft, r.hard
+                ));
+            }
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ fn spec() -> ProcessSpec {
         },
         terminal: false,
         stdin: true,
+        rlimits: Vec::new(),
+        no_new_privileges: false,
     }
 }
 
@@ -443,4 +445,24 @@ fn read_message_from_a_slow_reader() {
         assert_eq!(read_message::<_, HostMessage>(&mut r).unwrap(), Some(m));
     }
     assert!(read_message::<_, HostMessage>(&mut r).unwrap().is_none());
+}
+
+#[test]
+fn rlimits_are_checked() {
+    let mut s = spec();
+    s.rlimits = vec![Rlimit {
+        typ: "RLIMIT_NOFILE".into(),
+        hard: 10,
+        soft: 5,
+    }];
+    assert!(s.validate().is_ok());
+    s.rlimits[0].soft = 11;
+    assert!(s.validate().unwrap_err().to_string().contains("above hard"));
+    s.rlimits[0].typ = "RLIMIT_BOGUS".into();
+    assert!(
+        s.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("RLIMIT_BOGUS")
+    );
 }
