@@ -94,7 +94,8 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (_dir, p) = podman_with_image("podman-run");
     let script = "echo out; echo err >&2; echo FOO=$FOO; pwd; id -u; id -g; \
-                  echo $(cat /etc/hostname); exit 3";
+                  echo $(cat /etc/hostname); ulimit -n; \
+                  grep NoNewPrivs /proc/self/status; exit 3";
     let o = p.run(&[
         "run",
         "--rm",
@@ -108,6 +109,8 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
         "/tmp",
         "-u",
         "1000:100",
+        "--security-opt",
+        "no-new-privileges",
         IMAGE,
         "sh",
         "-c",
@@ -120,8 +123,10 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
         Some(3),
         "stdout: {stdout}\nstderr: {stderr}"
     );
+    // podman's default nofile limit (1048576, above this host's hard limit, so runc needs
+    // --ulimit here) is set in the guest by the agent before the user switch.
     assert_eq!(
-        stdout, "out\nFOO=bar\n/tmp\n1000\n100\nhvbox\n",
+        stdout, "out\nFOO=bar\n/tmp\n1000\n100\nhvbox\n1048576\nNoNewPrivs:\t1\n",
         "stderr: {stderr}"
     );
     assert!(stderr.contains("err"), "{stderr}");
