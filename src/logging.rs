@@ -10,7 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use log::{LevelFilter, Log, Metadata, Record};
@@ -227,10 +227,20 @@ impl<T: fmt::Display + ?Sized> Serialize for AsJsonStr<'_, T> {
 struct Line<'a> {
     #[serde(rename = "@timestamp")]
     timestamp: String,
-    #[serde(rename = "log.level")]
-    level: &'a str,
+    #[serde(rename = "log.level", skip_serializing_if = "Option::is_none")]
+    level: Option<&'a str>,
     #[serde(rename = "log.logger")]
     logger: &'a str,
+    #[serde(
+        rename = "log.origin.file.name",
+        skip_serializing_if = "Option::is_none"
+    )]
+    file: Option<&'a str>,
+    #[serde(
+        rename = "log.origin.file.line",
+        skip_serializing_if = "Option::is_none"
+    )]
+    line: Option<u32>,
     message: AsJsonStr<'a, fmt::Arguments<'a>>,
     #[serde(rename = "vm.id")]
     vm_id: &'a str,
@@ -254,6 +264,26 @@ pub struct JsonLogger {
     out: Mutex<Box<dyn Write + Send>>,
     vm_id: String,
     spec: LevelSpec,
+    show: LineOptions,
+}
+
+/// What a log line shows besides the message (Firecracker's `show_level` and
+/// `show_log_origin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineOptions {
+    /// The record's level.
+    pub level: bool,
+    /// The source file and line that logged it.
+    pub origin: bool,
+}
+
+impl Default for LineOptions {
+    fn default() -> Self {
+        Self {
+            level: true,
+            origin: false,
+        }
+    }
 }
 
 impl JsonLogger {
@@ -263,7 +293,13 @@ impl JsonLogger {
             out: Mutex::new(out),
             vm_id: vm_id.to_string(),
             spec,
+            show: LineOptions::default(),
         }
+    }
+
+    /// The same logger showing what `show` says.
+    pub fn showing(self, show: LineOptions) -> Self {
+        Self { show, ..self }
     }
 
     /// A logger writing to `dest`.
@@ -282,8 +318,10 @@ impl JsonLogger {
         let thread = std::thread::current();
         let line = Line {
             timestamp: timestamp_now(),
-            level: record.level().as_str(),
+            level: self.show.level.then(|| record.level().as_str()),
             logger: record.target(),
+            file: record.file().filter(|_| self.show.origin),
+            line: record.line().filter(|_| self.show.origin),
             message: AsJsonStr(record.args()),
             vm_id: &self.vm_id,
             pid: std::process::id(),
@@ -327,6 +365,104 @@ pub fn init_json(dest: &LogDest, vm_id: &str, spec: LevelSpec) -> Result<(), Log
     log::set_boxed_logger(Box::new(logger)).map_err(LoggingError::AlreadySet)?;
     log::set_max_level(max);
     Ok(())
+}
+
+/// Everything that decides what the log looks like and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSetup {
+    pub dest: LogDest,
+    pub format: LogFormat,
+    pub spec: LevelSpec,
+    pub show: LineOptions,
+}
+
+/// Builds the logger `setup` describes: a [`JsonLogger`] or env_logger's text logger.
+pub fn build(setup: &LogSetup, vm_id: &str) -> Result<Box<dyn Log>, LoggingError> {
+    let spec = setup.spec.clone();
+    if setup.format == LogFormat::Json {
+        let logger = JsonLogger::open(&setup.dest, vm_id, spec)?.showing(setup.show);
+        return Ok(Box::new(logger));
+    }
+    let mut builder = env_logger::Builder::new();
+    builder
+        .parse_filters(&spec.to_string())
+        .format_target(false)
+        .format_level(setup.show.level)
+        .format_file(setup.show.origin)
+        .format_line_number(setup.show.origin);
+    if let LogDest::File(path) = &setup.dest {
+        let file = open_append(path).map_err(|e| LoggingError::Open(path.clone(), e))?;
+        builder.target(env_logger::Target::Pipe(Box::new(file)));
+    }
+    Ok(Box::new(builder.build()))
+}
+
+/// The process's logger when it may be replaced later (`PUT /logger`): every record goes
+/// to the current inner logger.
+struct Switch {
+    inner: Arc<RwLock<Box<dyn Log>>>,
+}
+
+impl Log for Switch {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        read(&self.inner).enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        read(&self.inner).log(record);
+    }
+
+    fn flush(&self) {
+        read(&self.inner).flush();
+    }
+}
+
+fn read(l: &RwLock<Box<dyn Log>>) -> std::sync::RwLockReadGuard<'_, Box<dyn Log>> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Replaces the process's logger installed by [`install_switchable`].
+#[derive(Clone)]
+pub struct LogHandle {
+    inner: Arc<RwLock<Box<dyn Log>>>,
+    vm_id: String,
+}
+
+impl fmt::Debug for LogHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogHandle")
+            .field("vm_id", &self.vm_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogHandle {
+    /// From now on, logs as `setup` says. On error the old logger stays.
+    pub fn replace(&self, setup: &LogSetup) -> Result<(), LoggingError> {
+        let new = build(setup, &self.vm_id)?;
+        let old = {
+            let mut guard = self.inner.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *guard, new)
+        };
+        old.flush();
+        log::set_max_level(setup.spec.max_level());
+        Ok(())
+    }
+}
+
+/// Installs the logger `setup` describes as the process's, in a way that lets the
+/// returned handle replace it.
+pub fn install_switchable(setup: &LogSetup, vm_id: &str) -> Result<LogHandle, LoggingError> {
+    let inner = Arc::new(RwLock::new(build(setup, vm_id)?));
+    let switch = Switch {
+        inner: Arc::clone(&inner),
+    };
+    log::set_boxed_logger(Box::new(switch)).map_err(LoggingError::AlreadySet)?;
+    log::set_max_level(setup.spec.max_level());
+    Ok(LogHandle {
+        inner,
+        vm_id: vm_id.to_string(),
+    })
 }
 
 #[cfg(test)]

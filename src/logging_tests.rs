@@ -152,3 +152,57 @@ fn unopenable_file_names_the_path() {
         .unwrap();
     assert!(e.to_string().contains("/nonexistent-dir/x.log"), "{e}");
 }
+
+#[test]
+fn lines_show_the_level_and_origin_as_asked() {
+    let dir = TempDir::new().unwrap();
+    let (l, out) = logger(&dir, "info");
+    let l = l.showing(LineOptions {
+        level: false,
+        origin: true,
+    });
+    l.log(
+        &Record::builder()
+            .level(Level::Info)
+            .target("t")
+            .file(Some("src/x.rs"))
+            .line(Some(7))
+            .args(format_args!("m"))
+            .build(),
+    );
+    let v = &read_json_lines(&out)[0];
+    assert!(v.get("log.level").is_none(), "{v}");
+    assert_eq!(v["log.origin.file.name"], "src/x.rs");
+    assert_eq!(v["log.origin.file.line"], 7);
+}
+
+#[test]
+fn text_lines_show_the_origin_when_asked() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("log.txt");
+    let setup = LogSetup {
+        dest: LogDest::File(path.clone()),
+        format: LogFormat::Text,
+        spec: "debug".parse().unwrap(),
+        show: LineOptions {
+            level: true,
+            origin: true,
+        },
+    };
+    let l = build(&setup, "vm").unwrap();
+    l.log(
+        &Record::builder()
+            .level(Level::Debug)
+            .target("t")
+            .file(Some("src/y.rs"))
+            .line(Some(9))
+            .args(format_args!("hello"))
+            .build(),
+    );
+    l.flush();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("DEBUG") && text.contains("src/y.rs:9") && text.contains("hello"),
+        "{text}"
+    );
+}

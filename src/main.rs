@@ -2,17 +2,20 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use hvlite::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use hvlite::config::{
+    DiskConfig, HostPath, Logger, MetricsConfig, NetConfig, VmConfig, VsockConfig,
+};
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
 use hvlite::container::{self, ContainerConfig, ContainerError, RunOutcome, paths};
+use hvlite::control::Outputs;
 use hvlite::control::service::{self, ApiRun, ServiceError};
 use hvlite::exit::ExitReason;
-use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LoggingError};
+use hvlite::logging::{self, LevelSpec, LogDest, LogFormat, LogHandle, LogSetup, LoggingError};
 use hvlite::metrics::{Metrics, MetricsError, MetricsWriter, PeriodicFlusher};
 use hvlite::process_stats::PROCESS_START;
 use hvlite::seccomp::{self, SeccompError, SeccompLevel};
@@ -127,6 +130,10 @@ struct RunArgs {
     /// port P go to PATH_P.
     #[arg(long, value_name = "cid=N[,uds=PATH]")]
     vsock: Option<VsockConfig>,
+    /// A virtio-rng device: the guest's entropy (/dev/hwrng) from the host's getrandom
+    /// (the config file's `entropy` also sets its rate limits).
+    #[arg(long)]
+    entropy: bool,
     /// Extra kernel command-line options, appended to hvlite's defaults.
     #[arg(long, value_name = "STR")]
     cmdline: Option<String>,
@@ -249,6 +256,7 @@ impl RunArgs {
             disks: self.disks.clone(),
             nets: self.nets.clone(),
             vsock: self.vsock.clone(),
+            entropy: self.entropy,
             command: self.command.clone(),
         }
     }
@@ -415,60 +423,66 @@ fn usage(msg: &str) -> MainError {
 
 /// Installs the logger: JSON lines with `--log`, `--log-format json` or the config
 /// file's `logger`, env_logger's text otherwise. `HVLITE_LOG` beats the file's level.
-fn init_logging(args: &RunArgs, file: &FileConfig, vm_id: &str) -> Result<(), LoggingError> {
-    let logger = file.logger.clone().unwrap_or_default();
-    let dest = match args.log.clone().or(logger.log_path.map(PathBuf::from)) {
-        Some(p) => LogDest::File(p),
-        None => LogDest::Stderr,
-    };
+/// Returns the handle that replaces it (`PUT /logger`) and the logger as configured.
+fn init_logging(
+    args: &RunArgs,
+    file: &FileConfig,
+    vm_id: &str,
+) -> Result<(LogHandle, Logger), MainError> {
+    let mut logger = file.logger.clone().unwrap_or_default();
+    if let Some(path) = &args.log {
+        logger.log_path = Some(HostPath::try_from(path.clone()).map_err(usage)?);
+    }
+    let dest = logger.dest();
     let default_format = if dest == LogDest::Stderr {
         LogFormat::Text
     } else {
         LogFormat::Json
     };
     let format = args.log_format.or(logger.format).unwrap_or(default_format);
+    logger.format = Some(format);
     let env_set = std::env::var(logging::LOG_ENV).is_ok_and(|v| !v.trim().is_empty());
-    let spec = match logger.level {
+    let spec = match logger.level.clone() {
         Some(level) if !env_set => level,
         _ => LevelSpec::from_env()?,
     };
-    if format == LogFormat::Json {
-        return logging::init_json(&dest, vm_id, spec);
-    }
-    let mut builder = env_logger::Builder::new();
-    builder
-        .parse_filters(&spec.to_string())
-        .format_target(false);
-    if let LogDest::File(path) = &dest {
-        let file = logging::open_append(path).map_err(|e| LoggingError::Open(path.clone(), e))?;
-        builder.target(env_logger::Target::Pipe(Box::new(file)));
-    }
-    builder
-        .try_init()
-        .map_err(|_| LoggingError::Level("(logger already set)".into()))
+    logger.level = Some(spec.clone());
+    let setup = LogSetup {
+        dest,
+        format,
+        spec,
+        show: logger.line_options(),
+    };
+    Ok((logging::install_switchable(&setup, vm_id)?, logger))
 }
 
-/// The metrics writer and its periodic flusher, when a metrics file is configured.
+/// The metrics file as configured, its writer and its periodic flusher, when a metrics
+/// file is configured.
+type MetricsFile = (MetricsConfig, Arc<MetricsWriter>, PeriodicFlusher);
+
+/// Starts writing `metrics` to the file the command line or config file names, if any.
 fn start_metrics(
     args: &RunArgs,
     file: &FileConfig,
-    vm_id: &str,
-) -> Result<Option<(Arc<MetricsWriter>, PeriodicFlusher)>, MetricsError> {
-    let from_file = file.metrics.clone();
-    let Some(path) = args
-        .metrics
-        .clone()
-        .or(from_file.as_ref().map(|m| m.metrics_path.to_path_buf()))
-    else {
+    metrics: &Arc<Metrics>,
+) -> Result<Option<MetricsFile>, MainError> {
+    let mut config = file.metrics.clone();
+    if let Some(path) = &args.metrics {
+        let metrics_path = HostPath::try_from(path.clone()).map_err(usage)?;
+        config = Some(MetricsConfig {
+            metrics_path,
+            flush_interval_secs: config.and_then(|c| c.flush_interval_secs),
+        });
+    }
+    let Some(config) = config else {
         return Ok(None);
     };
-    let interval = from_file.map_or(hvlite::metrics::DEFAULT_FLUSH_INTERVAL, |m| {
-        m.flush_interval()
-    });
-    let metrics = Arc::new(Metrics::new(vm_id));
-    let writer = Arc::new(MetricsWriter::open(&path, metrics)?);
-    let flusher = PeriodicFlusher::start(Arc::clone(&writer), interval)?;
-    Ok(Some((writer, flusher)))
+    let writer = Arc::new(MetricsWriter::open(
+        config.metrics_path.as_ref(),
+        Arc::clone(metrics),
+    )?);
+    let flusher = PeriodicFlusher::start(Arc::clone(&writer), config.flush_interval())?;
+    Ok(Some((config, writer, flusher)))
 }
 
 /// Prints one error line, with its causes, and returns hvlite's error status.
@@ -580,7 +594,7 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
         .id
         .clone()
         .unwrap_or_else(|| format!("hvlite-{}", std::process::id()));
-    init_logging(&args, &file, &vm_id)?;
+    let (log, logger) = init_logging(&args, &file, &vm_id)?;
     let level = args
         .seccomp_level
         .or(file.seccomp_level)
@@ -589,10 +603,10 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
     if level == SeccompLevel::Off {
         log::warn!("seccomp filters are off (--seccomp-level 0)");
     }
-    let metrics = start_metrics(&args, &file, &vm_id)?;
-    let writer = metrics.as_ref().map(|(w, _)| Arc::clone(w));
+    let registry = Arc::new(Metrics::new(&vm_id));
+    let mut metrics = start_metrics(&args, &file, &registry)?;
     let hooks = RunHooks {
-        metrics: writer.as_ref().map(|w| Arc::clone(w.metrics())),
+        metrics: metrics.as_ref().map(|_| Arc::clone(&registry)),
         control: None,
     };
     let code = match args.into_job(&file)? {
@@ -601,7 +615,7 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
             exit_code(reason, cfg.command.is_some())
         }
         Job::Container(cfg) => {
-            if writer.is_some() {
+            if metrics.is_some() {
                 return Err(usage("metrics are not supported for container runs yet"));
             }
             container_exit_code(container::run(cfg)?)
@@ -612,12 +626,13 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
             base,
             restore,
         } => {
+            let outputs = Outputs::new(Some(log), logger, registry, metrics.take());
             let (reason, has_command) = service::run_api(ApiRun {
                 id: vm_id,
                 socket,
                 kernel,
                 base,
-                metrics: writer,
+                outputs: Arc::new(Mutex::new(outputs)),
                 restore,
             })?;
             exit_code(reason, has_command)

@@ -134,7 +134,11 @@ fn api_boots_pauses_resumes_and_shuts_down_a_vm() {
     );
     assert_eq!(r.0, 204, "{r:?}");
     let r = request(&sock, "GET", "/machine-config", None);
-    assert_eq!(r.1, json!({"vcpu_count": 1, "mem_size_mib": 96}));
+    assert_eq!(
+        r.1,
+        json!({"vcpu_count": 1, "mem_size_mib": 96, "smt": false,
+               "track_dirty_pages": false, "huge_pages": "None"})
+    );
 
     let started = Instant::now();
     let r = put(&sock, "/actions", json!({"action_type": "InstanceStart"}));

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 pub use model::{
     ActionType, BootSource, Drive, InstanceInfo, InstanceState, MachineConfig, NetworkInterface,
-    VmInfo, VmStateRequest, Vsock,
+    VersionInfo, VmInfo, VmStateRequest, Vsock,
 };
 pub use request::{ApiError, ApiRequest, parse_request};
 pub use server::{ApiServer, ApiServerError, Limits, VmmSender};

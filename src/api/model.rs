@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::values::{MAX_ID_LEN, MIN_GUEST_CID};
 pub use crate::config::{
-    BootSource, DeviceId, Drive, MacAddr, MachineConfig, NetworkInterface, Vsock,
+    BootSource, DeviceId, Drive, DrivePatch, Entropy, Logger, MacAddr, MachineConfig,
+    MetricsConfig, NetworkInterface, NetworkInterfacePatch, Vsock,
 };
 
 #[path = "model_snapshot.rs"]
@@ -93,4 +94,20 @@ impl InstanceInfo {
 pub struct VmInfo {
     /// What the VM is doing.
     pub state: InstanceState,
+}
+
+/// `GET /version` answer. The field has Firecracker's name, so that its clients find the
+/// version where they look; the value is hvlite's version.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    /// hvlite's version.
+    pub firecracker_version: String,
+}
+
+impl Default for VersionInfo {
+    fn default() -> Self {
+        Self {
+            firecracker_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use serde_json::{Map, Value, json};
 
 use super::http::{self, Parsed};
-use super::model::{InstanceInfo, InstanceState, MachineConfig, VmInfo};
+use super::model::{InstanceInfo, InstanceState, MachineConfig, VersionInfo, VmInfo};
 use super::request::{ApiError, ROUTES, parse_request};
 use super::{ApiRequest, ApiResponse};
 
@@ -401,6 +401,21 @@ fn responses_fit_their_schemas() {
         &doc,
         get_schema(&doc, "/machine-config"),
         &mc,
+        "GET /machine-config",
+    )
+    .unwrap();
+    let version = body(ApiResponse::ok_json(&VersionInfo::default()));
+    validate(&doc, get_schema(&doc, "/version"), &version, "GET /version").unwrap();
+    let mut full = MachineConfig::new(1, 128).unwrap();
+    full.smt = Some(crate::config::Smt);
+    full.track_dirty_pages = Some(true);
+    full.huge_pages = Some(crate::config::HugePages);
+    full.cpu_template = Some(crate::config::CpuTemplate);
+    let full = body(ApiResponse::ok_json(&full));
+    validate(
+        &doc,
+        get_schema(&doc, "/machine-config"),
+        &full,
         "GET /machine-config",
     )
     .unwrap();

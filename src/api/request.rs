@@ -6,8 +6,9 @@ use serde::de::DeserializeOwned;
 use super::ApiResponse;
 use super::http::HttpRequest;
 use super::model::{
-    ActionBody, ActionType, BootSource, DeviceId, Drive, MachineConfig, NetworkInterface,
-    SnapshotCreateParams, SnapshotLoadParams, VmPatchBody, VmStateRequest, Vsock,
+    ActionBody, ActionType, BootSource, DeviceId, Drive, DrivePatch, Entropy, Logger,
+    MachineConfig, MetricsConfig, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
+    SnapshotLoadParams, VmPatchBody, VmStateRequest, Vsock,
 };
 
 /// What a client asks of the VMM.
@@ -37,6 +38,20 @@ pub enum ApiRequest {
     CreateSnapshot(SnapshotCreateParams),
     /// `PUT /snapshot/load`.
     LoadSnapshot(SnapshotLoadParams),
+    /// `GET /version`: answer with a [`super::model::VersionInfo`].
+    GetVersion,
+    /// `GET /vm/config`: answer with the whole configuration, as a config file.
+    GetVmConfig,
+    /// `PUT /logger`.
+    PutLogger(Logger),
+    /// `PUT /metrics`.
+    PutMetrics(MetricsConfig),
+    /// `PATCH /drives/{drive_id}`.
+    PatchDrive(DrivePatch),
+    /// `PUT /entropy`.
+    PutEntropy(Entropy),
+    /// `PATCH /network-interfaces/{iface_id}`.
+    PatchNetworkInterface(NetworkInterfacePatch),
 }
 
 /// Requests refused by the API layer itself.
@@ -58,7 +73,7 @@ pub enum ApiError {
         path: String,
         body: String,
     },
-    #[error("Content-Type must be application/json, not {0:?}")]
+    #[error("Content-Type must be application/json (or curl's default form type), not {0:?}")]
     ContentType(String),
     #[error("{0} needs a JSON body")]
     MissingBody(String),
@@ -139,12 +154,32 @@ pub const ROUTES: &[Route] = &[
         handler: |req, id| json_with_id(req, id, |d: &Drive| &d.drive_id).map(ApiRequest::PutDrive),
     },
     Route {
+        method: "PATCH",
+        path: "/drives/{drive_id}",
+        handler: |req, id| {
+            json_with_id(req, id, |d: &DrivePatch| &d.drive_id).map(ApiRequest::PatchDrive)
+        },
+    },
+    Route {
         method: "PUT",
         path: "/network-interfaces/{iface_id}",
         handler: |req, id| {
             json_with_id(req, id, |n: &NetworkInterface| &n.iface_id)
                 .map(ApiRequest::PutNetworkInterface)
         },
+    },
+    Route {
+        method: "PATCH",
+        path: "/network-interfaces/{iface_id}",
+        handler: |req, id| {
+            json_with_id(req, id, |n: &NetworkInterfacePatch| &n.iface_id)
+                .map(ApiRequest::PatchNetworkInterface)
+        },
+    },
+    Route {
+        method: "PUT",
+        path: "/entropy",
+        handler: |req, _| json(req).map(ApiRequest::PutEntropy),
     },
     Route {
         method: "PUT",
@@ -175,6 +210,26 @@ pub const ROUTES: &[Route] = &[
         method: "PUT",
         path: "/snapshot/load",
         handler: |req, _| json(req).map(ApiRequest::LoadSnapshot),
+    },
+    Route {
+        method: "GET",
+        path: "/version",
+        handler: |req, _| no_body(req, ApiRequest::GetVersion),
+    },
+    Route {
+        method: "GET",
+        path: "/vm/config",
+        handler: |req, _| no_body(req, ApiRequest::GetVmConfig),
+    },
+    Route {
+        method: "PUT",
+        path: "/logger",
+        handler: |req, _| json(req).map(ApiRequest::PutLogger),
+    },
+    Route {
+        method: "PUT",
+        path: "/metrics",
+        handler: |req, _| json(req).map(ApiRequest::PutMetrics),
     },
 ];
 
@@ -247,7 +302,10 @@ fn no_body(req: &HttpRequest, api: ApiRequest) -> Result<ApiRequest, ApiError> {
 fn json<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, ApiError> {
     if let Some(ct) = &req.content_type {
         let media = ct.split(';').next().unwrap_or_default().trim();
-        if !media.eq_ignore_ascii_case("application/json") {
+        // curl's `--data` sends the form type: Firecracker's own examples do that and
+        // Firecracker reads the body as JSON whatever the type, so it is taken too.
+        let accepted = ["application/json", "application/x-www-form-urlencoded"];
+        if !accepted.iter().any(|a| media.eq_ignore_ascii_case(a)) {
             return Err(ApiError::ContentType(ct.clone()));
         }
     }

@@ -37,6 +37,8 @@ fn every_route() {
         ("GET", "/", "", ApiRequest::GetInstanceInfo),
         ("GET", "/vm", "", ApiRequest::GetVm),
         ("GET", "/machine-config", "", ApiRequest::GetMachineConfig),
+        ("GET", "/version", "", ApiRequest::GetVersion),
+        ("GET", "/vm/config", "", ApiRequest::GetVmConfig),
         (
             "PUT",
             "/machine-config",
@@ -137,8 +139,8 @@ fn wrong_method_is_405_with_allow() {
     let cases = [
         ("DELETE", "/vm", "GET, PATCH"),
         ("PUT", "/vm", "GET, PATCH"),
-        ("GET", "/drives/x", "PUT"),
-        ("GET", "/network-interfaces/x", "PUT"),
+        ("GET", "/drives/x", "PUT, PATCH"),
+        ("GET", "/network-interfaces/x", "PUT, PATCH"),
         ("POST", "/", "GET"),
         ("PATCH", "/machine-config", "GET, PUT"),
         ("GET", "/actions", "PUT"),
@@ -255,12 +257,39 @@ fn wrong_types_name_the_field() {
 }
 
 #[test]
+fn firecracker_machine_options_are_accepted_or_refused_by_name() {
+    let ok = r#"{"vcpu_count": 2, "mem_size_mib": 256, "smt": false,
+        "track_dirty_pages": true, "huge_pages": "None", "cpu_template": "None"}"#;
+    let Ok(ApiRequest::PutMachineConfig(m)) = parse("PUT", "/machine-config", ok) else {
+        panic!("{ok} refused");
+    };
+    assert_eq!(m.track_dirty_pages, Some(true));
+    for (body, field, says) in [
+        (r#""smt": true"#, "smt", "true is not supported"),
+        (
+            r#""huge_pages": "2M""#,
+            "huge_pages",
+            "\"2M\" is not supported",
+        ),
+        (
+            r#""cpu_template": "T2""#,
+            "cpu_template",
+            "\"T2\" is not supported",
+        ),
+    ] {
+        let body = format!(r#"{{"vcpu_count": 1, "mem_size_mib": 64, {body}}}"#);
+        let msg = rejected("PUT", "/machine-config", &body, field);
+        assert!(msg.contains(says), "{msg}");
+    }
+}
+
+#[test]
 fn unknown_fields_are_refused() {
     let msg = rejected(
         "PUT",
         "/machine-config",
-        r#"{"vcpu_count": 1, "mem_size_mib": 1, "smt": false}"#,
-        "smt",
+        r#"{"vcpu_count": 1, "mem_size_mib": 1, "hyperthreads": false}"#,
+        "hyperthreads",
     );
     assert!(msg.contains("unknown field"), "{msg}");
     rejected(
@@ -390,7 +419,8 @@ fn content_type_must_be_json() {
         ("application/json", true),
         ("application/json; charset=utf-8", true),
         ("Application/JSON", true),
-        ("application/x-www-form-urlencoded", false),
+        // What `curl --data` sends, as in Firecracker's getting-started guide.
+        ("application/x-www-form-urlencoded", true),
         ("text/plain", false),
     ] {
         let mut req = http("PATCH", "/vm", body);

@@ -327,14 +327,16 @@ fn curl_configures_boots_and_pauses() {
     let (code, head) = curl(&sock, &["-i", "-X", "DELETE", "http://localhost/vm"]).unwrap();
     assert_eq!(code, 405);
     assert!(head.contains("Allow: GET, PATCH\r\n"), "{head}");
-    let form = [
+    let text = [
         "-X",
         "PUT",
         "http://localhost/actions",
+        "-H",
+        "Content-Type: text/plain",
         "-d",
         r#"{"action_type": "FlushMetrics"}"#,
     ];
-    let (code, body) = curl(&sock, &form).unwrap();
+    let (code, body) = curl(&sock, &text).unwrap();
     assert_eq!(code, 400);
     assert!(body.contains("Content-Type"), "{body}");
 

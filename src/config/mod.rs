@@ -11,11 +11,15 @@ pub mod resources;
 pub mod values;
 pub mod vm;
 
-pub use resources::{BootSource, Drive, MachineConfig, NetworkInterface, Vsock};
+pub use resources::{
+    BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MetricsConfig, NetworkInterface,
+    NetworkInterfacePatch, Vsock,
+};
 pub use values::{
-    DeviceId, EnvVar, FlushSecs, GuestCid, HostPath, MacAddr, MemSizeMib, TapName, VcpuCount,
+    CpuTemplate, DeviceId, EnvVar, FlushSecs, GuestCid, HostPath, HugePages, MacAddr, MemSizeMib,
+    RateLimiterConfig, Smt, TapName, TokenBucketConfig, VcpuCount,
 };
 pub use vm::{
-    ConfigError, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, NetConfig, SecondRoot, VmConfig,
-    VsockConfig, check_one_root, host_ram_mib,
+    ConfigError, DEFAULT_CPUS, DEFAULT_MEMORY_MIB, DiskConfig, EntropyConfig, NetConfig,
+    SecondRoot, VmConfig, VsockConfig, check_one_root, host_ram_mib,
 };

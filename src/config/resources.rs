@@ -2,9 +2,18 @@
 //! request bodies write them: [`BootSource`], [`MachineConfig`], [`Drive`],
 //! [`NetworkInterface`] and [`Vsock`]. Unknown fields are errors.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
-use super::values::{DeviceId, GuestCid, HostPath, MacAddr, MemSizeMib, TapName, VcpuCount};
+use super::values::FlushSecs;
+use crate::logging::{LevelSpec, LineOptions, LogDest, LogFormat};
+use crate::metrics::DEFAULT_FLUSH_INTERVAL;
+
+use super::values::{
+    CpuTemplate, DeviceId, GuestCid, HostPath, HugePages, MacAddr, MemSizeMib, RateLimiterConfig,
+    Smt, TapName, VcpuCount,
+};
 use super::vm::{DiskConfig, NetConfig, SecondRoot, VsockConfig, check_one_root};
 
 /// `boot-source`: what to boot (`--kernel`, `--initrd`, `--cmdline`). The config file may
@@ -34,6 +43,18 @@ pub struct MachineConfig {
     /// Guest memory in MiB.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mem_size_mib: Option<MemSizeMib>,
+    /// Simultaneous multithreading: `false` only (each vCPU is a core of its own).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smt: Option<Smt>,
+    /// Track the pages the guest writes (KVM dirty logging on guest memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    /// Page size backing guest memory: `"None"` only (4 KiB pages).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePages>,
+    /// Firecracker's static CPU template: `"None"` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<CpuTemplate>,
 }
 
 impl BootSource {
@@ -51,6 +72,7 @@ impl MachineConfig {
         Ok(Self {
             vcpu_count: Some(VcpuCount::try_from(u64::from(vcpu_count))?),
             mem_size_mib: Some(MemSizeMib::try_from(mem_size_mib)?),
+            ..Self::default()
         })
     }
 
@@ -81,6 +103,38 @@ pub struct Drive {
     /// `root=/dev/vda ro` (or `rw`). At most one drive may have it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_root_device: bool,
+    /// Limits on the guest's I/O to the drive (Firecracker's RateLimiter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /drives/{drive_id}` on a started VM: a new backing file (the guest is told
+/// and sees the new capacity) and/or new rate limits (a bucket given replaces that
+/// bucket; one left out stays).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrivePatch {
+    pub drive_id: DeviceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<HostPath>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}` on a started VM: new TX rate limits (a bucket
+/// given replaces that bucket; one left out stays). Receive limits are refused.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfacePatch {
+    pub iface_id: DeviceId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "no_rx_limits"
+    )]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
 }
 
 /// A network interface (`network-interfaces[]`, `PUT /network-interfaces/{iface_id}`,
@@ -95,6 +149,32 @@ pub struct NetworkInterface {
     /// The guest's MAC address; hvlite picks a stable one when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<MacAddr>,
+    /// Limits on the frames the guest sends (Firecracker's tx_rate_limiter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiterConfig>,
+    /// Firecracker's rx_rate_limiter: not supported yet; refused unless it limits
+    /// nothing.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "no_rx_limits"
+    )]
+    pub rx_rate_limiter: Option<RateLimiterConfig>,
+}
+
+/// Refuses an `rx_rate_limiter` that limits anything: hvlite limits only what the guest
+/// sends.
+fn no_rx_limits<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<RateLimiterConfig>, D::Error> {
+    let r = Option::<RateLimiterConfig>::deserialize(d)?;
+    if r.is_some_and(|r| r.limits()) {
+        return Err(serde::de::Error::custom(
+            "receive rate limits are not supported: hvlite limits only what the guest \
+             sends (tx_rate_limiter)",
+        ));
+    }
+    Ok(r)
 }
 
 /// `vsock`: a virtio-vsock device bridged to a Unix socket on the host (`--vsock`).
@@ -106,6 +186,79 @@ pub struct Vsock {
     /// Host processes connect here (`CONNECT <port>`); guest connections to host port P
     /// go to `<uds_path>_P`.
     pub uds_path: HostPath,
+}
+
+/// `logger`: where hvlite's own log goes (see [`crate::logging`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// Log file; stderr when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<HostPath>,
+    /// Level directives, as in `HVLITE_LOG`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub level: Option<LevelSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<LogFormat>,
+    /// Show each line's level (Firecracker's `show_level`); true when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    /// Show each line's source file and line (Firecracker's `show_log_origin`); false
+    /// when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+}
+
+impl Logger {
+    /// What each line shows.
+    pub fn line_options(&self) -> LineOptions {
+        let default = LineOptions::default();
+        LineOptions {
+            level: self.show_level.unwrap_or(default.level),
+            origin: self.show_log_origin.unwrap_or(default.origin),
+        }
+    }
+
+    /// Where the log goes.
+    pub fn dest(&self) -> LogDest {
+        (self.log_path.clone()).map_or(LogDest::Stderr, |p| LogDest::File(p.into()))
+    }
+}
+
+/// `metrics`: the metrics file (see [`crate::metrics`]).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: HostPath,
+    /// Seconds between periodic flushes; 60 when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flush_interval_secs: Option<FlushSecs>,
+}
+
+impl MetricsConfig {
+    /// Time between periodic flushes.
+    pub fn flush_interval(&self) -> Duration {
+        self.flush_interval_secs
+            .map_or(DEFAULT_FLUSH_INTERVAL, |s| Duration::from_secs(s.get()))
+    }
+}
+
+/// `entropy`: a virtio-rng device (`PUT /entropy`, `--entropy`), Firecracker's
+/// EntropyDevice.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {
+    /// Limits on the bytes and requests the guest takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiterConfig>,
+}
+
+impl From<&Entropy> for super::vm::EntropyConfig {
+    fn from(e: &Entropy) -> Self {
+        Self {
+            rate_limiter: e.rate_limiter,
+        }
+    }
 }
 
 /// What is wrong with a list of drives or interfaces, and the index of the entry at fault.
@@ -151,6 +304,7 @@ impl Drive {
             path: self.path_on_host.to_path_buf(),
             read_only: self.is_read_only,
             root: self.is_root_device,
+            rate_limiter: self.rate_limiter,
         };
         (self.drive_id.to_string(), disk)
     }
@@ -162,6 +316,7 @@ impl NetworkInterface {
         let net = NetConfig {
             tap: self.host_dev_name.to_string(),
             mac: self.guest_mac.map(|m| m.0),
+            tx_rate_limiter: self.tx_rate_limiter,
         };
         (self.iface_id.to_string(), net)
     }

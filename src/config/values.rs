@@ -216,6 +216,172 @@ impl AsRef<Path> for HostPath {
     }
 }
 
+/// A token bucket of a `rate_limiter` (Firecracker's TokenBucket): `size` tokens when
+/// full, refilled from empty in `refill_time` milliseconds, plus `one_time_burst` tokens
+/// spent first and never refilled. A size or refill time of 0 means no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucketConfig {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    pub refill_time: u64,
+}
+
+/// A device's `rate_limiter` (Firecracker's RateLimiter): `bandwidth` in bytes, `ops` in
+/// requests; either may be absent (no limit on it). Only a JSON object is one (serde
+/// would take an empty array for a struct whose fields are all optional).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(
+    deny_unknown_fields,
+    try_from = "serde_json::Map<String, serde_json::Value>"
+)]
+pub struct RateLimiterConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucketConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucketConfig>,
+}
+
+/// [`RateLimiterConfig`]'s fields, read from an object.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimiterFields {
+    #[serde(default)]
+    bandwidth: Option<TokenBucketConfig>,
+    #[serde(default)]
+    ops: Option<TokenBucketConfig>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for RateLimiterConfig {
+    type Error = String;
+    fn try_from(map: serde_json::Map<String, serde_json::Value>) -> Result<Self, String> {
+        let f: RateLimiterFields = serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map_err(|e| {
+                let path = e.path().to_string();
+                format!("{path}: {}", e.into_inner())
+            })?;
+        Ok(Self {
+            bandwidth: f.bandwidth,
+            ops: f.ops,
+        })
+    }
+}
+
+impl TokenBucketConfig {
+    /// The device's bucket; `None` for no limit.
+    pub fn bucket(&self) -> Option<crate::devices::virtio::rate_limiter::TokenBucket> {
+        crate::devices::virtio::rate_limiter::TokenBucket::new(
+            self.size,
+            self.one_time_burst.unwrap_or(0),
+            self.refill_time,
+        )
+    }
+}
+
+impl RateLimiterConfig {
+    /// The device's buckets (bandwidth, ops).
+    pub fn buckets(
+        &self,
+    ) -> (
+        Option<crate::devices::virtio::rate_limiter::TokenBucket>,
+        Option<crate::devices::virtio::rate_limiter::TokenBucket>,
+    ) {
+        (
+            self.bandwidth.as_ref().and_then(TokenBucketConfig::bucket),
+            self.ops.as_ref().and_then(TokenBucketConfig::bucket),
+        )
+    }
+
+    /// Whether it limits anything.
+    pub fn limits(&self) -> bool {
+        let (b, o) = self.buckets();
+        b.is_some() || o.is_some()
+    }
+}
+
+/// `machine-config.smt`: simultaneous multithreading. hvlite presents every vCPU as a
+/// core of its own, so only `false` (Firecracker's default) is accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "bool", into = "bool")]
+pub struct Smt;
+
+impl TryFrom<bool> for Smt {
+    type Error = String;
+    fn try_from(on: bool) -> Result<Self, String> {
+        if on {
+            Err(
+                "true is not supported: hvlite gives each vCPU a core of its own \
+                 (no sibling threads); use false"
+                    .into(),
+            )
+        } else {
+            Ok(Self)
+        }
+    }
+}
+
+impl From<Smt> for bool {
+    fn from(_: Smt) -> bool {
+        false
+    }
+}
+
+/// `machine-config.huge_pages`: the page size backing guest memory. hvlite maps guest
+/// memory with ordinary 4 KiB pages, so only `"None"` is accepted (Firecracker's `"2M"`
+/// is refused).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HugePages;
+
+impl TryFrom<String> for HugePages {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "None" => Ok(Self),
+            "2M" => Err(
+                "\"2M\" is not supported: hvlite backs guest memory with 4 KiB \
+                         pages; use \"None\""
+                    .into(),
+            ),
+            other => Err(format!("unknown value {other:?}: expected \"None\"")),
+        }
+    }
+}
+
+impl From<HugePages> for String {
+    fn from(_: HugePages) -> String {
+        "None".into()
+    }
+}
+
+/// `machine-config.cpu_template`: Firecracker's static CPU templates (C3, T2, T2S, T2CL,
+/// T2A) mask CPUID for Intel/AMD hardware hosts; hvlite has none, so only `"None"` is
+/// accepted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CpuTemplate;
+
+impl TryFrom<String> for CpuTemplate {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "None" => Ok(Self),
+            "C3" | "T2" | "T2S" | "T2CL" | "T2A" => Err(format!(
+                "CPU template {s:?} is not supported: hvlite passes the host's CPUID through \
+                 (with the changes a PVM host needs); use \"None\""
+            )),
+            other => Err(format!("unknown CPU template {other:?}: expected \"None\"")),
+        }
+    }
+}
+
+impl From<CpuTemplate> for String {
+    fn from(_: CpuTemplate) -> String {
+        "None".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +404,41 @@ mod tests {
         assert!(json::<GuestCid>("2").is_err());
         assert!(json::<GuestCid>("4294967295").is_err());
         assert!(json::<FlushSecs>("0").is_err());
+    }
+
+    #[test]
+    fn unsupported_machine_options_are_refused_by_name() {
+        assert_eq!(json::<Smt>("false"), Ok(Smt));
+        let e = json::<Smt>("true").unwrap_err();
+        assert!(e.contains("true is not supported"), "{e}");
+        assert_eq!(json::<HugePages>(r#""None""#), Ok(HugePages));
+        let e = json::<HugePages>(r#""2M""#).unwrap_err();
+        assert!(e.contains("\"2M\" is not supported"), "{e}");
+        assert_eq!(json::<CpuTemplate>(r#""None""#), Ok(CpuTemplate));
+        let e = json::<CpuTemplate>(r#""T2S""#).unwrap_err();
+        assert!(e.contains("\"T2S\" is not supported"), "{e}");
+        assert!(json::<CpuTemplate>(r#""X""#).is_err());
+        assert_eq!(serde_json::to_string(&HugePages).unwrap(), r#""None""#);
+        assert_eq!(serde_json::to_string(&Smt).unwrap(), "false");
+    }
+
+    #[test]
+    fn rate_limiters_have_firecrackers_shape() {
+        let r: RateLimiterConfig = json(
+            r#"{"bandwidth": {"size": 1048576, "one_time_burst": 10, "refill_time": 100},
+                "ops": {"size": 10, "refill_time": 1000}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.bandwidth.unwrap().one_time_burst, Some(10));
+        assert!(r.limits());
+        let e = json::<RateLimiterConfig>(r#"{"bandwidth": {"size": 1}}"#).unwrap_err();
+        assert!(e.contains("bandwidth: missing field `refill_time`"), "{e}");
+        let e = json::<RateLimiterConfig>(r#"{"iops": {}}"#).unwrap_err();
+        assert!(e.contains("unknown field `iops`"), "{e}");
+        assert!(json::<RateLimiterConfig>("[]").is_err());
+        // Zero size or refill time: no limit, as in Firecracker.
+        let r: RateLimiterConfig = json(r#"{"ops": {"size": 0, "refill_time": 100}}"#).unwrap();
+        assert!(!r.limits());
     }
 
     #[test]

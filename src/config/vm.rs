@@ -21,6 +21,8 @@ pub struct DiskConfig {
     /// The guest's root filesystem is on it: it must be the first disk (`/dev/vda`), and
     /// the kernel gets `root=/dev/vda ro` (or `rw`) before the user's options.
     pub root: bool,
+    /// Limits on the guest's I/O to it.
+    pub rate_limiter: Option<super::values::RateLimiterConfig>,
 }
 
 impl std::str::FromStr for DiskConfig {
@@ -45,6 +47,7 @@ impl std::str::FromStr for DiskConfig {
             path: PathBuf::from(path),
             read_only,
             root: false,
+            rate_limiter: None,
         })
     }
 }
@@ -56,6 +59,8 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address; a stable locally administered one when not given.
     pub mac: Option<[u8; 6]>,
+    /// Limits on the frames the guest sends.
+    pub tx_rate_limiter: Option<super::values::RateLimiterConfig>,
 }
 
 impl std::str::FromStr for NetConfig {
@@ -76,8 +81,19 @@ impl std::str::FromStr for NetConfig {
             }
         }
         let tap = tap.ok_or("missing tap=NAME")?;
-        Ok(Self { tap, mac })
+        Ok(Self {
+            tap,
+            mac,
+            tx_rate_limiter: None,
+        })
     }
+}
+
+/// A virtio-rng device: the guest's entropy from the host's getrandom.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntropyConfig {
+    /// Limits on the bytes and requests the guest takes.
+    pub rate_limiter: Option<super::values::RateLimiterConfig>,
 }
 
 /// A virtio-vsock device: the guest's CID and the host-side Unix socket.
@@ -131,6 +147,8 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// Log the pages the guest writes (KVM_MEM_LOG_DIRTY_PAGES on every memory slot).
+    pub track_dirty_pages: bool,
     /// Command for the guest init to run; hvlite then exits with its status.
     pub command: Option<Vec<String>>,
     /// Disks, in order: the first is /dev/vda in the guest.
@@ -139,6 +157,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// A virtio-rng device (`/entropy`), with its rate limits.
+    pub entropy: Option<EntropyConfig>,
     /// Sample the boot vCPU's guest RIP into this file (a developer aid).
     pub guest_profile: Option<PathBuf>,
     /// Names of the disks in metrics (`drive_id`s), in the order of `disks`; a disk
@@ -204,10 +224,12 @@ impl VmConfig {
             cmdline: None,
             cpus: DEFAULT_CPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
+            track_dirty_pages: false,
             command: None,
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            entropy: None,
             guest_profile: None,
             disk_ids: Vec::new(),
             net_ids: Vec::new(),
@@ -388,6 +410,7 @@ mod tests {
             path: p.into(),
             read_only: false,
             root,
+            rate_limiter: None,
         };
         let mut c = VmConfig::new("k".into());
         let disks = vec![

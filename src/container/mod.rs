@@ -162,11 +162,13 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
             path: agent_image,
             read_only: true,
             root: false,
+            rate_limiter: None,
         },
         DiskConfig {
             path: root.image.clone(),
             read_only: root.mode == RootMode::Overlay,
             root: false,
+            rate_limiter: None,
         },
     ];
     disks.append(&mut vm.disks);

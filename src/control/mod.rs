@@ -12,19 +12,23 @@
 //! the vCPUs run or the boot failed (then the state stays Not started and the
 //! configuration can be fixed). After the start, resources are fixed (409).
 
+pub mod outputs;
 pub mod pending;
 pub mod service;
 
 use std::sync::{Arc, Mutex, mpsc};
 
-use crate::api::model::{SnapshotCreateParams, SnapshotLoadParams};
+use crate::api::model::{
+    DrivePatch, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
+};
 use crate::api::{
-    ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VmInfo, VmStateRequest,
+    ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VersionInfo, VmInfo,
+    VmStateRequest,
 };
 use crate::config::VmConfig;
-use crate::metrics::MetricsWriter;
 use crate::vmm::control::{ControlError, VmControl};
 use crate::vmm::persist::RestoreSpec;
+pub use outputs::{Outputs, OutputsError};
 pub use pending::{PendingError, PendingVm};
 
 /// What the thread that runs VMs is asked to start.
@@ -48,7 +52,7 @@ pub struct Controller {
     state: SharedState,
     pending: PendingVm,
     control: Arc<VmControl>,
-    metrics: Option<Arc<MetricsWriter>>,
+    outputs: Arc<Mutex<Outputs>>,
     /// Where InstanceStart sends the VM to boot (and a snapshot load what to restore).
     start: mpsc::Sender<StartRequest>,
     /// A resource was configured through the API (a snapshot load needs a fresh instance).
@@ -63,7 +67,7 @@ impl Controller {
         state: SharedState,
         pending: PendingVm,
         control: Arc<VmControl>,
-        metrics: Option<Arc<MetricsWriter>>,
+        outputs: Arc<Mutex<Outputs>>,
         start: mpsc::Sender<StartRequest>,
     ) -> Self {
         Self {
@@ -71,7 +75,7 @@ impl Controller {
             state,
             pending,
             control,
-            metrics,
+            outputs,
             start,
             configured: false,
         }
@@ -94,6 +98,22 @@ impl Controller {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = s;
     }
 
+    fn outputs(&self) -> std::sync::MutexGuard<'_, Outputs> {
+        self.outputs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `GET /vm/config`: the whole configuration, as a config file.
+    fn vm_config(&self) -> ApiResponse {
+        let mut file = match self.pending.to_file_config() {
+            Ok(f) => f,
+            Err(e) => return ApiResponse::fault(500, format!("cannot describe the VM: {e}")),
+        };
+        let outputs = self.outputs();
+        file.logger = Some(outputs.logger().clone());
+        file.metrics = outputs.metrics_config().cloned();
+        ApiResponse::ok_json(&file)
+    }
+
     /// Answers one request.
     pub fn handle(&mut self, req: ApiRequest) -> ApiResponse {
         let state = self.state();
@@ -102,8 +122,20 @@ impl Controller {
                 ApiResponse::ok_json(&InstanceInfo::new(&self.id, state))
             }
             ApiRequest::GetVm => ApiResponse::ok_json(&VmInfo { state }),
+            ApiRequest::GetVersion => ApiResponse::ok_json(&VersionInfo::default()),
+            ApiRequest::GetVmConfig => self.vm_config(),
+            ApiRequest::PutLogger(l) => match self.outputs().put_logger(&l) {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::fault(400, error_chain(&e)),
+            },
+            ApiRequest::PutMetrics(m) => match self.outputs().put_metrics(&m) {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::fault(400, error_chain(&e)),
+            },
             ApiRequest::GetMachineConfig => ApiResponse::ok_json(&self.pending.machine_config()),
             ApiRequest::Action(action) => self.action(action, state),
+            ApiRequest::PatchDrive(p) => self.patch_drive(&p, state),
+            ApiRequest::PatchNetworkInterface(p) => self.patch_net(&p, state),
             ApiRequest::PatchVm(want) => self.patch_vm(want, state),
             ApiRequest::CreateSnapshot(p) => self.create_snapshot(&p, state),
             ApiRequest::LoadSnapshot(p) => self.load_snapshot(&p, state),
@@ -133,11 +165,75 @@ impl Controller {
             }
             ApiRequest::PutNetworkInterface(n) => p.put_net(&n),
             ApiRequest::PutVsock(v) => p.set_vsock(&v),
+            ApiRequest::PutEntropy(e) => p.set_entropy(&e),
             other => {
                 return ApiResponse::fault(500, format!("unhandled request {other:?}"));
             }
         }
         self.configured = true;
+        ApiResponse::no_content()
+    }
+
+    /// `PATCH /drives/{id}`: a new backing file and/or new rate limits for a running
+    /// drive.
+    fn patch_drive(&mut self, p: &DrivePatch, state: InstanceState) -> ApiResponse {
+        if !matches!(state, InstanceState::Running | InstanceState::Paused) {
+            return ApiResponse::fault(
+                400,
+                format!(
+                    "PATCH /drives changes a started VM's drive; the VM is {} (PUT the drive instead)",
+                    state_name(state)
+                ),
+            );
+        }
+        let id = p.drive_id.as_str();
+        let Some(drive) = self.control.drive(id) else {
+            return ApiResponse::fault(400, format!("the VM has no drive {id:?}"));
+        };
+        if let Some(r) = &p.rate_limiter {
+            let (bandwidth, ops) = r.buckets();
+            let bandwidth = r.bandwidth.map(|_| bandwidth);
+            let ops = r.ops.map(|_| ops);
+            if let Err(e) = drive.update_limiter(bandwidth, ops) {
+                return ApiResponse::fault(400, e.to_string());
+            }
+        }
+        if let Some(path) = &p.path_on_host {
+            match drive.replace_disk(path.as_ref()) {
+                Ok(sectors) => log::info!(
+                    "API: drive {id} now backed by {} ({sectors} sectors)",
+                    path.as_ref().display()
+                ),
+                Err(e) => return ApiResponse::fault(400, error_chain(&e)),
+            }
+        }
+        self.pending.patch_drive(p);
+        ApiResponse::no_content()
+    }
+
+    /// `PATCH /network-interfaces/{id}`: new TX rate limits for a running interface.
+    fn patch_net(&mut self, p: &NetworkInterfacePatch, state: InstanceState) -> ApiResponse {
+        if !matches!(state, InstanceState::Running | InstanceState::Paused) {
+            return ApiResponse::fault(
+                400,
+                format!(
+                    "PATCH /network-interfaces changes a started VM's interface; the VM is {} (PUT the interface instead)",
+                    state_name(state)
+                ),
+            );
+        }
+        let id = p.iface_id.as_str();
+        let Some(limiter) = self.control.net_limiter(id) else {
+            return ApiResponse::fault(400, format!("the VM has no network interface {id:?}"));
+        };
+        if let Some(r) = &p.tx_rate_limiter {
+            let (bandwidth, ops) = r.buckets();
+            limiter
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .update(r.bandwidth.map(|_| bandwidth), r.ops.map(|_| ops));
+            self.pending.patch_net(p);
+        }
         ApiResponse::no_content()
     }
 
@@ -200,12 +296,10 @@ impl Controller {
 
     fn action(&mut self, action: ActionType, state: InstanceState) -> ApiResponse {
         match action {
-            ActionType::FlushMetrics => match &self.metrics {
-                None => ApiResponse::fault(400, "no metrics file is configured (--metrics)"),
-                Some(w) => match w.flush_now() {
-                    Ok(()) => ApiResponse::no_content(),
-                    Err(e) => ApiResponse::fault(500, error_chain(&e)),
-                },
+            ActionType::FlushMetrics => match self.outputs().flush_metrics() {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e @ OutputsError::NoMetrics) => ApiResponse::fault(400, e.to_string()),
+                Err(e) => ApiResponse::fault(500, error_chain(&e)),
             },
             ActionType::InstanceStart if state != InstanceState::NotStarted => {
                 ApiResponse::fault(CONFLICT, format!("the VM is {} already", state_name(state)))
@@ -310,7 +404,10 @@ mod tests {
         let control = Arc::new(VmControl::new());
         let state = Arc::new(Mutex::new(InstanceState::NotStarted));
         let pending = PendingVm::new(None, VmConfig::new(Default::default()));
-        let c = Controller::new("vm1".into(), state, pending, control.clone(), None, tx);
+        let metrics = Arc::new(crate::metrics::Metrics::new("vm1"));
+        let outputs = Outputs::new(None, Default::default(), metrics, None);
+        let outputs = Arc::new(Mutex::new(outputs));
+        let c = Controller::new("vm1".into(), state, pending, control.clone(), outputs, tx);
         (c, rx, control)
     }
 
@@ -337,8 +434,16 @@ mod tests {
         );
         let m = MachineConfig::new(2, 64).unwrap();
         assert_eq!(status(&mut c, ApiRequest::PutMachineConfig(m.clone())), 204);
-        let got = c.handle(ApiRequest::GetMachineConfig);
-        assert_eq!(got.body, Some(serde_json::to_value(&m).unwrap()));
+        let got = c.handle(ApiRequest::GetMachineConfig).body.unwrap();
+        assert_eq!(
+            (got["vcpu_count"].clone(), got["mem_size_mib"].clone()),
+            (2.into(), 64.into())
+        );
+        assert_eq!(got["smt"], false);
+        assert_eq!(got["track_dirty_pages"], false);
+        assert_eq!(got["huge_pages"], "None");
+        let version = c.handle(ApiRequest::GetVersion).body.unwrap();
+        assert_eq!(version["firecracker_version"], env!("CARGO_PKG_VERSION"));
         c.set_state(InstanceState::Running);
         assert_eq!(status(&mut c, ApiRequest::PutMachineConfig(m)), 409);
         assert_eq!(
@@ -348,6 +453,106 @@ mod tests {
         let info = c.handle(ApiRequest::GetInstanceInfo).body.unwrap();
         assert_eq!(info["state"], "Running");
         assert_eq!(info["id"], "vm1");
+    }
+
+    #[test]
+    fn the_vm_config_loads_back_as_a_config_file() {
+        let (mut c, _rx, _) = controller();
+        let put = |c: &mut Controller, r| assert_eq!(c.handle(r).status, 204);
+        fn body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap()
+        }
+        put(
+            &mut c,
+            ApiRequest::PutBootSource(body(serde_json::json!({
+                "kernel_image_path": "/k", "initrd_path": "/i", "boot_args": "quiet"
+            }))),
+        );
+        put(
+            &mut c,
+            ApiRequest::PutMachineConfig(body(serde_json::json!({
+                "vcpu_count": 2, "mem_size_mib": 96, "track_dirty_pages": true
+            }))),
+        );
+        put(
+            &mut c,
+            ApiRequest::PutDrive(body(serde_json::json!({
+                "drive_id": "data", "path_on_host": "/d.img", "is_read_only": true
+            }))),
+        );
+        put(
+            &mut c,
+            ApiRequest::PutDrive(body(serde_json::json!({
+                "drive_id": "rootfs", "path_on_host": "/r.img", "is_root_device": true
+            }))),
+        );
+        put(
+            &mut c,
+            ApiRequest::PutNetworkInterface(body(serde_json::json!({
+                "iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "02:00:00:00:00:01"
+            }))),
+        );
+        put(
+            &mut c,
+            ApiRequest::PutVsock(body(serde_json::json!({"guest_cid": 3, "uds_path": "/v"}))),
+        );
+        put(
+            &mut c,
+            ApiRequest::PutLogger(body(serde_json::json!({
+                "level": "Warning", "show_level": false, "show_log_origin": true
+            }))),
+        );
+        let got = c.handle(ApiRequest::GetVmConfig);
+        assert_eq!(got.status, 200);
+        let text = got.body.unwrap().to_string();
+        let file = crate::vmm::config_file::FileConfig::parse(&text, "vm/config").unwrap();
+        let loaded = file.to_vm_config(Default::default()).unwrap();
+        assert_eq!(loaded, c.pending.to_vm_config().unwrap());
+        assert!(loaded.track_dirty_pages);
+        assert_eq!(loaded.disk_ids, ["rootfs", "data"]);
+        let logger = file.logger.unwrap();
+        assert_eq!(logger.show_log_origin, Some(true));
+        assert_eq!(logger.level.unwrap().to_string(), "warn");
+    }
+
+    #[test]
+    fn patches_need_a_started_vm_and_a_known_device() {
+        use crate::devices::virtio::rate_limiter::RateLimiter;
+        let (mut c, _rx, control) = controller();
+        fn body<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap()
+        }
+        let drive = || ApiRequest::PatchDrive(body(serde_json::json!({"drive_id": "d"})));
+        let limits = serde_json::json!({"bandwidth": {"size": 1000, "refill_time": 10}});
+        let net = || {
+            ApiRequest::PatchNetworkInterface(body(
+                serde_json::json!({"iface_id": "eth0", "tx_rate_limiter": limits}),
+            ))
+        };
+        assert_eq!(c.handle(drive()).status, 400);
+        assert_eq!(c.handle(net()).status, 400);
+        c.pending.put_net(&body(
+            serde_json::json!({"iface_id": "eth0", "host_dev_name": "t"}),
+        ));
+        c.set_state(InstanceState::Running);
+        let resp = c.handle(drive());
+        assert_eq!(resp.status, 400);
+        assert!(
+            resp.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains("no drive")
+        );
+        assert_eq!(c.handle(net()).status, 400, "no such interface yet");
+        let limiter = Arc::new(Mutex::new(RateLimiter::new(None, None).unwrap()));
+        control.add_net_limiter("eth0", Arc::clone(&limiter));
+        assert_eq!(c.handle(net()).status, 204);
+        assert_eq!(
+            limiter.lock().unwrap().buckets().0.map(|b| b.size()),
+            Some(1000)
+        );
+        let cfg = c.handle(ApiRequest::GetVmConfig).body.unwrap();
+        assert_eq!(cfg["network-interfaces"][0]["tx_rate_limiter"], limits);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use crate::config::{
-    BootSource, DiskConfig, Drive, MachineConfig, MemSizeMib, NetConfig, NetworkInterface,
-    SecondRoot, VcpuCount, VmConfig, Vsock, VsockConfig, check_one_root,
+    BootSource, DeviceId, DiskConfig, Drive, DrivePatch, Entropy, GuestCid, HostPath, HugePages,
+    MacAddr, MachineConfig, MemSizeMib, NetConfig, NetworkInterface, NetworkInterfacePatch,
+    SecondRoot, Smt, TapName, VcpuCount, VmConfig, Vsock, VsockConfig, check_one_root,
 };
+use crate::vmm::config_file::{FileConfig, Process};
 
 /// Why the configuration cannot be applied or started.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +54,10 @@ impl PendingVm {
         MachineConfig {
             vcpu_count: VcpuCount::try_from(u64::from(self.base.cpus)).ok(),
             mem_size_mib: MemSizeMib::try_from(self.base.memory_mib).ok(),
+            smt: Some(Smt),
+            track_dirty_pages: Some(self.base.track_dirty_pages),
+            huge_pages: Some(HugePages),
+            cpu_template: None,
         }
     }
 
@@ -63,6 +69,8 @@ impl PendingVm {
         if let Some(mib) = m.mem_size_mib {
             self.base.memory_mib = mib.get();
         }
+        // A PUT replaces the whole resource: an absent flag is Firecracker's default.
+        self.base.track_dirty_pages = m.track_dirty_pages.unwrap_or(false);
     }
 
     /// `PUT /boot-source`: replaces kernel, initrd and boot arguments.
@@ -85,6 +93,38 @@ impl PendingVm {
         Ok(())
     }
 
+    /// Records a `PATCH /drives/{id}` applied to the running VM, so that the
+    /// configuration reported stays true.
+    pub fn patch_drive(&mut self, p: &DrivePatch) {
+        if let Some((_, d)) = self
+            .drives
+            .iter_mut()
+            .find(|(i, _)| i == p.drive_id.as_str())
+        {
+            if let Some(path) = &p.path_on_host {
+                d.path = path.to_path_buf();
+            }
+            if let Some(r) = p.rate_limiter {
+                let mut now = d.rate_limiter.unwrap_or_default();
+                now.bandwidth = r.bandwidth.or(now.bandwidth);
+                now.ops = r.ops.or(now.ops);
+                d.rate_limiter = Some(now);
+            }
+        }
+    }
+
+    /// Records a `PATCH /network-interfaces/{id}` applied to the running VM.
+    pub fn patch_net(&mut self, p: &NetworkInterfacePatch) {
+        if let Some((_, n)) = self.nets.iter_mut().find(|(i, _)| i == p.iface_id.as_str())
+            && let Some(r) = p.tx_rate_limiter
+        {
+            let mut now = n.tx_rate_limiter.unwrap_or_default();
+            now.bandwidth = r.bandwidth.or(now.bandwidth);
+            now.ops = r.ops.or(now.ops);
+            n.tx_rate_limiter = Some(now);
+        }
+    }
+
     /// `PUT /network-interfaces/{id}`.
     pub fn put_net(&mut self, n: &NetworkInterface) {
         let (id, net) = n.to_net();
@@ -94,9 +134,74 @@ impl PendingVm {
         }
     }
 
+    /// `PUT /entropy`.
+    pub fn set_entropy(&mut self, e: &Entropy) {
+        self.base.entropy = Some(e.into());
+    }
+
     /// `PUT /vsock`.
     pub fn set_vsock(&mut self, v: &Vsock) {
         self.base.vsock = Some(VsockConfig::from(v));
+    }
+
+    /// The configuration as a config file would write it (`GET /vm/config`); the file
+    /// loads back into the same VM. A vsock without a host socket has no form in the
+    /// file and is left out.
+    pub fn to_file_config(&self) -> Result<FileConfig, String> {
+        let path = |p: &PathBuf| HostPath::try_from(p.clone());
+        let boot_source = BootSource {
+            kernel_image_path: self.kernel.as_ref().map(path).transpose()?,
+            initrd_path: self.base.initrd.as_ref().map(path).transpose()?,
+            boot_args: self.base.cmdline.clone(),
+        };
+        let drives = (self.drives.iter())
+            .map(|(id, d)| {
+                Ok(Drive {
+                    drive_id: DeviceId::try_from(id.clone())?,
+                    path_on_host: path(&d.path)?,
+                    is_read_only: d.read_only,
+                    is_root_device: d.root,
+                    rate_limiter: d.rate_limiter,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let network_interfaces = (self.nets.iter())
+            .map(|(id, n)| {
+                Ok(NetworkInterface {
+                    iface_id: DeviceId::try_from(id.clone())?,
+                    host_dev_name: TapName::try_from(n.tap.clone())?,
+                    guest_mac: n.mac.map(MacAddr),
+                    tx_rate_limiter: n.tx_rate_limiter,
+                    rx_rate_limiter: None,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        let vsock = match &self.base.vsock {
+            Some(VsockConfig {
+                cid,
+                uds: Some(uds),
+            }) => Some(Vsock {
+                guest_cid: GuestCid::try_from(*cid)?,
+                uds_path: path(uds)?,
+            }),
+            _ => None,
+        };
+        let process = (self.base.command.clone()).map(|args| Process {
+            args: Some(args),
+            ..Process::default()
+        });
+        Ok(FileConfig {
+            boot_source: Some(boot_source),
+            machine_config: Some(self.machine_config()),
+            drives,
+            network_interfaces,
+            vsock,
+            entropy: (self.base.entropy).map(|e| Entropy {
+                rate_limiter: e.rate_limiter,
+            }),
+            process,
+            ..FileConfig::default()
+        })
     }
 
     /// The VM to boot. The root drive, if any, comes first (`/dev/vda`); the VMM gives the

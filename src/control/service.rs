@@ -4,11 +4,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
 
-use super::{Controller, PendingVm, StartRequest, error_chain};
+use super::{Controller, Outputs, PendingVm, StartRequest, error_chain};
 use crate::api::{ApiServer, ApiServerError, InstanceState};
 use crate::config::VmConfig;
 use crate::exit::ExitReason;
-use crate::metrics::MetricsWriter;
 use crate::vmm::control::VmControl;
 use crate::vmm::persist::RestoreSpec;
 use crate::vmm::{self, Console, RunEnv, RunHooks, VmmError};
@@ -36,8 +35,8 @@ pub struct ApiRun {
     pub kernel: Option<PathBuf>,
     /// Everything else the command line and config file gave.
     pub base: VmConfig,
-    /// The metrics, if a file was given.
-    pub metrics: Option<Arc<MetricsWriter>>,
+    /// The log and metrics.
+    pub outputs: Arc<Mutex<Outputs>>,
     /// A snapshot to restore at once (instead of booting).
     pub restore: Option<RestoreSpec>,
 }
@@ -81,7 +80,7 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, bool), ServiceError> {
         Arc::clone(&state),
         pending,
         Arc::clone(&control),
-        run.metrics.clone(),
+        Arc::clone(&run.outputs),
         start_tx,
     );
     let server = ApiServer::start(&run.socket, api_tx)?;
@@ -98,8 +97,9 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, bool), ServiceError> {
             "waiting for the VM's configuration and InstanceStart (or a snapshot load) on the API"
         );
     }
+    let registry = lock(&run.outputs).registry();
     let hooks = || RunHooks {
-        metrics: run.metrics.as_ref().map(|w| Arc::clone(w.metrics())),
+        metrics: Some(Arc::clone(&registry)),
         control: Some(Arc::clone(&control)),
     };
     let mut job = match first {
@@ -118,6 +118,8 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, bool), ServiceError> {
             Ok(done) => {
                 *state.lock().unwrap_or_else(|p| p.into_inner()) = InstanceState::Stopped;
                 drop(server);
+                // Stopping the flusher writes the last metrics line.
+                lock(&run.outputs).finish();
                 return Ok(done);
             }
             Err(e) if !boot_now => {
@@ -129,4 +131,8 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, bool), ServiceError> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

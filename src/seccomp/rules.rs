@@ -205,6 +205,9 @@ const API_CONTROL: &[Rule] = &[
     Rule::any(libc::SYS_renameat2),
     Rule::any(libc::SYS_unlink),
     Rule::any(libc::SYS_unlinkat),
+    // PATCH of a rate limiter wakes the device's limiter timer; PUT /metrics starts the
+    // flusher thread (SPAWN), which installs the Host filter on top.
+    Rule::any(libc::SYS_timerfd_settime),
 ];
 
 const VMM: &[Rule] = &[
@@ -250,7 +253,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<Rule> {
         ThreadKind::Vcpu => &[COMMON, VCPU],
         ThreadKind::DeviceLoop => &[COMMON, POLLING, DEVICE_LOOP],
         ThreadKind::Api => &[COMMON, POLLING, SPAWN, API],
-        ThreadKind::ApiControl => &[COMMON, POLLING, API_CONTROL],
+        ThreadKind::ApiControl => &[COMMON, POLLING, SPAWN, API_CONTROL],
         ThreadKind::Vmm => &[COMMON, POLLING, VMM],
         ThreadKind::Host => &[COMMON, POLLING, SPAWN, HOST],
     };

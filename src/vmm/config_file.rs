@@ -12,17 +12,15 @@
 //! `examples/vm.json` shows every field.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::resources::{self, ListError};
+pub use crate::config::resources::{Logger, MetricsConfig};
 use crate::config::{
-    BootSource, DiskConfig, Drive, EnvVar, FlushSecs, HostPath, MachineConfig, MemSizeMib,
-    NetConfig, NetworkInterface, VcpuCount, VmConfig, Vsock, VsockConfig,
+    BootSource, DiskConfig, Drive, EnvVar, HostPath, MachineConfig, MemSizeMib, NetConfig,
+    NetworkInterface, VcpuCount, VmConfig, Vsock, VsockConfig,
 };
-use crate::logging::{LevelSpec, LogDest, LogFormat};
-use crate::metrics::DEFAULT_FLUSH_INTERVAL;
 
 /// Errors loading a config file or building a [`VmConfig`] from it.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +67,9 @@ pub struct FileConfig {
     pub network_interfaces: Vec<NetworkInterface>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vsock: Option<Vsock>,
+    /// A virtio-rng device (`--entropy`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<crate::config::Entropy>,
     /// The command the guest init runs, and how.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -118,45 +119,6 @@ pub struct User {
     pub gid: u32,
 }
 
-/// `logger`: where hvlite's own log goes (see [`crate::logging`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Logger {
-    /// Log file; stderr when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub log_path: Option<HostPath>,
-    /// Level directives, as in `HVLITE_LOG`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub level: Option<LevelSpec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub format: Option<LogFormat>,
-}
-
-impl Logger {
-    /// Where the log goes.
-    pub fn dest(&self) -> LogDest {
-        (self.log_path.clone()).map_or(LogDest::Stderr, |p| LogDest::File(p.into()))
-    }
-}
-
-/// `metrics`: the metrics file (see [`crate::metrics`]).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    pub metrics_path: HostPath,
-    /// Seconds between periodic flushes; 60 when absent.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub flush_interval_secs: Option<FlushSecs>,
-}
-
-impl MetricsConfig {
-    /// Time between periodic flushes.
-    pub fn flush_interval(&self) -> Duration {
-        self.flush_interval_secs
-            .map_or(DEFAULT_FLUSH_INTERVAL, |s| Duration::from_secs(s.get()))
-    }
-}
-
 /// What the command line gave; `None` or empty means "not given", so the file's value
 /// (or hvlite's default) applies. A non-empty list replaces the file's list whole.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -169,6 +131,8 @@ pub struct CliOverrides {
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
     pub vsock: Option<VsockConfig>,
+    /// `--entropy`: a virtio-rng device (the file's rate limits, if any, stay).
+    pub entropy: bool,
     pub command: Vec<String>,
 }
 
@@ -250,6 +214,7 @@ impl FileConfig {
         if let Some(m) = cli.memory_mib.or(machine.mem_size_mib.map(MemSizeMib::get)) {
             cfg.memory_mib = m;
         }
+        cfg.track_dirty_pages = machine.track_dirty_pages.unwrap_or(false);
         if cli.disks.is_empty() {
             cfg.set_disks(self.drives.iter().map(Drive::to_disk).collect());
         } else {
@@ -264,6 +229,11 @@ impl FileConfig {
         cfg.vsock = cli
             .vsock
             .or_else(|| self.vsock.as_ref().map(VsockConfig::from));
+        cfg.entropy = match (&self.entropy, cli.entropy) {
+            (Some(e), _) => Some(e.into()),
+            (None, true) => Some(Default::default()),
+            (None, false) => None,
+        };
         cfg.command = if cli.command.is_empty() {
             self.process.as_ref().and_then(|p| p.args.clone())
         } else {

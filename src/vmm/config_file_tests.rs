@@ -1,5 +1,8 @@
 use super::*;
+use std::time::Duration;
+
 use crate::config::MacAddr;
+use crate::logging::{LogDest, LogFormat};
 
 use tempfile::TempDir;
 
@@ -76,8 +79,12 @@ fn unknown_fields_name_their_path() {
         "vm.json: kernel: unknown field `kernel`",
     );
     assert_err(
+        r#"{"machine-config": {"vcpu_count": 1, "threads": 2}}"#,
+        "vm.json: machine-config.threads: unknown field `threads`",
+    );
+    assert_err(
         r#"{"machine-config": {"vcpu_count": 1, "smt": true}}"#,
-        "vm.json: machine-config.smt: unknown field `smt`",
+        "vm.json: machine-config.smt: true is not supported",
     );
     assert_err(
         r#"{"drives": [{"drive_id": "a", "path_on_host": "a", "cache_type": "Unsafe"}]}"#,
@@ -273,11 +280,13 @@ fn the_file_fills_a_vm_config() {
                 path: "images/alpine.ext4".into(),
                 read_only: true,
                 root: true,
+                rate_limiter: None,
             },
             DiskConfig {
                 path: "images/scratch.img".into(),
                 read_only: false,
                 root: false,
+                rate_limiter: None,
             },
         ]
     );
@@ -285,7 +294,8 @@ fn the_file_fills_a_vm_config() {
         vm.nets,
         [NetConfig {
             tap: "hvtap0".into(),
-            mac: Some([0x02, 0xfc, 0, 0, 0, 5])
+            mac: Some([0x02, 0xfc, 0, 0, 0, 5]),
+            tx_rate_limiter: None,
         }]
     );
     assert_eq!(vm.disk_ids, ["rootfs", "scratch"]);
@@ -308,9 +318,11 @@ fn the_command_line_wins() {
         disks: vec!["d.img,ro".parse().unwrap()],
         nets: vec![],
         vsock: None,
+        entropy: true,
         command: vec!["true".into()],
     };
     let vm = cfg.to_vm_config(cli).unwrap();
+    assert_eq!(vm.entropy, Some(Default::default()));
     assert_eq!(vm.kernel, PathBuf::from("other/bzImage"));
     assert_eq!(vm.initrd, Some(PathBuf::from("build/initramfs.cpio")));
     assert_eq!(vm.cmdline.as_deref(), Some("debug"));

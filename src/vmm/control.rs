@@ -6,10 +6,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::persist::{CreateStats, SnapshotSource, create_snapshot};
 use crate::devices::i8042::{I8042, KeyboardError};
+use crate::devices::virtio::block::LiveDrive;
+use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::vcpu::{self, pause::PauseGate};
 
 /// How long a pause may take before it is given up (a vCPU stuck in the kernel).
@@ -56,6 +59,10 @@ pub struct VmControl {
     changed: Condvar,
     /// What a snapshot of the running VM reads.
     snapshot: Mutex<Option<Arc<SnapshotSource>>>,
+    /// The running VM's drives, by drive_id (PATCH /drives).
+    drives: Mutex<HashMap<String, Arc<LiveDrive>>>,
+    /// The running VM's interfaces' TX rate limiters, by iface_id.
+    net_limiters: Mutex<HashMap<String, Arc<Mutex<RateLimiter>>>>,
 }
 
 impl Default for VmControl {
@@ -76,7 +83,29 @@ impl VmControl {
             phase: Mutex::new(Phase::Idle),
             changed: Condvar::new(),
             snapshot: Mutex::new(None),
+            drives: Mutex::new(HashMap::new()),
+            net_limiters: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Called by the VMM for each network interface it attaches.
+    pub fn add_net_limiter(&self, id: &str, limiter: Arc<Mutex<RateLimiter>>) {
+        lock(&self.net_limiters).insert(id.to_string(), limiter);
+    }
+
+    /// The TX rate limiter of the running VM's interface `id`.
+    pub fn net_limiter(&self, id: &str) -> Option<Arc<Mutex<RateLimiter>>> {
+        lock(&self.net_limiters).get(id).cloned()
+    }
+
+    /// Called by the VMM for each drive it attaches.
+    pub fn add_drive(&self, id: &str, drive: Arc<LiveDrive>) {
+        lock(&self.drives).insert(id.to_string(), drive);
+    }
+
+    /// The running VM's drive `id`.
+    pub fn drive(&self, id: &str) -> Option<Arc<LiveDrive>> {
+        lock(&self.drives).get(id).cloned()
     }
 
     /// The gate every vCPU of the VM must obey.

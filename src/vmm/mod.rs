@@ -35,6 +35,7 @@ use crate::devices::virtio::EventLoopHandle;
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
+use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::devices::virtio::vsock::{Vsock, VsockBackendConfig, VsockError};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::host::HostKind;
@@ -92,6 +93,8 @@ pub enum VmmError {
     #[error(transparent)]
     Disk(DiskError),
     #[error(transparent)]
+    RateLimiter(#[from] crate::devices::virtio::rate_limiter::RateLimiterError),
+    #[error(transparent)]
     Tap(TapError),
     #[error(transparent)]
     Device(#[from] devices::DeviceError),
@@ -130,20 +133,33 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
 }
 
 /// Creates guest RAM and registers every region with KVM as a memory slot.
-fn create_memory(vm: &VmFd, mem_mib: u64) -> Result<GuestMemoryMmap, VmmError> {
+fn create_memory(
+    vm: &VmFd,
+    mem_mib: u64,
+    track_dirty_pages: bool,
+) -> Result<GuestMemoryMmap, VmmError> {
     let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_mib << 20))
         .map_err(|e| VmmError::Memory(mem_mib, e))?;
-    register_memory(vm, &mem)?;
+    register_memory(vm, &mem, track_dirty_pages)?;
     Ok(mem)
 }
 
-/// Registers every region of `mem` with KVM as a memory slot.
-fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+/// Registers every region of `mem` with KVM as a memory slot, with KVM's dirty-page log
+/// when `track_dirty_pages`.
+fn register_memory(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    track_dirty_pages: bool,
+) -> Result<(), VmmError> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = u32::try_from(slot).map_err(|_| VmmError::Kvm("memory slot", io_einval()))?;
         let desc = kvm_bindings::kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if track_dirty_pages {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: region.start_addr().0,
             memory_size: region.len(),
             userspace_addr: region.as_ptr() as u64,
@@ -434,11 +450,11 @@ fn run_inner(
         Some(r) => {
             let mem = snapshot::memory::load(&r.mem_path, &r.state.memory)
                 .map_err(persist::SnapshotError::from)?;
-            register_memory(&vm, &mem)?;
+            register_memory(&vm, &mem, cfg.track_dirty_pages)?;
             persist::restore_vm_state(&vm, &r.state.vm)?;
             mem
         }
-        None => create_memory(&vm, cfg.memory_mib)?,
+        None => create_memory(&vm, cfg.memory_mib, cfg.track_dirty_pages)?,
     };
     let metrics = hooks.metrics.as_deref();
     if let Some(m) = metrics {
@@ -463,13 +479,29 @@ fn run_inner(
             vcpu_exits: hooks.metrics.as_ref().map(|m| m.vcpu_exits()),
         };
         for (i, disk) in disks.into_iter().enumerate() {
-            let device = Block::new(disk, events.handle());
+            // Every drive has a limiter (maybe limiting nothing), so that PATCH
+            // /drives can set limits later.
+            let limits = cfg.disks.get(i).and_then(|d| d.rate_limiter);
+            let (bandwidth, ops) = limits.map(|l| l.buckets()).unwrap_or_default();
+            let limiter = RateLimiter::new(bandwidth, ops)?;
+            let device = Block::with_limiter(disk, Some(limiter), events.handle());
+            if let Some(c) = &hooks.control {
+                c.add_drive(&cfg.disk_id(i), device.live());
+            }
             counters.devices.push(device.counters());
             if let Some(m) = metrics {
                 m.register_block(&cfg.disk_id(i), device.counters());
             }
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
             register_refusals(metrics, &cfg.disk_id(i), &slots);
+        }
+        if let Some(e) = &cfg.entropy {
+            let (bandwidth, ops) = e.rate_limiter.map(|l| l.buckets()).unwrap_or_default();
+            let limiter = (bandwidth.is_some() || ops.is_some())
+                .then(|| RateLimiter::new(bandwidth, ops))
+                .transpose()?;
+            let device = crate::devices::virtio::rng::Rng::new(limiter, events.handle());
+            slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
         }
         for (i, (tap, mac)) in taps.into_iter().enumerate() {
             log::info!(
@@ -482,7 +514,15 @@ fn run_inner(
                     ""
                 }
             );
-            let device = Net::new(tap, mac, events.handle());
+            // Every interface has a TX limiter (maybe limiting nothing), so that PATCH
+            // /network-interfaces can set limits later.
+            let limits = cfg.nets.get(i).and_then(|n| n.tx_rate_limiter);
+            let (bandwidth, ops) = limits.map(|l| l.buckets()).unwrap_or_default();
+            let device = Net::new(tap, mac, events.handle())
+                .with_tx_rate_limiter(RateLimiter::new(bandwidth, ops)?);
+            if let (Some(c), Some(l)) = (&hooks.control, device.tx_rate_limiter()) {
+                c.add_net_limiter(&cfg.net_id(i), l);
+            }
             counters.devices.push(device.counters());
             if let Some(m) = metrics {
                 m.register_net(&cfg.net_id(i), device.counters());

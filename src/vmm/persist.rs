@@ -440,6 +440,9 @@ fn restored_config(c: &SavedConfig, spec: &RestoreSpec) -> Result<VmConfig, Snap
             read_only: d.read_only,
             // The guest's command line is in the snapshot's memory already.
             root: false,
+            // Rate limits are not part of a snapshot (yet): a restored drive is unlimited
+            // until PATCH /drives sets its limits again.
+            rate_limiter: None,
         });
         cfg.disk_ids.push(d.id.clone());
     }
@@ -450,6 +453,8 @@ fn restored_config(c: &SavedConfig, spec: &RestoreSpec) -> Result<VmConfig, Snap
         cfg.nets.push(NetConfig {
             tap,
             mac: Some(n.mac),
+            // As for drives: PATCH /network-interfaces sets the limits again.
+            tx_rate_limiter: None,
         });
         cfg.net_ids.push(n.id.clone());
     }

@@ -24,6 +24,8 @@ pub mod interrupt;
 pub mod mmio;
 pub mod net;
 pub mod queue;
+pub mod rate_limiter;
+pub mod rng;
 pub mod vsock;
 
 #[cfg(test)]
@@ -43,7 +45,7 @@ pub const VIRTIO_F_VERSION_1: u32 = virtio_bindings::virtio_config::VIRTIO_F_VER
 pub use self::core::{CoreState, CoreStateError, VirtioCore};
 pub use frame_io::FrameIo;
 pub use interrupt::{QueueSignal, VIRTIO_INT_CONFIG, VIRTIO_INT_USED_RING, VirtioInterrupt};
-pub use queue::{DrainError, RingError, drain_queue, next_avail_chain};
+pub use queue::{DrainError, RingError, drain_queue, drain_queue_until, next_avail_chain};
 
 /// A subscriber of the device event loop.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;

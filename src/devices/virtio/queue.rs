@@ -58,7 +58,19 @@ pub enum DrainError<E> {
 pub fn drain_queue<S, E>(
     state: &mut S,
     ring: fn(&mut S) -> (&mut Queue, &GuestMemoryMmap),
+    serve: impl FnMut(&mut S) -> Result<usize, E>,
+) -> Result<usize, DrainError<E>> {
+    drain_queue_until(state, ring, serve, |_| false)
+}
+
+/// [`drain_queue`] for a device that may stop with chains still available (a rate
+/// limiter said wait): once `held(state)` is true after a pass, notifications are
+/// re-enabled and it returns; the device comes back when its limiter lets it.
+pub fn drain_queue_until<S, E>(
+    state: &mut S,
+    ring: fn(&mut S) -> (&mut Queue, &GuestMemoryMmap),
     mut serve: impl FnMut(&mut S) -> Result<usize, E>,
+    held: fn(&S) -> bool,
 ) -> Result<usize, DrainError<E>> {
     use virtio_queue::QueueT;
 
@@ -78,6 +90,13 @@ pub fn drain_queue<S, E>(
             served += n;
         }
         handled += served;
+        if held(state) {
+            let (queue, mem) = ring(state);
+            queue
+                .enable_notification(mem)
+                .map_err(DrainError::Notification)?;
+            return Ok(handled);
+        }
         if after_more && served == 0 {
             return Err(DrainError::Stuck);
         }

@@ -7,15 +7,16 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use super::config::{ConfigSpace, QUEUE_SIZE, avail_features};
 use super::disk::DiskImage;
 use super::handler::BlockHandler;
+use super::live::LiveDrive;
 use super::queue::{BlockCounters, BlockQueue, BlockStats};
+use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
 };
 
 /// A virtio-blk device with one request queue.
 pub struct Block {
-    disk: Arc<DiskImage>,
-    config: ConfigSpace,
+    live: Arc<LiveDrive>,
     core: VirtioCore,
     counters: Arc<BlockCounters>,
 }
@@ -23,8 +24,16 @@ pub struct Block {
 impl Block {
     /// A device serving `disk`; its queue handler runs on the event loop behind `events`.
     pub fn new(disk: DiskImage, events: EventLoopHandle) -> Self {
+        Self::with_limiter(disk, None, events)
+    }
+
+    /// A device serving `disk`, its requests limited by `limiter` if given.
+    pub fn with_limiter(
+        disk: DiskImage,
+        limiter: Option<RateLimiter>,
+        events: EventLoopHandle,
+    ) -> Self {
         Self {
-            config: ConfigSpace::new(disk.capacity_sectors()),
             core: VirtioCore::new(
                 VIRTIO_ID_BLOCK,
                 avail_features(disk.read_only()),
@@ -32,14 +41,19 @@ impl Block {
                 events,
                 "virtio-blk",
             ),
-            disk: Arc::new(disk),
+            live: Arc::new(LiveDrive::new(disk, limiter)),
             counters: Arc::new(BlockCounters::default()),
         }
     }
 
-    /// The disk image.
-    pub fn disk(&self) -> &DiskImage {
-        &self.disk
+    /// What the API may change while the device runs.
+    pub fn live(&self) -> Arc<LiveDrive> {
+        Arc::clone(&self.live)
+    }
+
+    /// The disk image now.
+    pub fn disk(&self) -> Arc<DiskImage> {
+        self.live.disk()
     }
 
     /// The device counters so far (they survive resets).
@@ -66,7 +80,7 @@ impl Block {
 impl std::fmt::Debug for Block {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Block")
-            .field("disk", &self.disk)
+            .field("live", &self.live)
             .field("core", &self.core)
             .finish_non_exhaustive()
     }
@@ -90,11 +104,11 @@ impl VirtioDevice for Block {
     }
 
     fn config_generation(&self) -> u32 {
-        self.core.config_generation()
+        (self.core.config_generation()).wrapping_add(self.live.generation())
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.config.read(offset, data);
+        ConfigSpace::new(self.live.disk().capacity_sectors()).read(offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -106,18 +120,16 @@ impl VirtioDevice for Block {
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
         let ([queue], [kick]) = self.core.ready_queues(&ctx.mem, ctx.queues, ctx.kicks)?;
-        let queue = BlockQueue::new(
-            ctx.mem,
-            queue,
-            Arc::clone(&self.disk),
-            Arc::clone(&self.counters),
-        );
+        let queue = BlockQueue::new(ctx.mem, queue, self.live.disk(), Arc::clone(&self.counters))
+            .with_live(Arc::clone(&self.live));
+        self.live.set_interrupt(Some(Arc::clone(&ctx.interrupt)));
         let handler = BlockHandler::new(queue, kick, ctx.interrupt);
         self.core
             .install(Arc::new(Mutex::new(handler)) as Subscriber)
     }
 
     fn reset(&mut self) {
+        self.live.set_interrupt(None);
         self.core.reset();
     }
 }

@@ -11,6 +11,8 @@ use crate::devices::virtio::VirtioInterrupt;
 
 /// Event token of the request queue's kick eventfd.
 pub const KICK_EVENT: u32 = 0;
+/// Event token of the rate limiter's timerfd.
+pub const LIMITER_EVENT: u32 = 1;
 
 /// The event-loop subscriber of one activated virtio-blk device.
 #[derive(Debug)]
@@ -45,6 +47,10 @@ impl BlockHandler {
         {
             log::warn!("virtio-blk: cannot read the queue notification: {e}");
         }
+        self.serve(ops);
+    }
+
+    fn serve(&mut self, ops: &mut EventOps) {
         if let Err(e) = self.queue.process(self.interrupt.as_ref()) {
             log::error!("virtio-blk: queue stopped, device needs reset: {e}");
         }
@@ -53,9 +59,25 @@ impl BlockHandler {
         }
     }
 
+    /// The limiter's timer fired: requests it held back may go now.
+    fn on_limiter(&mut self, ops: &mut EventOps) {
+        if let Some(l) = self.queue.limiter() {
+            l.lock().unwrap_or_else(|p| p.into_inner()).on_timer();
+        }
+        self.serve(ops);
+    }
+
+    fn limiter_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        (self.queue.limiter()).map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd())
+    }
+
     fn unregister(&self, ops: &mut EventOps) {
         if let Err(e) = ops.remove(Events::with_data(&self.kick, KICK_EVENT, EventSet::IN)) {
             log::warn!("virtio-blk: cannot unregister the queue notification: {e}");
+        }
+        if let Some(fd) = self.limiter_fd() {
+            let _ = ops.remove(Events::with_data_raw(fd, LIMITER_EVENT, EventSet::IN));
         }
     }
 }
@@ -64,6 +86,11 @@ impl MutEventSubscriber for BlockHandler {
     fn init(&mut self, ops: &mut EventOps) {
         if let Err(e) = ops.add(Events::with_data(&self.kick, KICK_EVENT, EventSet::IN)) {
             log::error!("virtio-blk: cannot register the queue notification: {e}");
+        }
+        if let Some(fd) = self.limiter_fd()
+            && let Err(e) = ops.add(Events::with_data_raw(fd, LIMITER_EVENT, EventSet::IN))
+        {
+            log::error!("virtio-blk: cannot register the rate limiter's timer: {e}");
         }
     }
 
@@ -77,6 +104,7 @@ impl MutEventSubscriber for BlockHandler {
                 );
                 self.unregister(ops);
             }
+            LIMITER_EVENT => self.on_limiter(ops),
             other => log::warn!("virtio-blk: unknown event token {other}"),
         }
     }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 pub mod disk;
 pub mod handler;
+pub mod live;
 pub mod queue;
 pub mod request;
 
@@ -21,5 +22,6 @@ mod test_utils;
 pub use device::Block;
 pub use disk::{DiskError, DiskImage};
 pub use handler::BlockHandler;
+pub use live::{LiveDrive, LiveDriveError};
 pub use queue::{BlockCounters, BlockQueue, BlockQueueError, BlockStats};
 pub use request::{Completion, RequestError, RequestOutcome, RequestType, process_request};

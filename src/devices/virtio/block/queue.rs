@@ -3,15 +3,16 @@
 //! signalled through [`QueueSignal`].
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::disk::DiskImage;
 use super::request::{RequestOutcome, process_request};
-use crate::devices::virtio::{QueueSignal, RingError, drain_queue};
+use crate::devices::virtio::rate_limiter::RateLimiter;
+use crate::devices::virtio::{QueueSignal, RingError, drain_queue_until};
 
 /// Why the queue stopped.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +177,12 @@ pub struct BlockQueue {
     broken: bool,
     /// Completions of the current round, reused across rounds (no allocation per round).
     used: Vec<Used>,
+    /// Limits the requests taken, if the drive has a rate limiter.
+    limiter: Option<Arc<Mutex<RateLimiter>>>,
+    /// The limiter held back a request: stop until its timer fires.
+    held: bool,
+    /// Where a new disk image comes from while running (PATCH /drives).
+    live: Option<Arc<super::live::LiveDrive>>,
 }
 
 impl BlockQueue {
@@ -194,12 +201,33 @@ impl BlockQueue {
             counters,
             broken: false,
             used,
+            limiter: None,
+            held: false,
+            live: None,
         }
+    }
+
+    /// The same queue, following `live` for its disk image and rate limiter.
+    pub fn with_live(mut self, live: Arc<super::live::LiveDrive>) -> Self {
+        self.limiter = live.limiter().cloned();
+        self.live = Some(live);
+        self
+    }
+
+    /// The same queue, its requests limited by `limiter`.
+    pub fn with_limiter(mut self, limiter: Option<Arc<Mutex<RateLimiter>>>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Whether the queue met a malformed ring and stopped.
     pub fn is_broken(&self) -> bool {
         self.broken
+    }
+
+    /// The rate limiter, if any.
+    pub fn limiter(&self) -> Option<&Arc<Mutex<RateLimiter>>> {
+        self.limiter.as_ref()
     }
 
     /// The queue state (for tests and diagnostics).
@@ -234,8 +262,14 @@ impl BlockQueue {
         signal: &dyn QueueSignal,
         tally: &mut Tally,
     ) -> Result<usize, BlockQueueError> {
-        let handled = drain_queue(self, |q| (&mut q.queue, &q.mem), |q| q.serve_round(tally))
-            .map_err(RingError::from)?;
+        self.held = false;
+        let handled = drain_queue_until(
+            self,
+            |q| (&mut q.queue, &q.mem),
+            |q| q.serve_round(tally),
+            |q| q.held,
+        )
+        .map_err(RingError::from)?;
         // One interrupt for everything used above, if the driver asked for one (with
         // EVENT_IDX: if the used index went past its used_event since the last check).
         if handled > 0
@@ -255,10 +289,36 @@ impl BlockQueue {
     /// Handles the chains available when called (one read of the avail index, at most a
     /// queue's worth), then returns them all through the used ring. Returns how many.
     fn serve_round(&mut self, tally: &mut Tally) -> Result<usize, RingError> {
+        if self.held {
+            return Ok(0);
+        }
+        if let Some(live) = &self.live {
+            self.disk = live.disk();
+        }
         let mem = &self.mem;
         self.used.clear();
         let avail = self.queue.iter(mem).map_err(RingError::AvailRing)?;
+        let mut limiter = self
+            .limiter
+            .as_ref()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
         for chain in avail {
+            if let Some(l) = limiter.as_mut() {
+                // The data bytes: every descriptor but the 16-byte header and the status
+                // byte (a malformed chain fails in process_request, not here).
+                let total: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                let bytes = total.saturating_sub(17);
+                match l.consume(bytes) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        self.held = true;
+                        break;
+                    }
+                    Err(e) => {
+                        log::warn!("virtio-blk: rate limiter: {e}; not limiting this request");
+                    }
+                }
+            }
             let head = chain.head_index();
             let completion = process_request(mem, chain, &self.disk);
             tally.record(&completion);
@@ -267,6 +327,11 @@ impl BlockQueue {
                 len: completion.used_len,
                 dropped: matches!(completion.outcome, RequestOutcome::Dropped(_)),
             });
+        }
+        drop(limiter);
+        if self.held {
+            // The chain the limiter refused goes back to be taken again later.
+            self.queue.go_to_previous_position();
         }
         for used in &self.used {
             match self.queue.add_used(mem, used.head, used.len) {

@@ -11,6 +11,7 @@ use super::handler::NetHandler;
 use super::rx::{NetRxQueue, RxConfig};
 use super::tap::Tap;
 use super::tx::NetTxQueue;
+use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::devices::virtio::{
     ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
 };
@@ -25,6 +26,7 @@ pub struct Net {
     config: ConfigSpace,
     core: VirtioCore,
     counters: Arc<NetCounters>,
+    tx_limiter: Option<Arc<Mutex<RateLimiter>>>,
 }
 
 impl Net {
@@ -32,6 +34,7 @@ impl Net {
     /// behind `events`.
     pub fn new(tap: Tap, mac: [u8; 6], events: EventLoopHandle) -> Self {
         Self {
+            tx_limiter: None,
             tap: Arc::new(tap),
             mac,
             config: ConfigSpace::new(mac),
@@ -44,6 +47,18 @@ impl Net {
             ),
             counters: Arc::new(NetCounters::default()),
         }
+    }
+
+    /// The TX rate limiter, if any, shared with the queue handler (to change it while
+    /// running).
+    pub fn tx_rate_limiter(&self) -> Option<Arc<Mutex<RateLimiter>>> {
+        self.tx_limiter.clone()
+    }
+
+    /// The same device, the frames it sends limited by `limiter`.
+    pub fn with_tx_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.tx_limiter = Some(Arc::new(Mutex::new(limiter)));
+        self
     }
 
     /// The TAP.
@@ -141,7 +156,8 @@ impl VirtioDevice for Net {
             frame_capacity: rx_frame_capacity(acked, mtu),
         };
         let rx = NetRxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
-        let tx = NetTxQueue::new(mem, txq, Arc::clone(&self.counters));
+        let tx = NetTxQueue::new(mem, txq, Arc::clone(&self.counters))
+            .with_limiter(self.tx_limiter.clone());
         let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);
         self.core
             .install(Arc::new(Mutex::new(handler)) as Subscriber)

@@ -23,6 +23,8 @@ pub const TAP_EVENT: u32 = 0;
 pub const RX_KICK_EVENT: u32 = 1;
 /// Event token of the TX queue's kick eventfd.
 pub const TX_KICK_EVENT: u32 = 2;
+/// Event token of the TX rate limiter's timerfd.
+pub const TX_LIMITER_EVENT: u32 = 3;
 /// Most frames moved from the TAP to the guest per event.
 pub const RX_BUDGET: usize = 128;
 
@@ -124,6 +126,19 @@ impl<T: FrameIo> NetHandler<T> {
         }
     }
 
+    fn tx_limiter_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        (self.tx.limiter()).map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd())
+    }
+
+    /// The TX limiter's timer fired: frames it held back may go now.
+    fn on_tx_limiter(&mut self, ops: &mut EventOps) {
+        if let Some(l) = self.tx.limiter() {
+            l.lock().unwrap_or_else(|p| p.into_inner()).on_timer();
+        }
+        self.serve_tx(ops);
+    }
+
     fn serve_tx(&mut self, ops: &mut EventOps) {
         if let Err(e) = self.tx.process(&self.io, self.interrupt.as_ref()) {
             log::error!("virtio-net: TX queue stopped, device needs reset: {e}");
@@ -145,6 +160,11 @@ impl<T: FrameIo> MutEventSubscriber for NetHandler<T> {
             }
         }
         self.watch_tap(ops, true);
+        if let Some(fd) = self.tx_limiter_fd()
+            && let Err(e) = ops.add(Events::with_data_raw(fd, TX_LIMITER_EVENT, EventSet::IN))
+        {
+            log::error!("virtio-net: cannot register the TX rate limiter's timer: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -172,6 +192,7 @@ impl<T: FrameIo> MutEventSubscriber for NetHandler<T> {
                 };
                 Self::unregister(ops, fd, token);
             }
+            TX_LIMITER_EVENT => self.on_tx_limiter(ops),
             other => log::warn!("virtio-net: unknown event token {other}"),
         }
     }

@@ -7,19 +7,20 @@
 //! plus an Ethernet header, more than header plus [`MAX_FRAME_LEN`], a buffer outside
 //! guest memory) is dropped and counted, and the device goes on.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::config::{HDR_LEN, MAX_FRAME_LEN, MAX_IOVECS, MIN_FRAME_LEN};
 use super::counters::NetCounters;
 use crate::devices::virtio::FrameIo;
 use crate::devices::virtio::QueueSignal;
-use crate::devices::virtio::drain_queue;
+use crate::devices::virtio::drain_queue_until;
 use crate::devices::virtio::queue::{
     ChainError, Notifier, RingError, map_desc, publish_used, take_chains,
 };
+use crate::devices::virtio::rate_limiter::RateLimiter;
 
 /// The transmit queue of one activated device.
 #[derive(Debug)]
@@ -29,9 +30,24 @@ pub struct NetTxQueue {
     counters: Arc<NetCounters>,
     notifier: Notifier,
     broken: bool,
+    /// Limits the frames sent, if the interface has a TX rate limiter.
+    limiter: Option<Arc<Mutex<RateLimiter>>>,
+    /// The limiter held back a frame: stop until its timer fires.
+    held: bool,
 }
 
 impl NetTxQueue {
+    /// The same queue, its frames limited by `limiter`.
+    pub fn with_limiter(mut self, limiter: Option<Arc<Mutex<RateLimiter>>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// The rate limiter, if any.
+    pub fn limiter(&self) -> Option<&Arc<Mutex<RateLimiter>>> {
+        self.limiter.as_ref()
+    }
+
     /// Serves `queue` (configured, event-idx set as negotiated) on `mem`.
     pub fn new(mem: GuestMemoryMmap, queue: Queue, counters: Arc<NetCounters>) -> Self {
         Self {
@@ -40,6 +56,8 @@ impl NetTxQueue {
             queue,
             counters,
             broken: false,
+            limiter: None,
+            held: false,
         }
     }
 
@@ -78,10 +96,12 @@ impl NetTxQueue {
 
     fn drain(&mut self, io: &dyn FrameIo, signal: &dyn QueueSignal) -> Result<usize, RingError> {
         let mut tally = Tally::default();
-        let drained = drain_queue(
+        self.held = false;
+        let drained = drain_queue_until(
             self,
             |q| (&mut q.queue, &q.mem),
             |q| q.send_batch(io, &mut tally),
+            |q| q.held,
         );
         tally.add_to(&self.counters);
         let handled = drained.map_err(RingError::from)?;
@@ -97,11 +117,29 @@ impl NetTxQueue {
     /// Sends up to [`TX_BATCH`] available chains and returns them through the used ring
     /// at once; returns how many were taken.
     fn send_batch(&mut self, io: &dyn FrameIo, tally: &mut Tally) -> Result<usize, RingError> {
+        if self.held {
+            return Ok(0);
+        }
         let mem = &self.mem;
         let size = self.queue.size();
         let chains = take_chains(&mut self.queue, mem, TX_BATCH)?;
         let mut used = Vec::with_capacity(chains.len());
-        for chain in &chains {
+        let mut limiter =
+            (self.limiter.as_ref()).map(|l| l.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut sent = chains.len();
+        for (k, chain) in chains.iter().enumerate() {
+            if let Some(l) = limiter.as_mut() {
+                let total: u64 = chain.clone().map(|d| u64::from(d.len())).sum();
+                match l.consume(total.saturating_sub(HDR_LEN as u64)) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        sent = k;
+                        self.held = true;
+                        break;
+                    }
+                    Err(e) => log::warn!("virtio-net: rate limiter: {e}; not limiting this frame"),
+                }
+            }
             let head = chain.head_index();
             send_chain(mem, chain.clone(), size, io, tally);
             // A head index beyond the queue size has nothing to return it to.
@@ -109,8 +147,13 @@ impl NetTxQueue {
                 used.push((head, 0));
             }
         }
+        drop(limiter);
+        // The frames the limiter held back go back to be taken again later.
+        for _ in sent..chains.len() {
+            self.queue.go_to_previous_position();
+        }
         publish_used(mem, &mut self.queue, &used).map_err(RingError::UsedRing)?;
-        Ok(chains.len())
+        Ok(sent)
     }
 }
 

@@ -148,3 +148,35 @@ fn no_interrupt_flag_is_honoured() {
     assert_eq!(tx.process(&dev, &sig).expect("tx"), 1);
     assert_eq!(sig.used(), 0);
 }
+
+#[test]
+fn a_rate_limited_queue_holds_frames_back_until_its_timer() {
+    use crate::devices::virtio::rate_limiter::{RateLimiter, TokenBucket};
+    let mem = guest_memory();
+    let vq = MockSplitQueue::new(&mem, QS);
+    let a = frame(100, 1);
+    let b = frame(100, 2);
+    put_bytes(&mem, BUF, &a);
+    put_bytes(&mem, BUF + 0x1000, &b);
+    let descs = [rd(BUF, a.len() as u32), rd(BUF + 0x1000, b.len() as u32)];
+    vq.add_desc_chains(&descs, 0).expect("chains");
+    let (tx, _) = tx_queue(&mem, &vq);
+    // One frame now, the next a long time later.
+    let limiter = RateLimiter::new(None, TokenBucket::new(1, 0, 100_000)).expect("limiter");
+    let limiter = Arc::new(std::sync::Mutex::new(limiter));
+    let mut tx = tx.with_limiter(Some(Arc::clone(&limiter)));
+    let (dev, host) = fake_tap();
+    let sig = Signals::default();
+
+    assert_eq!(tx.process(&dev, &sig).expect("tx"), 1);
+    assert_eq!(host_recv(&host), Some(a));
+    assert_eq!(host_recv(&host), None);
+    assert_eq!(vq.used().idx().load(), 1);
+    assert!(limiter.lock().unwrap().is_throttled());
+    // Limits lifted (as a PATCH would): the held frame goes on the next round.
+    limiter.lock().unwrap().update(None, Some(None));
+    limiter.lock().unwrap().on_timer();
+    assert_eq!(tx.process(&dev, &sig).expect("tx"), 1);
+    assert_eq!(host_recv(&host), Some(b));
+    assert_eq!(vq.used().idx().load(), 2);
+}
