@@ -1,11 +1,13 @@
 //! The guest console of a container run: quiet by default, but its last lines are kept so
 //! that a guest that fails before its agent reports (a kernel panic, an agent that dies)
 //! still leaves an explanation. The kernel's reports of crashed processes are logged
-//! whether or not the console is shown ([`CrashWatch`]).
+//! whether or not the console is shown ([`crash_watch`]).
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
+
+use crate::vmm::line_watch::LineWatch;
 
 /// Bytes of console output kept.
 pub const TAIL_BYTES: usize = 8 * 1024;
@@ -49,8 +51,6 @@ impl Write for ConsoleTail {
 /// How hvlite's warning about a crashed guest process starts (tests look for it).
 pub const CRASH_WARNING: &str = "guest process crashed";
 
-/// Longest console line examined; the rest of a longer line is ignored.
-const LINE_MAX: usize = 512;
 /// Crash reports logged per run; more are counted, not logged.
 const REPORTS_MAX: usize = 10;
 
@@ -68,30 +68,23 @@ pub fn crash_report(line: &str) -> Option<&str> {
     crashed.then_some(text)
 }
 
-/// Passes the guest console through to `inner` and logs each crash report in it as a
-/// warning. On PVM hosts the first one says that it may be the host's stale-memory defect.
-pub struct CrashWatch<W> {
-    inner: W,
-    line: Vec<u8>,
+/// Logs each crash report among the guest console's lines as a warning. On PVM hosts the
+/// first one says that it may be the host's stale-memory defect.
+#[derive(Debug)]
+pub struct CrashLog {
     reports: usize,
     pvm: bool,
 }
 
-impl<W: Write> CrashWatch<W> {
-    /// Watches what is written to `inner`; `pvm`: the host is a PVM host.
-    pub fn new(inner: W, pvm: bool) -> Self {
-        Self {
-            inner,
-            line: Vec::new(),
-            reports: 0,
-            pvm,
-        }
+impl CrashLog {
+    /// No report seen yet; `pvm`: the host is a PVM host.
+    pub fn new(pvm: bool) -> Self {
+        Self { reports: 0, pvm }
     }
 
-    fn end_line(&mut self) {
-        let line = String::from_utf8_lossy(&self.line).into_owned();
-        self.line.clear();
-        let Some(report) = crash_report(&line) else {
+    /// Looks at one console line.
+    pub fn observe(&mut self, line: &str) {
+        let Some(report) = crash_report(line) else {
             return;
         };
         self.reports += 1;
@@ -107,22 +100,11 @@ impl<W: Write> CrashWatch<W> {
     }
 }
 
-impl<W: Write> Write for CrashWatch<W> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        for &b in &data[..n] {
-            match b {
-                b'\n' => self.end_line(),
-                _ if self.line.len() < LINE_MAX => self.line.push(b),
-                _ => {}
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+/// Passes the guest console through to `inner` and logs each crash report in it
+/// ([`CrashLog`]).
+pub fn crash_watch<W: Write>(inner: W, pvm: bool) -> LineWatch<W, impl FnMut(&str) + Send> {
+    let mut log = CrashLog::new(pvm);
+    LineWatch::new(inner, move |line: &str| log.observe(line))
 }
 
 #[cfg(test)]
@@ -151,18 +133,23 @@ mod tests {
     #[test]
     fn watching_passes_everything_through_in_pieces() {
         let tail = ConsoleTail::new();
-        let mut w = CrashWatch::new(tail.clone(), true);
+        let mut w = crash_watch(tail.clone(), true);
         let text = "boot\n[ 2.0] sh[3]: segfault at 0 ip 1 sp 2 error 4\nafter";
         for piece in text.as_bytes().chunks(5) {
             w.write_all(piece).unwrap();
         }
         assert_eq!(tail.text(), text);
-        assert_eq!(w.reports, 1);
-        let long = vec![b'y'; LINE_MAX * 3];
-        w.write_all(&long).unwrap();
-        w.write_all(b"\n").unwrap();
-        assert_eq!(w.reports, 1);
-        assert!(w.line.is_empty());
+    }
+
+    #[test]
+    fn each_crash_report_is_counted_once() {
+        let mut log = CrashLog::new(true);
+        log.observe("boot");
+        log.observe("[ 2.0] sh[3]: segfault at 0 ip 1 sp 2 error 4\r");
+        assert_eq!(log.reports, 1);
+        log.observe(&"y".repeat(1536));
+        log.observe("traps: a.out[41] trap invalid opcode ip:401000 sp:7ffc0 error:0 in a.out");
+        assert_eq!(log.reports, 2);
     }
 
     #[test]

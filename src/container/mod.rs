@@ -30,7 +30,7 @@ use crate::agent::{
 use crate::config::{DiskConfig, VmConfig, VsockConfig};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::vmm::{self, Console, RunEnv, VmmError};
-use console::{ConsoleTail, CrashWatch};
+use console::{ConsoleTail, crash_watch};
 use rootfs::RootMode;
 use spec::ProcessOptions;
 
@@ -224,7 +224,7 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
         Box::new(tail.clone())
     };
     let console = Console {
-        out: Box::new(CrashWatch::new(shown, pvm)),
+        out: Box::new(crash_watch(shown, pvm)),
         forward_stdin: false,
     };
     let env = RunEnv {
