@@ -1,6 +1,20 @@
 //! Which kind of KVM host we run on: hardware virtualization (VT-x/AMD-V) or PVM.
+//!
+//! KVM itself tells: a vCPU of a `kvm_pvm` host answers MSR [`PVM_SIGNATURE_MSR`] with
+//! [`PVM_SIGNATURE`] ("PVM"), which hardware KVM does not know. That works wherever
+//! `/dev/kvm` does, a jail without `/sys` included; when KVM cannot be asked, the loaded
+//! modules under `/sys/module` decide.
 
 use std::path::Path;
+use std::sync::OnceLock;
+
+use kvm_bindings::{Msrs, kvm_msr_entry};
+use kvm_ioctls::Kvm;
+
+/// The MSR through which a `kvm_pvm` host identifies itself.
+pub const PVM_SIGNATURE_MSR: u32 = 0x4b56_4d11;
+/// What [`PVM_SIGNATURE_MSR`] reads on a `kvm_pvm` host: the bytes "PVM", little-endian.
+pub const PVM_SIGNATURE: u64 = 0x004d_5650;
 
 /// The kind of KVM backend behind `/dev/kvm`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,9 +37,42 @@ impl HostKind {
         }
     }
 
-    /// Detects the host kind of this machine.
+    /// The host kind a read of [`PVM_SIGNATURE_MSR`] shows: `None` when KVM does not know
+    /// the MSR (hardware KVM), else the value read.
+    pub fn from_signature(msr: Option<u64>) -> HostKind {
+        if msr == Some(PVM_SIGNATURE) {
+            HostKind::Pvm
+        } else {
+            HostKind::Hardware
+        }
+    }
+
+    /// Asks KVM: a throwaway VM with one vCPU reads [`PVM_SIGNATURE_MSR`].
+    pub fn detect_kvm(kvm: &Kvm) -> Result<HostKind, kvm_ioctls::Error> {
+        let vm = kvm.create_vm()?;
+        let vcpu = vm.create_vcpu(0)?;
+        let entry = kvm_msr_entry {
+            index: PVM_SIGNATURE_MSR,
+            ..Default::default()
+        };
+        let mut msrs =
+            Msrs::from_entries(&[entry]).map_err(|_| kvm_ioctls::Error::new(libc::ENOMEM))?;
+        let read = vcpu.get_msrs(&mut msrs)?;
+        let value = (read == 1).then(|| msrs.as_slice()[0].data);
+        Ok(Self::from_signature(value))
+    }
+
+    /// Detects the host kind of this machine once per process: through KVM
+    /// ([`HostKind::detect_kvm`]), else from `/sys/module` ([`HostKind::detect_in`]).
     pub fn detect() -> HostKind {
-        Self::detect_in(Path::new("/sys/module"))
+        static KIND: OnceLock<HostKind> = OnceLock::new();
+        *KIND.get_or_init(|| match Kvm::new().and_then(|kvm| Self::detect_kvm(&kvm)) {
+            Ok(kind) => kind,
+            Err(e) => {
+                log::debug!("cannot ask KVM for the host kind ({e}); reading /sys/module");
+                Self::detect_in(Path::new("/sys/module"))
+            }
+        })
     }
 
     /// Whether the PVM measures (emulation help, CPUID masks, command-line options) apply.
@@ -109,6 +156,29 @@ mod tests {
             assert!(fixup_for(HostKind::Pvm, bytes).is_some());
         }
         assert_eq!(fixup_for(HostKind::Pvm, &[0xcc]), Some(Fixup::Int3));
+    }
+
+    #[test]
+    fn only_the_pvm_signature_means_pvm() {
+        assert_eq!(HostKind::from_signature(Some(PVM_SIGNATURE)), HostKind::Pvm);
+        assert_eq!(HostKind::from_signature(None), HostKind::Hardware);
+        assert_eq!(HostKind::from_signature(Some(0)), HostKind::Hardware);
+        assert_eq!(&PVM_SIGNATURE.to_le_bytes()[..3], b"PVM");
+    }
+
+    /// KVM and /sys/module agree on this machine (where /sys is there to ask).
+    #[test]
+    fn kvm_and_sysfs_agree() {
+        let Ok(kvm) = Kvm::new() else {
+            assert!(
+                std::env::var_os("HVLITE_REQUIRE_KVM").is_none(),
+                "no /dev/kvm"
+            );
+            return;
+        };
+        let by_kvm = HostKind::detect_kvm(&kvm).expect("KVM answers");
+        assert_eq!(by_kvm, HostKind::detect_in(Path::new("/sys/module")));
+        assert_eq!(HostKind::detect(), by_kvm);
     }
 
     #[test]

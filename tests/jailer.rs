@@ -1,7 +1,10 @@
 //! hvlite-jailer: as root, boot a test guest jailed as uid/gid 65534 and check the jail
 //! from the host's /proc: ids, capabilities, no_new_privs, seccomp, namespaces (PID 1 in its
 //! own PID namespace, its own mount namespace), what its root directory holds, its open
-//! descriptors (an inherited one is closed), rlimits and the cgroup limits.
+//! descriptors (an inherited one is closed), rlimits and the cgroup limits. Then a Linux
+//! container guest (kernel, agent and root image given as --file bind mounts) runs a
+//! command jailed: its output and exit status come back, and the guest kernel got the PVM
+//! options on a PVM host (detected through KVM: the jail has no /sys).
 
 mod common;
 
@@ -251,6 +254,87 @@ fn a_jailed_vm_runs_unprivileged_in_its_own_namespaces_and_cgroup() {
     }
     let _ = Command::new("ip").args(["netns", "delete", &id]).status();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_jailed_linux_container_runs_its_command() {
+    let test = "a_jailed_linux_container_runs_its_command";
+    if !kvm_available(test) || !root(test, "to jail hvlite") {
+        return;
+    }
+    let dir = scratch("jailer-linux");
+    // The container's root, written by the guest: a private copy owned by the jailed user.
+    let image = dir.join("root.ext4");
+    let copied = Command::new("cp")
+        .args(["--sparse=always"])
+        .arg(linux::rootfs())
+        .arg(&image)
+        .status();
+    assert!(copied.is_ok_and(|s| s.success()), "copy the root image");
+    std::os::unix::fs::chown(&image, Some(65534), Some(65534)).unwrap();
+    // The jail cannot run mkfs.ext4: the agent disk is built here and put where the
+    // jailed hvlite looks for it ($HVLITE_CACHE/agent/<key>.ext4).
+    let agent = linux::agent();
+    let agent_disk = hvlite::container::agent_disk::agent_disk(&agent).expect("agent disk");
+    let disk_name = agent_disk.file_name().unwrap().to_string_lossy();
+    let id = format!("jaillinux-{}", std::process::id());
+    let base = dir.join("jails");
+    let files = [
+        format!("{}:/vmlinux", linux::kernel().display()),
+        format!("{}:/hvlite-agent", agent.display()),
+        format!("{}:/cache/agent/{disk_name}", agent_disk.display()),
+        format!("{}:/root.ext4", image.display()),
+    ];
+    let mut prefix = vec![
+        jailer(),
+        "--id",
+        &id,
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--chroot-base-dir",
+        base.to_str().unwrap(),
+        "--memory-limit-mib",
+        "1024",
+    ];
+    for f in &files {
+        prefix.extend(["--file", f.as_str()]);
+    }
+    prefix.push("--exec-file");
+    let envs = [
+        ("HVLITE_CACHE", std::ffi::OsStr::new("/cache")),
+        ("HVLITE_AGENT", std::ffi::OsStr::new("/hvlite-agent")),
+    ];
+    let b = linux::start_full(
+        &prefix,
+        &[
+            "--",
+            "run",
+            "--kernel",
+            "/vmlinux",
+            "--rootfs",
+            "/root.ext4",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo jailed-linux: $(cat /proc/cmdline); echo kept > /kept.txt; exit 7",
+        ],
+        &envs,
+        None,
+    )
+    .finish();
+    assert_eq!(b.status, Some(7), "{}", b.context());
+    let line = (b.stdout.lines())
+        .find(|l| l.starts_with("jailed-linux:"))
+        .unwrap_or_else(|| panic!("no output from the jailed guest; {}", b.context()));
+    if is_pvm() {
+        assert!(
+            line.contains(hvlite::boot::cmdline::PVM_OPTIONS),
+            "the jailed hvlite did not see the PVM host: {line}"
+        );
+    }
+    assert_eq!(ext4_cat(&image, "/kept.txt"), "kept\n");
 }
 
 #[test]
