@@ -222,6 +222,8 @@ enum MainError {
     Usage(String),
     #[error("cannot write the man pages into {0}")]
     Man(PathBuf, #[source] std::io::Error),
+    #[error("cannot handle termination signals")]
+    Signals(#[source] std::io::Error),
 }
 
 /// The error for `hvlite run` without anything to run.
@@ -609,6 +611,9 @@ fn run(args: RunArgs) -> Result<ExitCode, MainError> {
         metrics: metrics.as_ref().map(|_| Arc::clone(&registry)),
         control: None,
     };
+    if container::signals::exit_on_termination_as_init().map_err(MainError::Signals)? {
+        log::debug!("PID 1 of its namespace: SIGINT, SIGTERM and SIGHUP end hvlite");
+    }
     let code = match args.into_job(&file)? {
         Job::Vm(cfg) => {
             let reason = vmm::run_with(&cfg, RunEnv::new(Console::default()), hooks)?;

@@ -45,6 +45,34 @@ pub fn spawn_forwarder(
         })
 }
 
+/// When hvlite is PID 1 of its PID namespace (jailed by `hvlite-jailer`), the kernel drops
+/// every signal whose action is the default one, SIGTERM included: there this installs a
+/// handler for the forwarded signals that ends hvlite at once with [`status_for`] the
+/// signal (what the default action gives elsewhere). Returns whether it did. Signals
+/// that a container run blocks and waits for are not affected.
+pub fn exit_on_termination_as_init() -> io::Result<bool> {
+    if std::process::id() != 1 {
+        return Ok(false);
+    }
+    for sig in FORWARDED {
+        // SAFETY: an all-zero sigaction is a valid value to fill in.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = exit_on_signal as *const () as usize;
+        // SAFETY: `act.sa_mask` is a valid sigset_t to initialise.
+        unsafe { libc::sigemptyset(&mut act.sa_mask) };
+        // SAFETY: `act` is fully initialised; the handler has the plain signature.
+        if unsafe { libc::sigaction(sig as libc::c_int, &act, std::ptr::null_mut()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(true)
+}
+
+extern "C" fn exit_on_signal(sig: libc::c_int) {
+    // SAFETY: _exit(2) is async-signal-safe (and on every seccomp allow-list).
+    unsafe { libc::_exit(i32::from(status_for(sig))) }
+}
+
 /// The exit status of a process killed by `sig`, as shells report it.
 pub fn status_for(sig: libc::c_int) -> u8 {
     u8::try_from(128 + sig.clamp(0, 127)).unwrap_or(255)
