@@ -102,7 +102,7 @@ fn bad_bundles_and_commands_are_refused_and_leave_nothing_behind() {
         ),
         (
             config(r#"["/bin/true"]"#, "").replace("\"cwd\"", "\"terminal\":true,\"cwd\""),
-            "no terminal (pty) support",
+            "no --console-socket",
         ),
     ];
     for (cfg, needle) in cases {
@@ -151,11 +151,95 @@ fn bad_bundles_and_commands_are_refused_and_leave_nothing_behind() {
     assert_refused(&rt(&root, &["kill", "c1", "SIGNOPE"]), "unknown signal");
     assert_refused(
         &rt(&root, &["exec", "--process", "/p.json", "c1"]),
-        "cannot run a second process",
+        "/p.json",
+    );
+    assert_refused(&rt(&root, &["exec", "c1"]), "nothing to run");
+    assert_refused(&rt(&root, &["exec", "c1", "true"]), "\"c1\" does not exist");
+    assert_refused(
+        &rt(&root, &["exec", "-u", "bob", "c1", "true"]),
+        "UID[:GID]",
     );
     let o = rt(&root, &["list"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("ID"));
+}
+
+/// exec in the running container c1 (one boot shared): inline and from a process file,
+/// stdout, stderr, stdin, exit status, a missing program, a detached process. Returns the
+/// detached relay's pid.
+fn exec_checks(root: &Path, dir: &Path) -> i32 {
+    let o = rt(
+        root,
+        &[
+            "exec",
+            "-e",
+            "V=vee",
+            "--cwd",
+            "/tmp",
+            "c1",
+            "sh",
+            "-c",
+            "echo out $V $(pwd); echo err >&2; exit 3",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "out vee /tmp\n");
+    assert_eq!(stderr(&o), "err\n");
+
+    let process = dir.join("process.json");
+    std::fs::write(
+        &process,
+        r#"{"args":["sh","-c","tr a-z A-Z; id -u"],"cwd":"/","env":["PATH=/bin"],
+           "user":{"uid":1234,"gid":5}}"#,
+    )
+    .unwrap();
+    let mut child = Command::new(runtime())
+        .arg("--root")
+        .arg(root)
+        .args(["exec", "--process", process.to_str().unwrap(), "c1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "PIPED IN\n1234\n");
+
+    let o = rt(root, &["exec", "c1", "/no/such/program"]);
+    assert_eq!(o.status.code(), Some(127), "{}", stderr(&o));
+    assert!(stderr(&o).contains("/no/such/program"), "{}", stderr(&o));
+
+    let pid_file = dir.join("exec.pid");
+    // The relay keeps the stdio it was given (as conmon wants): files, not pipes to wait on.
+    let o = Command::new(runtime())
+        .arg("--root")
+        .arg(root)
+        .args(["exec", "--detach", "--pid-file", pid_file.to_str().unwrap()])
+        .args(["c1", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("exec.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("exec.err")).unwrap())
+        .status()
+        .unwrap();
+    let exec_err = std::fs::read_to_string(dir.join("exec.err")).unwrap();
+    assert!(o.success(), "{exec_err}");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The relay lives as long as the process.
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0);
+    pid
 }
 
 fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
@@ -259,8 +343,20 @@ fn create_start_state_kill_delete_with_one_boot() {
     assert!(output().starts_with("10.1.2.3 injected\n"), "{}", output());
     assert_refused(&rt(&root, &["delete", "c1"]), "delete --force");
 
-    let o = rt(&root, &["kill", "c1", "15"]);
+    let exec_pid = exec_checks(&root, &dir);
+
+    // --all: the container's process (its trap exits 7) and the exec'd one (killed).
+    let o = rt(&root, &["kill", "--all", "c1", "15"]);
     assert!(o.status.success(), "kill: {}", stderr(&o));
+    let mut status = 0;
+    // SAFETY: waitpid on the detached exec relay, reparented to this (subreaper) process.
+    let r = unsafe { libc::waitpid(exec_pid, &mut status, 0) };
+    assert_eq!(r, exec_pid, "the exec relay is reaped here");
+    assert_eq!(
+        (libc::WIFEXITED(status), libc::WEXITSTATUS(status)),
+        (true, 128 + 15),
+        "the exec'd process died of SIGTERM"
+    );
     let mut status = 0;
     // SAFETY: waitpid on the monitor, reparented to this (subreaper) process.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };

@@ -11,6 +11,7 @@
 
 pub mod agent_disk;
 pub mod console;
+pub mod exec;
 pub mod image;
 pub mod paths;
 pub mod rootfs;
@@ -118,6 +119,8 @@ pub struct RunHooks {
     pub gate: Option<session::StartGate>,
     /// Called with the session before the VM boots.
     pub on_session: Option<Box<dyn FnOnce(SessionHandle) + Send>>,
+    /// Where the process's stdio goes, instead of hvlite's own stdin, stdout and stderr.
+    pub outputs: Option<session::Outputs>,
 }
 
 /// Runs the container described by `cfg` until its process ends.
@@ -188,13 +191,13 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
 
     let latch = Arc::new(ExitLatch::new());
     let (agent_tx, agent_rx) = mpsc::channel();
-    let outputs = session::Outputs {
+    let outputs = hooks.outputs.unwrap_or_else(|| session::Outputs {
         stdout: Box::new(io::stdout()),
         stderr: Box::new(io::stderr()),
         stdin: spec
             .stdin
             .then(|| Box::new(io::stdin()) as Box<dyn io::Read + Send>),
-    };
+    });
     let (shared, session_thread) =
         session::spawn_gated(spec, agent_rx, Arc::clone(&latch), outputs, hooks.gate)
             .map_err(ContainerError::Session)?;

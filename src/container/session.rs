@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::agent::protocol::{
-    AgentMessage, HostMessage, MAX_CHUNK, PROTOCOL_VERSION, ProcessSpec, read_message,
+    AgentMessage, HostMessage, MAX_CHUNK, PROTOCOL_VERSION, ProcessSpec, WindowSize, read_message,
     write_message,
 };
 use crate::exit::{ExitLatch, ExitReason};
@@ -65,6 +65,41 @@ impl SessionShared {
     /// (the agent has not started it) or the agent is gone.
     pub fn forward_signal(&self, sig: i32) -> bool {
         self.started.load(Ordering::SeqCst) && self.send_signal(sig)
+    }
+
+    /// Sends signal `sig` to every process of the container (`kill --all`). False when the
+    /// process has not started or the agent is gone.
+    pub fn signal_all(&self, sig: i32) -> bool {
+        self.started.load(Ordering::SeqCst)
+            && matches!(self.send(&HostMessage::SignalAll(sig)), Ok(true))
+    }
+
+    /// Sets the window size of the process's terminal. False when it was not sent (the
+    /// process has not started, or the agent is gone).
+    pub fn resize(&self, size: WindowSize) -> bool {
+        self.started.load(Ordering::SeqCst)
+            && matches!(self.send(&HostMessage::Resize(size)), Ok(true))
+    }
+
+    /// Writes `data` to the process's stdin (for a front end that feeds it itself, as the
+    /// OCI runtime's terminal relay does). Data before the process started is dropped.
+    /// False when the agent is gone.
+    pub fn send_stdin(&self, data: &[u8]) -> bool {
+        if !self.started.load(Ordering::SeqCst) {
+            log::debug!(
+                "{} bytes of input before the process started: dropped",
+                data.len()
+            );
+            return true;
+        }
+        HostMessage::stdin_chunks(data).all(|m| matches!(self.send(&m), Ok(true)))
+    }
+
+    /// Closes the process's stdin (a terminal gets its end-of-file character).
+    pub fn close_stdin(&self) {
+        if self.started.load(Ordering::SeqCst) {
+            let _ = self.send(&HostMessage::StdinClose);
+        }
     }
 
     /// Whether the agent has started the process.
@@ -154,7 +189,8 @@ pub enum SessionError {
     NotStarted,
 }
 
-fn kind(msg: &AgentMessage) -> &'static str {
+/// The name of an agent message, for errors.
+pub(crate) fn kind(msg: &AgentMessage) -> &'static str {
     match msg {
         AgentMessage::Hello { .. } => "Hello",
         AgentMessage::Started { .. } => "Started",
@@ -176,12 +212,7 @@ pub fn run(
     stream.set_nonblocking(false).map_err(SessionError::Io)?;
     let mut reader = stream;
     let writer = reader.try_clone().map_err(SessionError::Io)?;
-    match read_message::<_, AgentMessage>(&mut reader)? {
-        Some(AgentMessage::Hello { version }) if version == PROTOCOL_VERSION => {}
-        Some(AgentMessage::Hello { version }) => return Err(SessionError::Version(version)),
-        Some(other) => return Err(SessionError::Unexpected(kind(&other), "Hello")),
-        None => return Err(SessionError::Closed),
-    }
+    read_hello(&mut reader)?;
     log::info!(
         "guest agent connected {:.1} ms after process start",
         since_start_ms()
@@ -226,6 +257,16 @@ pub fn run(
                 return Err(SessionError::Unexpected("a second Hello", "Exited"));
             }
         }
+    }
+}
+
+/// Reads the agent's first frame: `Hello` with this side's protocol version.
+pub fn read_hello<R: Read>(reader: &mut R) -> Result<(), SessionError> {
+    match read_message::<_, AgentMessage>(reader)? {
+        Some(AgentMessage::Hello { version }) if version == PROTOCOL_VERSION => Ok(()),
+        Some(AgentMessage::Hello { version }) => Err(SessionError::Version(version)),
+        Some(other) => Err(SessionError::Unexpected(kind(&other), "Hello")),
+        None => Err(SessionError::Closed),
     }
 }
 

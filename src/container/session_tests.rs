@@ -30,6 +30,7 @@ fn spec() -> ProcessSpec {
         cwd: "/".into(),
         user: User::default(),
         terminal: false,
+        console_size: None,
         stdin: true,
         rlimits: Vec::new(),
         no_new_privileges: false,

@@ -121,6 +121,7 @@ impl ProcessOptions {
                 additional_gids: Vec::new(),
             },
             terminal: false,
+            console_size: None,
             stdin: self.stdin,
             rlimits: Vec::new(),
             no_new_privileges: false,

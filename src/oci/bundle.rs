@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::agent::protocol::{ProcessSpec, Rlimit, User};
+use crate::agent::protocol::{ProcessSpec, Rlimit, User, WindowSize};
 
 /// The annotation that sets the VM's vCPUs.
 pub const ANNOTATION_VCPUS: &str = "io.hvlite.vcpus";
@@ -102,15 +102,7 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         return Err(BundleError::MissingRoot(root_path));
     }
     let process = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
-    let args = process.args().clone().unwrap_or_default();
-    if args.is_empty() {
-        return Err(BundleError::NoArgs);
-    }
-    let cwd = process.cwd().to_string_lossy().into_owned();
-    if !cwd.starts_with('/') {
-        return Err(BundleError::Cwd(cwd));
-    }
-    let user = process.user();
+    let process_spec = process_spec(process)?;
     let annotations = spec.annotations().clone().unwrap_or_default();
     let vcpus = annotation(
         &annotations,
@@ -129,35 +121,54 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         dir: dir.into(),
         root: root_path,
         readonly_root: root.readonly().unwrap_or(false),
-        process: ProcessSpec {
-            args,
-            env: process.env().clone().unwrap_or_default(),
-            cwd,
-            user: User {
-                uid: user.uid(),
-                gid: user.gid(),
-                additional_gids: user.additional_gids().clone().unwrap_or_default(),
-            },
-            terminal: false,
-            // The engine's stdin (conmon's pipe or /dev/null) is always forwarded.
-            stdin: true,
-            rlimits: process
-                .rlimits()
-                .iter()
-                .flatten()
-                .map(|r| Rlimit {
-                    typ: r.typ().to_string(),
-                    hard: r.hard(),
-                    soft: r.soft(),
-                })
-                .collect(),
-            no_new_privileges: process.no_new_privileges().unwrap_or(false),
-        },
+        process: process_spec,
         terminal: process.terminal().unwrap_or(false),
         files,
         annotations,
         vcpus,
         memory_mib,
+    })
+}
+
+/// The agent's process spec for an OCI `process` (config.json's, or `exec --process`'s).
+pub fn process_spec(process: &oci_spec::runtime::Process) -> Result<ProcessSpec, BundleError> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(BundleError::NoArgs);
+    }
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    if !cwd.starts_with('/') {
+        return Err(BundleError::Cwd(cwd));
+    }
+    let user = process.user();
+    let terminal = process.terminal().unwrap_or(false);
+    Ok(ProcessSpec {
+        args,
+        env: process.env().clone().unwrap_or_default(),
+        cwd,
+        user: User {
+            uid: user.uid(),
+            gid: user.gid(),
+            additional_gids: user.additional_gids().clone().unwrap_or_default(),
+        },
+        terminal,
+        console_size: process.console_size().map(|b| WindowSize {
+            height: u16::try_from(b.height()).unwrap_or(u16::MAX),
+            width: u16::try_from(b.width()).unwrap_or(u16::MAX),
+        }),
+        // The engine's stdin (conmon's pipe or /dev/null) is always forwarded.
+        stdin: true,
+        rlimits: process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| Rlimit {
+                typ: r.typ().to_string(),
+                hard: r.hard(),
+                soft: r.soft(),
+            })
+            .collect(),
+        no_new_privileges: process.no_new_privileges().unwrap_or(false),
     })
 }
 

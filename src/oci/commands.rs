@@ -38,16 +38,15 @@ pub fn create(
 ) -> Result<Child, OciError> {
     state::check_id(id)?;
     let bundle = bundle::load(bundle_dir)?;
-    if bundle.terminal {
-        return Err(OciError::Refused(
-            "process.terminal is true: hvlite-runtime has no terminal (pty) support yet; \
-             run without -t"
-                .into(),
-        ));
-    }
-    if console_socket.is_some() {
-        log::debug!("--console-socket ignored: the process has no terminal");
-    }
+    let console_socket = match (bundle.terminal, console_socket) {
+        (true, None) => return Err(super::console::ConsoleError::NoSocket.into()),
+        (true, Some(s)) => Some(std::path::absolute(s).map_err(|e| OciError::Io(s.into(), e))?),
+        (false, Some(_)) => {
+            log::debug!("--console-socket ignored: the process has no terminal");
+            None
+        }
+        (false, None) => None,
+    };
     // Fail before creating anything when the kernel or the agent is missing.
     match &globals.kernel {
         Some(k) if !k.is_file() => {
@@ -91,8 +90,8 @@ pub fn create(
         monitor_start_time: 0,
     };
     root.save(&st).map_err(|e| cleanup(e.into()))?;
-    let (mut child, ready) =
-        spawn_monitor(globals, id).map_err(|e| cleanup(OciError::Io(dir.clone(), e)))?;
+    let (mut child, ready) = spawn_monitor(globals, id, console_socket.as_deref())
+        .map_err(|e| cleanup(OciError::Io(dir.clone(), e)))?;
     if let Err(msg) = wait_ready(ready) {
         // The monitor is this process's child: kill and reap it (no zombie).
         let _ = child.kill();
@@ -106,7 +105,7 @@ pub fn create(
 }
 
 /// Writes `pid` to `path` atomically.
-fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
+pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("hvlite-tmp");
     std::fs::write(&tmp, pid.to_string())?;
     std::fs::rename(&tmp, path)
@@ -114,11 +113,19 @@ fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
 
 /// Starts `hvlite-runtime ... monitor ID` detached (own session), with this process's
 /// stdio (the engine's) and a readiness socket at fd [`READY_FD`].
-fn spawn_monitor(globals: &Globals, id: &str) -> std::io::Result<(Child, UnixStream)> {
+fn spawn_monitor(
+    globals: &Globals,
+    id: &str,
+    console_socket: Option<&Path>,
+) -> std::io::Result<(Child, UnixStream)> {
     let (parent, child_end) = UnixStream::pair()?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
-    cmd.args(&globals.monitor_args).arg("monitor").arg(id);
+    cmd.args(&globals.monitor_args).arg("monitor");
+    if let Some(s) = console_socket {
+        cmd.arg("--console-socket").arg(s);
+    }
+    cmd.arg(id);
     if let Some(agent) = &globals.agent {
         cmd.env(paths::AGENT_ENV, agent);
     }
@@ -222,10 +229,10 @@ pub fn parse_signal(s: &str) -> Result<i32, OciError> {
         .map_err(|_| OciError::Refused(format!("unknown signal {s:?}")))
 }
 
-/// `kill [--all] ID SIG`: SIGKILL ends the monitor (and the VM); other signals go to the
-/// process through the agent. `--all` is the same: the process is the container's only
-/// process the host knows of.
-pub fn kill(root: &StateRoot, id: &str, sig: i32) -> Result<(), OciError> {
+/// `kill [--all] ID SIG`: SIGKILL ends the monitor (and the VM, so every process of the
+/// container); other signals go to the process through the agent, or with `all` to every
+/// process of the container.
+pub fn kill(root: &StateRoot, id: &str, sig: i32, all: bool) -> Result<(), OciError> {
     let st = load(root, id)?;
     if matches!(st.status, Status::Stopped | Status::Creating) {
         return Err(OciError::Refused(format!(
@@ -243,7 +250,8 @@ pub fn kill(root: &StateRoot, id: &str, sig: i32) -> Result<(), OciError> {
         }
         return Ok(());
     }
-    control::request(&root.container_dir(id), &format!("kill {sig}"))?;
+    let request = if all { "killall" } else { "kill" };
+    control::request(&root.container_dir(id), &format!("{request} {sig}"))?;
     Ok(())
 }
 
@@ -356,7 +364,7 @@ mod tests {
         };
         root.save(&st).unwrap();
         assert!(delete(&root, "c", false).is_err());
-        assert!(kill(&root, "c", libc::SIGKILL).is_err());
+        assert!(kill(&root, "c", libc::SIGKILL, false).is_err());
         delete(&root, "c", true).unwrap();
         assert!(root.ids().unwrap().is_empty());
         let list = list(&root, false, false).unwrap();

@@ -2,7 +2,8 @@
 //! request line per connection, one answer line (`ok` or `error: ...`).
 //!
 //! Requests: `start` (let the agent start the process), `kill N` (signal N to the process;
-//! before `start` it stops the container with status 128+N).
+//! before `start` it stops the container with status 128+N), `killall N` (signal N to every
+//! process of the container; before `start` the same as `kill N`).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -75,14 +76,19 @@ impl Server {
                 (self.on_start)();
                 Ok(())
             }
-            (Some("kill"), Some(n), None) => {
+            (Some(kill @ ("kill" | "killall")), Some(n), None) => {
                 let sig: i32 = n
                     .parse()
                     .ok()
                     .filter(|s| (1..=64).contains(s))
                     .ok_or_else(|| format!("bad signal {n:?}"))?;
                 if self.handle.shared.is_started() {
-                    if self.handle.shared.forward_signal(sig) {
+                    let sent = if kill == "killall" {
+                        self.handle.shared.signal_all(sig)
+                    } else {
+                        self.handle.shared.forward_signal(sig)
+                    };
+                    if sent {
                         Ok(())
                     } else {
                         Err("the container's process is gone".into())

@@ -6,10 +6,14 @@
 //! - [`monitor`] is the detached VMM process `create` starts; [`control`] its socket.
 //! - [`files`] copies bind-mounted host files into a private root image.
 //! - [`commands`] implements create, start, state, kill, delete, list and run.
+//! - [`exec`] runs further processes in a running container (library calls a containerd
+//!   shim can use too); [`console`] hands a pty to the engine for `terminal: true`.
 
 pub mod bundle;
 pub mod commands;
+pub mod console;
 pub mod control;
+pub mod exec;
 pub mod files;
 pub mod monitor;
 pub mod state;
@@ -28,6 +32,10 @@ pub enum OciError {
     Control(#[from] control::ControlError),
     #[error(transparent)]
     Files(#[from] files::FilesError),
+    #[error(transparent)]
+    Exec(#[from] crate::container::exec::ExecError),
+    #[error(transparent)]
+    Console(#[from] console::ConsoleError),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error("{0}: {1}")]

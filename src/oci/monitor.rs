@@ -9,15 +9,17 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
-use crate::config::VmConfig;
+use crate::config::{VmConfig, VsockConfig};
 use crate::container::rootfs::{self, PreparedRoot, RootMode};
+use crate::container::session::Outputs;
 use crate::container::session::StartGate;
 use crate::container::spec::ProcessOptions;
 use crate::container::{self, ContainerConfig, RunHooks, paths};
 use crate::exit::ExitReason;
 
-use super::state::{self, StateRoot, Status};
-use super::{OciError, bundle, control, files};
+use super::exec::VSOCK_SOCKET;
+use super::state::{self, StateRoot, Status, short_socket_path};
+use super::{OciError, bundle, console, control, files};
 
 /// The private root image (only when files are bind-mounted).
 pub const PRIVATE_IMAGE: &str = "root.ext4";
@@ -30,6 +32,8 @@ pub struct MonitorOptions {
     pub kernel: Option<PathBuf>,
     /// Where to say `ok` or `error: ...` once ready (the `create` process).
     pub ready: Option<UnixStream>,
+    /// `--console-socket` of `create`, for a process with a terminal.
+    pub console_socket: Option<PathBuf>,
 }
 
 /// Runs the container; returns the exit status of the monitor process.
@@ -44,7 +48,13 @@ pub fn run(opts: MonitorOptions) -> u8 {
         }
     };
     let (root, id) = (opts.root.clone(), opts.id.clone());
-    let status = match boot(opts.root, opts.id, opts.kernel, say.clone()) {
+    let status = match boot(
+        opts.root,
+        opts.id,
+        opts.kernel,
+        opts.console_socket,
+        say.clone(),
+    ) {
         Ok(ExitReason::GuestStatus(s)) => s,
         Ok(other) => {
             let msg = match other {
@@ -72,6 +82,7 @@ fn boot(
     root: StateRoot,
     id: String,
     kernel: Option<PathBuf>,
+    console_socket: Option<PathBuf>,
     say: impl Fn(&str) + Send + Sync + Clone + 'static,
 ) -> Result<ExitReason, OciError> {
     let mut st = root.load(&id)?;
@@ -100,6 +111,39 @@ fn boot(
     if let Some(m) = bundle.memory_mib {
         vm.memory_mib = m;
     }
+    // `exec` reaches the agent through the VM's vsock socket; the (possibly shortened) path
+    // must stay valid until the VMM has bound it.
+    let vsock = short_socket_path(&dir, VSOCK_SOCKET)
+        .map_err(|e| OciError::Io(dir.join(VSOCK_SOCKET), e))?;
+    vm.vsock = Some(VsockConfig {
+        cid: container::DEFAULT_GUEST_CID,
+        uds: Some(vsock.path.clone()),
+    });
+    // A terminal: the engine gets the host pty's master now, the relay starts with the
+    // session.
+    let terminal = match (&console_socket, bundle.process.terminal) {
+        (Some(socket), true) => {
+            let size = bundle.process.console_size.unwrap_or_default();
+            Some((console::hand_over(socket, size)?, size))
+        }
+        (None, true) => return Err(console::ConsoleError::NoSocket.into()),
+        _ => None,
+    };
+    let outputs = match &terminal {
+        Some((slave, _)) => {
+            let clone = || {
+                slave
+                    .try_clone()
+                    .map_err(|e| OciError::Io("host pty".into(), e))
+            };
+            Some(Outputs {
+                stdout: Box::new(clone()?),
+                stderr: Box::new(std::io::sink()),
+                stdin: None,
+            })
+        }
+        None => None,
+    };
     let listener = control::bind(&dir).map_err(|e| OciError::Io(dir.join(control::SOCKET), e))?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
@@ -125,6 +169,23 @@ fn boot(
     let on_session = {
         let root = root.clone();
         move |handle: container::SessionHandle| {
+            if let Some((slave, size)) = terminal {
+                let (input, eof, resize) = (
+                    Arc::clone(&handle.shared),
+                    Arc::clone(&handle.shared),
+                    Arc::clone(&handle.shared),
+                );
+                let relay = console::relay(
+                    &slave,
+                    size,
+                    move |d| input.send_stdin(d),
+                    move || eof.close_stdin(),
+                    move |s| resize.resize(s),
+                );
+                if let Err(e) = relay {
+                    log::error!("cannot relay the terminal: {e}");
+                }
+            }
             let server = control::Server {
                 handle,
                 go: Mutex::new(Some(go_tx)),
@@ -163,6 +224,7 @@ fn boot(
                 go: go_rx,
             }),
             on_session: Some(Box::new(on_session)),
+            outputs,
         },
     )?;
     if !matches!(outcome.reason, ExitReason::GuestStatus(_)) && !outcome.console_tail.is_empty() {

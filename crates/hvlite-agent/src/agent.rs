@@ -5,8 +5,10 @@
 //!    [`CONNECT_TIMEOUT`] while the vsock device is probed, and send `Hello`.
 //! 2. Build the container's root at [`container::NEWROOT`] (see `container.rs`; options in
 //!    `cmdline.rs`).
-//! 3. Serve the session (`session.rs`): `Start` → process → `Exited`.
-//! 4. End the VM through the exit port with the process's status once the host has closed
+//! 3. Start the exec server ([`start_exec_server`]): a process of its own that accepts
+//!    exec sessions on guest port [`EXEC_VSOCK_PORT`], each served by another process.
+//! 4. Serve the session (`session.rs`): `Start` → process → `Exited`.
+//! 5. End the VM through the exit port with the process's status once the host has closed
 //!    the connection (it normally stops the VM first), or after [`session::LINGER`].
 //!
 //! Failures before the connection exists are printed on the console and end the VM with
@@ -14,16 +16,16 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use hvlite_protocol::agent::protocol::{
-    AGENT_VSOCK_PORT, AgentMessage, PROTOCOL_VERSION, write_message,
+    AGENT_VSOCK_PORT, AgentMessage, EXEC_VSOCK_PORT, PROTOCOL_VERSION, write_message,
 };
 use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
 use crate::session::{self, Options, SessionOutcome};
-use crate::sys::{self, fds, process, say, vsock};
+use crate::sys::{self, Forked, fds, process, say, vsock};
 use crate::{cmdline, container, finish};
 
 /// How long the agent keeps trying to connect to the host.
@@ -89,10 +91,7 @@ pub fn run(cmdline: &str) -> ! {
             libc::VMADDR_CID_HOST
         )),
     };
-    let hello = AgentMessage::Hello {
-        version: PROTOCOL_VERSION,
-    };
-    if let Err(e) = write_message(&mut conn, &hello) {
+    if let Err(e) = hello(&mut conn) {
         fail_early(&format!("sending Hello: {e}"));
     }
     say("hvlite-agent: connected to the host");
@@ -102,6 +101,7 @@ pub fn run(cmdline: &str) -> ! {
                 say(&format!("hvlite-agent: {w}"))
             })
         })
+        .and_then(|()| start_exec_server())
         .and_then(|()| sigchld.map_err(|e| format!("SIGCHLD pipe: {e}")));
     // The boot was `quiet` (console output is slow on emulated hosts); from here on the
     // kernel's reports of crashed processes reach the host, which logs them.
@@ -127,6 +127,72 @@ pub fn run(cmdline: &str) -> ! {
         SessionOutcome::Reported { status } => finish(status),
         SessionOutcome::Aborted { reason } => fail_early(&reason),
     }
+}
+
+fn hello(conn: &mut File) -> io::Result<()> {
+    let hello = AgentMessage::Hello {
+        version: PROTOCOL_VERSION,
+    };
+    write_message(conn, &hello)
+}
+
+/// Listens on [`EXEC_VSOCK_PORT`] and forks the exec server, which accepts the host's exec
+/// connections until the VM ends.
+fn start_exec_server() -> Result<(), String> {
+    let listener = vsock::listen(EXEC_VSOCK_PORT)
+        .map_err(|e| format!("listening for exec sessions on vsock port {EXEC_VSOCK_PORT}: {e}"))?;
+    match sys::fork() {
+        Ok(Forked::Child) => exec_server(&listener),
+        // The listener is the server's alone.
+        Ok(Forked::Parent(_)) => Ok(()),
+        Err(e) => Err(format!("starting the exec server: {e}")),
+    }
+}
+
+/// The exec server: one process per accepted connection. Never returns.
+fn exec_server(listener: &OwnedFd) -> ! {
+    if let Err(e) = process::ignore_children() {
+        say(&format!("hvlite-agent: exec server: SIGCHLD: {e}"));
+    }
+    loop {
+        let conn = match vsock::accept(listener.as_fd()) {
+            Ok((conn, _cid)) => conn,
+            Err(e) => {
+                say(&format!("hvlite-agent: exec server: accept: {e}"));
+                std::thread::sleep(RETRY_MAX);
+                continue;
+            }
+        };
+        match sys::fork() {
+            Ok(Forked::Child) => exec_session(conn),
+            Ok(Forked::Parent(_)) => {}
+            Err(e) => say(&format!("hvlite-agent: exec server: fork: {e}")),
+        }
+    }
+}
+
+/// Serves one exec session on `conn`, then exits. Never returns.
+fn exec_session(conn: OwnedFd) -> ! {
+    // Its own SIGCHLD pipe (this also undoes the server's SIG_IGN).
+    let sigchld = process::sigchld_pipe().ok();
+    let mut conn = File::from(conn);
+    if hello(&mut conn).is_err() {
+        sys::exit_child(STATUS_INIT_ERROR);
+    }
+    let outcome = session::serve(
+        conn,
+        Some(container::NEWROOT),
+        sigchld,
+        Options {
+            reap_all: false,
+            sync: false,
+        },
+    );
+    let status = match outcome {
+        SessionOutcome::Reported { status } => status,
+        SessionOutcome::Aborted { .. } => STATUS_INIT_ERROR,
+    };
+    sys::exit_child(status)
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub const LINGER: Duration = Duration::from_secs(10);
 const REAP_INTERVAL_MS: libc::c_int = 1000;
 /// Bytes read from the host at a time.
 const READ_CHUNK: usize = 64 * 1024;
+/// What `StdinClose` writes to a terminal: its end-of-file character (^D, VEOF).
+const EOF_CHAR: u8 = 0x04;
 /// Size of the read buffer (see [`QUEUE_CAPACITY`]).
 const READ_BUF: usize = 256 * 1024;
 
@@ -86,6 +88,8 @@ fn name(m: &HostMessage) -> &'static str {
         HostMessage::Stdin(_) => "Stdin",
         HostMessage::StdinClose => "StdinClose",
         HostMessage::Signal(_) => "Signal",
+        HostMessage::Resize(_) => "Resize",
+        HostMessage::SignalAll(_) => "SignalAll",
     }
 }
 
@@ -263,6 +267,8 @@ struct Session<C> {
     /// StdinClose arrived: close stdin once the queue is written.
     stdin_close: bool,
     outputs: [Output; 2],
+    /// The terminal's master, with a terminal.
+    terminal: Option<OwnedFd>,
     sigchld: Option<File>,
     opts: Options,
     end: Option<ProcessEnd>,
@@ -273,9 +279,13 @@ struct Session<C> {
 
 impl<C: Read + Write + AsFd> Session<C> {
     fn new(conn: C, child: Spawned, sigchld: Option<OwnedFd>, opts: Options) -> io::Result<Self> {
-        for fd in [&child.stdout, &child.stderr]
-            .into_iter()
-            .chain(child.stdin.as_ref())
+        for fd in [
+            Some(&child.stdout),
+            child.stderr.as_ref(),
+            child.stdin.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
         {
             fds::set_nonblocking(fd.as_fd())?;
         }
@@ -294,10 +304,11 @@ impl<C: Read + Write + AsFd> Session<C> {
                     kind: frame_type::STDOUT,
                 },
                 Output {
-                    file: Some(child.stderr.into()),
+                    file: child.stderr.map(File::from),
                     kind: frame_type::STDERR,
                 },
             ],
+            terminal: child.terminal,
             sigchld: sigchld.map(File::from),
             opts,
             end: None,
@@ -478,6 +489,14 @@ impl<C: Read + Write + AsFd> Session<C> {
                     self.stdin_queue.push(&data);
                 }
             }
+            HostMessage::StdinClose if self.terminal.is_some() => {
+                // A terminal stays open (it is also the output): its reader sees the
+                // end-of-file character instead.
+                if self.stdin.is_some() && !self.stdin_close {
+                    self.stdin_queue.push(&[EOF_CHAR]);
+                }
+                self.stdin_close = true;
+            }
             HostMessage::StdinClose => {
                 self.stdin_close = true;
                 if self.stdin_queue.is_empty() {
@@ -490,6 +509,13 @@ impl<C: Read + Write + AsFd> Session<C> {
                     let _ = process::kill(self.pid, sig);
                 }
             }
+            HostMessage::Resize(size) => {
+                if let Some(t) = &self.terminal {
+                    // A terminal whose other side is gone: nothing to resize.
+                    let _ = sys::pty::set_size(t.as_fd(), size);
+                }
+            }
+            HostMessage::SignalAll(sig) => sys::process::signal_container(sig),
         }
         Ok(())
     }

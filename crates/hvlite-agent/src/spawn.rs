@@ -10,9 +10,9 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use hvlite_protocol::agent::protocol::ProcessSpec;
+use hvlite_protocol::agent::protocol::{ProcessSpec, WindowSize};
 use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
 use crate::exec::{self, ExecFailures};
@@ -52,6 +52,7 @@ pub enum Stage {
     Exec = 7,
     Rlimit = 8,
     NoNewPrivs = 9,
+    Terminal = 10,
 }
 
 impl Stage {
@@ -66,6 +67,7 @@ impl Stage {
             Self::Exec,
             Self::Rlimit,
             Self::NoNewPrivs,
+            Self::Terminal,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -114,6 +116,8 @@ pub struct ChildSetup {
     /// (resource, soft, hard, name) for setrlimit.
     rlimits: Vec<(u32, u64, u64, String)>,
     no_new_privs: bool,
+    /// With a terminal: the `ptmx` node to allocate it from, and its first size.
+    terminal: Option<(CString, WindowSize)>,
     /// For messages.
     cwd_text: String,
     root_text: String,
@@ -147,6 +151,12 @@ impl ChildSetup {
                 .filter_map(|r| Some((r.resource()?, r.soft, r.hard, r.typ.clone())))
                 .collect(),
             no_new_privs: spec.no_new_privileges,
+            terminal: if spec.terminal {
+                let ptmx = root.map_or("/dev/ptmx".to_string(), |r| format!("{r}/dev/pts/ptmx"));
+                Some((cstring(&ptmx)?, spec.console_size.unwrap_or_default()))
+            } else {
+                None
+            },
             cwd_text: spec.cwd.clone(),
             root_text: root.unwrap_or("/").to_string(),
         })
@@ -170,17 +180,59 @@ impl ChildSetup {
                 format!("setrlimit ({}): {err}", names.join(", "))
             }
             Stage::NoNewPrivs => format!("PR_SET_NO_NEW_PRIVS: {err}"),
+            Stage::Terminal => format!("making the terminal the controlling one: {err}"),
         }
     }
 }
 
-/// The running process and the parent's ends of its stdio pipes.
+/// The running process and the parent's ends of its stdio pipes (or of its terminal).
 pub struct Spawned {
     pub pid: libc::pid_t,
-    /// Write end of its stdin, when the spec asked for stdin.
+    /// Write end of its stdin, when the spec asked for stdin (the terminal's master with a
+    /// terminal).
     pub stdin: Option<OwnedFd>,
+    /// Its stdout (the terminal's master with a terminal: all its output).
     pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
+    /// Its stderr (none with a terminal).
+    pub stderr: Option<OwnedFd>,
+    /// The terminal's master, for window sizes.
+    pub terminal: Option<OwnedFd>,
+}
+
+/// The parent's and the child's ends of the process's stdio.
+struct Stdio {
+    /// The child's fds 0, 1, 2.
+    child: [OwnedFd; 3],
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    terminal: Option<OwnedFd>,
+}
+
+fn pipes_stdio(forward_stdin: bool) -> io::Result<Stdio> {
+    let (out_r, out_w) = fds::pipe()?;
+    let (err_r, err_w) = fds::pipe()?;
+    let (in_child, in_parent) = stdin_fds(forward_stdin)?;
+    Ok(Stdio {
+        child: [in_child, out_w, err_w],
+        stdin: in_parent,
+        stdout: out_r,
+        stderr: Some(err_r),
+        terminal: None,
+    })
+}
+
+fn terminal_stdio(ptmx: &std::ffi::CStr, size: WindowSize) -> io::Result<Stdio> {
+    let (master, slave) = sys::pty::open(ptmx)?;
+    sys::pty::set_size(master.as_fd(), size)?;
+    let above = |fd: &OwnedFd| fd.try_clone().and_then(fds::above_stdio);
+    Ok(Stdio {
+        child: [above(&slave)?, above(&slave)?, fds::above_stdio(slave)?],
+        stdin: Some(above(&master)?),
+        terminal: Some(above(&master)?),
+        stdout: fds::above_stdio(master)?,
+        stderr: None,
+    })
 }
 
 /// The process could not be started: what to send as `Error`.
@@ -213,25 +265,20 @@ fn stdin_fds(forward: bool) -> io::Result<(OwnedFd, Option<OwnedFd>)> {
 
 /// Forks and starts the process; returns once it has exec'd (or failed to).
 pub fn spawn(setup: &ChildSetup) -> Result<Spawned, SpawnError> {
-    let pipes = (|| {
-        let (report_r, report_w) = fds::pipe()?;
-        let (out_r, out_w) = fds::pipe()?;
-        let (err_r, err_w) = fds::pipe()?;
-        let (in_child, in_parent) = stdin_fds(setup.stdin)?;
-        io::Result::Ok((
-            report_r, report_w, out_r, out_w, err_r, err_w, in_child, in_parent,
-        ))
-    })();
-    let (report_r, report_w, out_r, out_w, err_r, err_w, in_child, in_parent) =
-        pipes.map_err(|e| SpawnError::setup("creating pipes", &e))?;
-    let stdio = [in_child.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+    let (report_r, report_w) = fds::pipe().map_err(|e| SpawnError::setup("creating pipes", &e))?;
+    let io = match &setup.terminal {
+        Some((ptmx, size)) => terminal_stdio(ptmx, *size)
+            .map_err(|e| SpawnError::setup(&format!("a terminal from {ptmx:?}"), &e))?,
+        None => pipes_stdio(setup.stdin).map_err(|e| SpawnError::setup("creating pipes", &e))?,
+    };
+    let stdio = io.child.each_ref().map(AsRawFd::as_raw_fd);
     let pid = match sys::fork() {
         Ok(Forked::Child) => run_child(setup, stdio, report_w.as_raw_fd()),
         Ok(Forked::Parent(pid)) => pid,
         Err(e) => return Err(SpawnError::setup("fork", &e)),
     };
     // The child's ends: closed here so that EOF comes when the child has exec'd or exited.
-    drop((report_w, out_w, err_w, in_child));
+    drop((report_w, io.child));
     let mut report = Vec::with_capacity(REPORT_LEN);
     let read = File::from(report_r)
         .take(REPORT_LEN as u64 + 1)
@@ -239,9 +286,10 @@ pub fn spawn(setup: &ChildSetup) -> Result<Spawned, SpawnError> {
     if read.is_ok() && report.is_empty() {
         return Ok(Spawned {
             pid,
-            stdin: in_parent,
-            stdout: out_r,
-            stderr: err_r,
+            stdin: io.stdin,
+            stdout: io.stdout,
+            stderr: io.stderr,
+            terminal: io.terminal,
         });
     }
     // The child has exited (or is about to): reap it so it is not reported as the process.
@@ -287,6 +335,11 @@ fn run_child(s: &ChildSetup, stdio: [RawFd; 3], report: RawFd) -> ! {
         if let Err(e) = fds::install_fd(src, target) {
             init_error(Stage::Stdio, &e);
         }
+    }
+    if s.terminal.is_some()
+        && let Err(e) = sys::pty::make_controlling(0)
+    {
+        init_error(Stage::Terminal, &e);
     }
     if let Some(root) = &s.root
         && let Err(e) = process::chroot(root).and_then(|()| process::chdir(c"/"))

@@ -3,6 +3,7 @@
 
 pub mod fds;
 pub mod process;
+pub mod pty;
 pub mod vsock;
 
 use std::ffi::{CStr, CString, c_char};

@@ -7,9 +7,11 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
+use hvlite::container::exec::ExecError;
 use hvlite::logging::{self, LevelSpec, LogDest};
 use hvlite::oci::OciError;
 use hvlite::oci::commands::{self, Globals};
+use hvlite::oci::exec;
 use hvlite::oci::monitor::{self, MonitorOptions};
 use hvlite::oci::state::{self, StateRoot};
 use hvlite::process_stats::PROCESS_START;
@@ -55,7 +57,7 @@ struct CreateArgs {
     /// Write the container's host pid (the VMM) here.
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// Where a terminal's master would go (terminal: true is not supported yet).
+    /// Where the pty master of a process with a terminal goes (SCM_RIGHTS).
     #[arg(long, value_name = "SOCKET")]
     console_socket: Option<PathBuf>,
     /// Accepted for runc compatibility.
@@ -81,7 +83,7 @@ enum Cmd {
     State { id: String },
     /// Send a signal (name or number, default SIGTERM) to a container's process.
     Kill {
-        /// Signal all processes (the container's process is the only one hvlite knows).
+        /// Signal every process of the container, not only its process.
         #[arg(short, long)]
         all: bool,
         id: String,
@@ -112,25 +114,48 @@ enum Cmd {
         #[arg(short, long)]
         detach: bool,
     },
-    /// Run another process in a container (not supported yet).
+    /// Run another process in a running container: from an OCI process file, or inline.
+    #[command(
+        after_help = "Examples:\n  hvlite-runtime exec --process process.json ID\n  \
+                            hvlite-runtime exec -e A=b --cwd /tmp ID sh -c 'echo $A'"
+    )]
     Exec {
+        /// An OCI `process` object (JSON); then no CMD.
         #[arg(long, value_name = "FILE")]
         process: Option<PathBuf>,
+        /// Give the process a terminal (inline form; a process file says it itself).
         #[arg(short = 't', long)]
         tty: bool,
+        /// Return once the process runs; a relay process keeps its stdio.
         #[arg(short, long)]
         detach: bool,
+        /// Write the relay's pid (it exits with the process's status) here.
         #[arg(long, value_name = "FILE")]
         pid_file: Option<PathBuf>,
+        /// Where the terminal's pty master goes (SCM_RIGHTS).
         #[arg(long, value_name = "SOCKET")]
         console_socket: Option<PathBuf>,
+        /// Inline form: an environment variable KEY=VALUE (repeatable).
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Inline form: UID[:GID].
+        #[arg(short, long, value_name = "UID[:GID]")]
+        user: Option<String>,
+        /// Inline form: the working directory.
+        #[arg(long, value_name = "DIR")]
+        cwd: Option<String>,
         id: String,
+        /// Inline form: the command and its arguments.
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
     /// The container's VMM (started by create; not for direct use).
     #[command(hide = true)]
-    Monitor { id: String },
+    Monitor {
+        #[arg(long, value_name = "SOCKET")]
+        console_socket: Option<PathBuf>,
+        id: String,
+    },
 }
 
 fn init_logging(cli: &Cli, monitor: bool) {
@@ -205,10 +230,7 @@ fn run(cli: Cli) -> Result<ExitCode, OciError> {
         }
         Cmd::Kill { all, id, signal } => {
             let sig = commands::parse_signal(&signal)?;
-            if all {
-                log::debug!("kill --all: the container's process is the only one signalled");
-            }
-            commands::kill(&root, &id, sig)?;
+            commands::kill(&root, &id, sig, all)?;
         }
         Cmd::Delete { force, id } => commands::delete(&root, &id, force)?,
         Cmd::List { quiet, format } => {
@@ -241,18 +263,54 @@ fn run(cli: Cli) -> Result<ExitCode, OciError> {
             });
             return Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)));
         }
-        Cmd::Exec { id, .. } => {
-            return Err(OciError::Refused(format!(
-                "exec in container {id:?}: hvlite-runtime cannot run a second process in a \
-                 container yet (it needs a second agent session)"
-            )));
+        Cmd::Exec {
+            process,
+            tty,
+            detach,
+            pid_file,
+            console_socket,
+            env,
+            user,
+            cwd,
+            id,
+            args,
+        } => {
+            let spec = match (process, args.is_empty()) {
+                (Some(p), true) => exec::read_process(&p)?,
+                (Some(_), false) => {
+                    return Err(OciError::Refused(
+                        "exec: give either --process FILE or a command, not both".into(),
+                    ));
+                }
+                (None, true) => {
+                    return Err(OciError::Refused(
+                        "exec: nothing to run: give --process FILE or a command".into(),
+                    ));
+                }
+                (None, false) => exec::inline_process(args, env, user.as_deref(), cwd, tty)?,
+            };
+            let opts = exec::ExecOptions {
+                detach,
+                pid_file,
+                console_socket,
+            };
+            return match exec::run(&root, &id, &spec, &opts) {
+                Ok(status) => Ok(ExitCode::from(status)),
+                // Not found (127), not executable (126): the status a shell would give.
+                Err(OciError::Exec(ExecError::Start { status, message })) => {
+                    eprintln!("hvlite-runtime: error: {message}");
+                    Ok(ExitCode::from(status))
+                }
+                Err(e) => Err(e),
+            };
         }
-        Cmd::Monitor { id } => {
+        Cmd::Monitor { console_socket, id } => {
             let status = monitor::run(MonitorOptions {
                 root,
                 id,
                 kernel: cli.kernel,
                 ready: commands::ready_socket(),
+                console_socket,
             });
             return Ok(ExitCode::from(status));
         }

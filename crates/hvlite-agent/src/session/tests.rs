@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::thread;
 
-use hvlite_protocol::agent::protocol::{MAX_CHUNK, ProcessSpec};
+use hvlite_protocol::agent::protocol::{MAX_CHUNK, ProcessSpec, WindowSize};
 
 use super::*;
 
@@ -164,11 +164,67 @@ fn start_failures_are_errors() {
         })
     );
     assert_eq!(outcome, SessionOutcome::Reported { status: 127 });
+}
 
-    let mut s = spec(&["true"]);
+/// Reads until the process's output contains `needle`.
+fn read_until_output(conn: &mut UnixStream, seen: &mut Seen, needle: &str) {
+    while !String::from_utf8_lossy(&seen.stdout).contains(needle) {
+        match read_message::<_, AgentMessage>(conn).unwrap() {
+            Some(AgentMessage::Stdout(d)) => seen.stdout.extend(d),
+            other => panic!("waiting for {needle:?} in {seen:?}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_terminal_is_the_controlling_tty_and_resizes() {
+    if !root("a_terminal_is_the_controlling_tty_and_resizes") {
+        return;
+    }
+    let script = "echo ctl >/dev/tty; stty size; read line; stty size; echo got $line >&2";
+    let mut s = spec(&["sh", "-c", script]);
     s.terminal = true;
-    let (outcome, seen) = session(start(s), |_, _| {});
-    assert_setup_error(&outcome, &seen, "terminal");
+    s.console_size = Some(WindowSize {
+        height: 30,
+        width: 100,
+    });
+    let (outcome, seen) = session(start(s), |conn, seen| {
+        wait_started(conn, seen);
+        read_until_output(conn, seen, "30 100\r\n");
+        let size = WindowSize {
+            height: 40,
+            width: 120,
+        };
+        write_message(conn, &HostMessage::Resize(size)).unwrap();
+        write_message(conn, &HostMessage::Stdin(b"hello\n".to_vec())).unwrap();
+    });
+    let out = String::from_utf8_lossy(&seen.stdout);
+    // /dev/tty opens only for a process with a controlling terminal; output has CR LF.
+    assert!(out.starts_with("ctl\r\n30 100\r\n"), "{out:?}");
+    assert!(out.contains("40 120\r\n"), "{out:?}");
+    assert!(
+        out.contains("got hello"),
+        "stderr is the terminal too: {out:?}"
+    );
+    assert!(seen.stderr.is_empty());
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
+}
+
+#[test]
+fn stdin_close_on_a_terminal_is_end_of_file() {
+    if !root("stdin_close_on_a_terminal_is_end_of_file") {
+        return;
+    }
+    let mut s = spec(&["sh", "-c", "cat; echo cat-done"]);
+    s.terminal = true;
+    let (outcome, seen) = session(start(s), |conn, seen| {
+        wait_started(conn, seen);
+        write_message(conn, &HostMessage::Stdin(b"abc\n".to_vec())).unwrap();
+        write_message(conn, &HostMessage::StdinClose).unwrap();
+    });
+    let out = String::from_utf8_lossy(&seen.stdout);
+    assert!(out.contains("cat-done"), "{out:?}");
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
 }
 
 #[test]

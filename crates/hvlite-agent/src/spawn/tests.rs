@@ -33,6 +33,7 @@ fn failure_reports_round_trip() {
         Stage::Exec,
         Stage::Rlimit,
         Stage::NoNewPrivs,
+        Stage::Terminal,
     ] {
         let f = ChildFailure {
             stage,
@@ -44,7 +45,7 @@ fn failure_reports_round_trip() {
     assert_eq!(ChildFailure::from_bytes(&[]), None);
     assert_eq!(ChildFailure::from_bytes(&[7, 127, 0, 0, 0, 0, 0]), None);
     assert_eq!(ChildFailure::from_bytes(&[0, 127, 0, 0, 0, 0, 0, 0]), None);
-    assert_eq!(ChildFailure::from_bytes(&[10; 8]), None);
+    assert_eq!(ChildFailure::from_bytes(&[11; 8]), None);
 }
 
 fn spec(args: &[&str]) -> ProcessSpec {

@@ -173,3 +173,42 @@ pub fn ids() -> (libc::uid_t, libc::uid_t, libc::gid_t) {
     // SAFETY: these calls take no arguments and cannot fail.
     unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) }
 }
+
+/// Whether a process whose `/proc/PID/root` link reads `root` belongs to the container: its
+/// processes run chrooted (the agent's own processes and kernel threads have `/`).
+pub fn in_container(root: &std::path::Path) -> bool {
+    root != std::path::Path::new("/")
+}
+
+/// Sends `sig` to every process of the container (see [`in_container`]); errors (a process
+/// that is gone, a bad signal) are ignored.
+pub fn signal_container(sig: libc::c_int) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        if let Ok(root) = std::fs::read_link(entry.path().join("root"))
+            && in_container(&root)
+        {
+            let _ = kill(pid, sig);
+        }
+    }
+}
+
+/// Sets SIGCHLD to SIG_IGN: children are reaped by the kernel, none is left a zombie.
+pub fn ignore_children() -> io::Result<()> {
+    // SAFETY: SIG_IGN is always a valid disposition for SIGCHLD.
+    let old = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+    if old == libc::SIG_ERR {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}

@@ -4,9 +4,17 @@
 //!
 //! # Transport
 //!
-//! One AF_VSOCK stream connection per VM. The host listens on port [`AGENT_VSOCK_PORT`] (1024)
-//! of its own CID (2, `VMADDR_CID_HOST`); the agent connects to it once it has booted, and
-//! retries for a few seconds while the vsock device is still being probed.
+//! One AF_VSOCK stream connection per VM for the container's process. The host listens on
+//! port [`AGENT_VSOCK_PORT`] (1024) of its own CID (2, `VMADDR_CID_HOST`); the agent connects
+//! to it once it has booted, and retries for a few seconds while the vsock device is still
+//! being probed.
+//!
+//! Further processes (`exec`) each get a connection of their own in the other direction:
+//! once the container's root is ready the agent listens on guest port [`EXEC_VSOCK_PORT`]
+//! (1025), and every connection accepted there is one more session with exactly the same
+//! frames and sequence (Hello, Start, ..., Exited), served by a process of its own in the
+//! guest. An exec session's end does not end the VM; the main session's does. Exec sessions
+//! may not carry the container-wide parts of a spec (see [`ProcessSpec`]).
 //!
 //! # Frames
 //!
@@ -42,6 +50,8 @@
 //! | `0x02` | `Stdin`        | raw bytes, 0 ..= `MAX_CHUNK` (empty is a no-op)        |
 //! | `0x03` | `StdinClose`   | empty                                                  |
 //! | `0x04` | `Signal`       | signal number, `i32`                                   |
+//! | `0x05` | `Resize`       | terminal rows `u16`, then columns `u16`                |
+//! | `0x06` | `SignalAll`    | signal number, `i32`: every process of the container   |
 //!
 //! Agent → host (types `0x81..`):
 //!
@@ -92,6 +102,15 @@
 //!   kills what is left of the process group, calls `sync()` so that what the container wrote
 //!   to a read-write root reaches the disk, and sends `Exited(end)`: the last frame. The
 //!   status to report is [`ProcessEnd::status`] (128+N for signal N).
+//! - **Terminal.** With `spec.terminal` the process gets a new pseudo-terminal as its
+//!   controlling terminal and as stdin, stdout and stderr (`spec.stdin` is then implied); its
+//!   output comes back as `Stdout` frames only, `Stdin` data is written to the terminal,
+//!   `StdinClose` writes the terminal's end-of-file character (^D), and `Resize` sets its
+//!   window size (the process gets SIGWINCH). The first size is `spec.consoleSize` (default
+//!   24x80). Without a terminal `Resize` is ignored.
+//! - `SignalAll(n)` sends signal `n` to every process of the container (every process
+//!   chrooted in its root: the main process, exec'd ones and their children), not to the
+//!   agent's own.
 //! - **Flow control.** The agent stops reading the connection while 1 MiB of stdin data waits
 //!   for the process, so frames sent after it (a `Signal` too) wait as well; it stops reading
 //!   the process's output while 1 MiB of frames waits for the host.
@@ -115,7 +134,9 @@ use thiserror::Error;
 /// The vsock port the host listens on; the agent connects to CID 2 (the host), this port.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// The version the agent announces in `Hello`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The guest port the agent accepts exec sessions on (host-initiated connections).
+pub const EXEC_VSOCK_PORT: u32 = 1025;
 /// Largest value of a frame's length field: the type byte plus the payload.
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 /// Most data bytes in one Stdin, Stdout or Stderr frame.
@@ -133,6 +154,10 @@ pub mod frame_type {
     pub const STDIN_CLOSE: u8 = 0x03;
     /// Host → agent: send a signal to the process.
     pub const SIGNAL: u8 = 0x04;
+    /// Host → agent: the terminal's new window size.
+    pub const RESIZE: u8 = 0x05;
+    /// Host → agent: send a signal to every process of the container.
+    pub const SIGNAL_ALL: u8 = 0x06;
     /// Agent → host: first frame, with the protocol version.
     pub const HELLO: u8 = 0x81;
     /// Agent → host: the process runs.
@@ -164,9 +189,12 @@ pub struct ProcessSpec {
     /// Who the process runs as.
     #[serde(default)]
     pub user: User,
-    /// A terminal for the process: not supported in this version, must be false.
+    /// A pseudo-terminal for the process (stdin, stdout and stderr, controlling terminal).
     #[serde(default)]
     pub terminal: bool,
+    /// The terminal's first window size (OCI `consoleSize`); 24x80 without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<WindowSize>,
     /// hvlite extension: the host forwards stdin (Stdin frames); otherwise the process's
     /// stdin is `/dev/null`.
     #[serde(default)]
@@ -214,6 +242,24 @@ impl Rlimit {
     }
 }
 
+/// A terminal's window size (OCI's `consoleSize`: `height` rows, `width` columns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowSize {
+    /// Rows.
+    pub height: u16,
+    /// Columns.
+    pub width: u16,
+}
+
+impl Default for WindowSize {
+    fn default() -> Self {
+        Self {
+            height: 24,
+            width: 80,
+        }
+    }
+}
+
 fn root_dir() -> String {
     "/".to_string()
 }
@@ -240,6 +286,7 @@ impl ProcessSpec {
             cwd: root_dir(),
             user: User::default(),
             terminal: false,
+            console_size: None,
             stdin: false,
             rlimits: Vec::new(),
             no_new_privileges: false,
@@ -248,7 +295,7 @@ impl ProcessSpec {
 
     /// Checks what the agent needs: `args` non-empty with a non-empty `args[0]`, an absolute
     /// `cwd`, `env` entries of the form `KEY=VALUE` with a non-empty key, no NUL byte in any
-    /// string, and no terminal.
+    /// string.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         let bad = |msg: String| Err(ProtocolError::BadSpec(msg));
         match self.args.first() {
@@ -274,9 +321,6 @@ impl ProcessSpec {
         }
         if !self.cwd.starts_with('/') {
             return bad(format!("cwd {:?} is not an absolute path", self.cwd));
-        }
-        if self.terminal {
-            return bad("terminal is not supported".into());
         }
         for r in &self.rlimits {
             if r.resource().is_none() {
@@ -337,6 +381,10 @@ pub enum HostMessage {
     StdinClose,
     /// Send this signal to the process.
     Signal(i32),
+    /// The terminal's new window size (ignored without a terminal).
+    Resize(WindowSize),
+    /// Send this signal to every process of the container.
+    SignalAll(i32),
 }
 
 /// Messages from the agent to the host.
@@ -474,6 +522,12 @@ impl Message for HostMessage {
             Self::Stdin(bytes) => encode_frame(STDIN, bytes, out),
             Self::StdinClose => encode_frame(STDIN_CLOSE, &[], out),
             Self::Signal(n) => encode_frame(SIGNAL, &n.to_le_bytes(), out),
+            Self::Resize(size) => {
+                let [r0, r1] = size.height.to_le_bytes();
+                let [c0, c1] = size.width.to_le_bytes();
+                encode_frame(RESIZE, &[r0, r1, c0, c1], out)
+            }
+            Self::SignalAll(n) => encode_frame(SIGNAL_ALL, &n.to_le_bytes(), out),
         }
     }
 
@@ -486,6 +540,13 @@ impl Message for HostMessage {
             STDIN => data(payload).map(Self::Stdin),
             STDIN_CLOSE => exact::<0>(kind, payload).map(|_| Self::StdinClose),
             SIGNAL => exact::<4>(kind, payload).map(|b| Self::Signal(i32::from_le_bytes(b))),
+            RESIZE => exact::<4>(kind, payload).map(|[r0, r1, c0, c1]| {
+                Self::Resize(WindowSize {
+                    height: u16::from_le_bytes([r0, r1]),
+                    width: u16::from_le_bytes([c0, c1]),
+                })
+            }),
+            SIGNAL_ALL => exact::<4>(kind, payload).map(|b| Self::SignalAll(i32::from_le_bytes(b))),
             other => Err(ProtocolError::UnknownType(other)),
         }
     }

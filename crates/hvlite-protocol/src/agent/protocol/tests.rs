@@ -11,6 +11,7 @@ fn spec() -> ProcessSpec {
             additional_gids: vec![10, 20],
         },
         terminal: false,
+        console_size: None,
         stdin: true,
         rlimits: Vec::new(),
         no_new_privileges: false,
@@ -27,6 +28,20 @@ fn host_messages() -> Vec<HostMessage> {
         HostMessage::StdinClose,
         HostMessage::Signal(libc::SIGTERM),
         HostMessage::Signal(-1),
+        HostMessage::Resize(WindowSize {
+            height: 50,
+            width: 200,
+        }),
+        HostMessage::Resize(WindowSize {
+            height: u16::MAX,
+            width: 0,
+        }),
+        HostMessage::SignalAll(libc::SIGKILL),
+        HostMessage::Start(ProcessSpec {
+            terminal: true,
+            console_size: Some(WindowSize::default()),
+            ..ProcessSpec::new(["sh"])
+        }),
     ]
 }
 
@@ -91,6 +106,18 @@ fn known_encodings() {
         [5, 0, 0, 0, 0x04, 2, 0, 0, 0]
     );
     assert_eq!(
+        HostMessage::Resize(WindowSize {
+            height: 0x0102,
+            width: 80
+        })
+        .encode(),
+        [5, 0, 0, 0, 0x05, 2, 1, 80, 0]
+    );
+    assert_eq!(
+        HostMessage::SignalAll(15).encode(),
+        [5, 0, 0, 0, 0x06, 15, 0, 0, 0]
+    );
+    assert_eq!(
         AgentMessage::Error {
             status: 126,
             message: "x".into()
@@ -114,6 +141,23 @@ fn spec_json_is_camel_case_with_defaults() {
     .unwrap();
     assert_eq!((oci.user.uid, oci.user.gid), (1, 2));
     assert!(oci.user.additional_gids.is_empty());
+    // A terminal with OCI's consoleSize.
+    let tty: ProcessSpec = serde_json::from_str(
+        r#"{"args":["sh"],"terminal":true,"consoleSize":{"height":30,"width":100}}"#,
+    )
+    .unwrap();
+    assert!(tty.terminal);
+    assert_eq!(
+        tty.console_size,
+        Some(WindowSize {
+            height: 30,
+            width: 100
+        })
+    );
+    assert!(tty.validate().is_ok());
+    let json = serde_json::to_value(&tty).unwrap();
+    assert_eq!(json["consoleSize"]["width"], 100);
+    assert!(serde_json::to_value(ProcessSpec::new(["x"])).unwrap()["consoleSize"].is_null());
 }
 
 #[test]
@@ -295,6 +339,9 @@ fn bad_payloads() {
     ));
     bad(HostMessage::decode(frame_type::SIGNAL, &[1, 2, 3]));
     bad(HostMessage::decode(frame_type::STDIN_CLOSE, &[0]));
+    bad(HostMessage::decode(frame_type::RESIZE, &[24, 0, 80]));
+    bad(HostMessage::decode(frame_type::RESIZE, &[24, 0, 80, 0, 0]));
+    bad(HostMessage::decode(frame_type::SIGNAL_ALL, &[]));
     let bad = |r: Result<AgentMessage, ProtocolError>| {
         assert!(matches!(r, Err(ProtocolError::BadPayload(_))), "{r:?}")
     };
@@ -327,7 +374,6 @@ fn spec_validation() {
     refused(&|s| s.cwd = "relative".into());
     refused(&|s| s.cwd = String::new());
     refused(&|s| s.cwd = "/a\0".into());
-    refused(&|s| s.terminal = true);
 }
 
 #[test]
