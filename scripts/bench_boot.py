@@ -135,6 +135,13 @@ def bench_hvlite_runs(args, rootfs, disk):
     return runs
 
 
+def qemu_cmd(qemu, accel, memory_mib, kernel, append, extra=(), machine="microvm"):
+    """QEMU's command line for a microvm with the console on stdio that exits on reboot."""
+    return [qemu, "-M", machine, "-accel", accel, "-cpu", "max", "-m", str(memory_mib),
+            "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
+            "-kernel", kernel, *extra, "-append", append]
+
+
 def bench_qemu(args):
     runs = []
     append = "console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable rootfstype=ramfs"
@@ -142,9 +149,8 @@ def bench_qemu(args):
         append += " " + args.cmdline
     append += " -- " + encode(COMMAND)
     for i in range(args.runs):
-        cmd = [args.qemu, "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", str(args.memory),
-               "-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio",
-               "-kernel", args.kernel, "-initrd", args.initrd, "-append", append]
+        cmd = qemu_cmd(args.qemu, "tcg", args.memory, args.kernel, append,
+                       ["-initrd", args.initrd])
         init_s, exit_s, rc, out, err, seen = timed_run(cmd)
         run = {"init_s": init_s, "exit_s": exit_s, "status": rc, "milestones": seen}
         print(f"qemu-tcg run {i + 1}: {run}", file=sys.stderr)

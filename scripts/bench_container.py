@@ -54,15 +54,21 @@ def run_hvlite(args, env):
     return rec
 
 
-def runc_bundle(rootfs, workdir):
-    bundle = os.path.join(workdir, "bundle")
+def runc_bundle(rootfs, workdir, args=("/bin/true",), readonly=True, netns=None, name="bundle"):
+    """An OCI bundle (runc's default spec) running `args` in `rootfs`; with `netns`, the
+    container joins that network namespace (a path such as /run/netns/NAME)."""
+    bundle = os.path.join(workdir, name)
     os.makedirs(bundle)
     subprocess.run(["runc", "spec"], cwd=bundle, check=True)
     with open(os.path.join(bundle, "config.json")) as f:
         cfg = json.load(f)
     cfg["process"]["terminal"] = False
-    cfg["process"]["args"] = ["/bin/true"]
-    cfg["root"] = {"path": os.path.abspath(rootfs), "readonly": True}
+    cfg["process"]["args"] = list(args)
+    cfg["root"] = {"path": os.path.abspath(rootfs), "readonly": readonly}
+    if netns:
+        for ns in cfg["linux"]["namespaces"]:
+            if ns["type"] == "network":
+                ns["path"] = netns
     with open(os.path.join(bundle, "config.json"), "w") as f:
         json.dump(cfg, f)
     return bundle

@@ -32,6 +32,21 @@ def wrapper(path, real, log, extra):
     os.chmod(path, 0o755)
 
 
+def podman_base(work):
+    """podman with its storage, state and temp files in `work` (isolated from the host's)."""
+    return ["podman", "--root", f"{work}/storage", "--runroot", f"{work}/run",
+            "--tmpdir", f"{work}/tmp", "--storage-driver", "vfs",
+            "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+
+
+def import_image(podman, rootfs, work, image=IMAGE):
+    """Imports the root directory `rootfs` as the image `image`."""
+    tar = f"{work}/rootfs.tar"
+    subprocess.run(["tar", "-C", rootfs, "-cf", tar, "."], check=True)
+    subprocess.run(podman + ["import", tar, image], check=True, capture_output=True)
+    os.remove(tar)
+
+
 def median(xs):
     return round(statistics.median(xs), 4) if xs else None
 
@@ -44,13 +59,9 @@ def main():
     ap.add_argument("--hvlite-runs", type=int, default=3)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="hvlite-bench-oci-")
-    podman = ["podman", "--root", f"{work}/storage", "--runroot", f"{work}/run",
-              "--tmpdir", f"{work}/tmp", "--storage-driver", "vfs",
-              "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
+    podman = podman_base(work)
     try:
-        tar = f"{work}/busybox.tar"
-        subprocess.run(["tar", "-C", args.rootfs, "-cf", tar, "."], check=True)
-        subprocess.run(podman + ["import", tar, IMAGE], check=True, capture_output=True)
+        import_image(podman, args.rootfs, work)
         runtimes = [
             ("hvlite-runtime", os.path.abspath(args.runtime),
              f"--kernel {args.kernel} --agent {args.agent}", [], args.hvlite_runs),

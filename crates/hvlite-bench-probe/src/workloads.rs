@@ -329,9 +329,25 @@ fn tcp_rr(addr: &str, count: u64) -> Result<Vec<Line>, ProbeError> {
     ])
 }
 
-/// Says `ready` and then sleeps until killed: the idle instance of the memory and density
-/// workloads.
+extern "C" fn exit_on_signal(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe and ends the process at once.
+    unsafe { libc::_exit(0) }
+}
+
+/// Says `ready` and then sleeps until SIGTERM or SIGINT: the idle instance of the memory and
+/// density workloads. The handler matters where the probe is PID 1 (runc, crun), which
+/// ignores signals it has no handler for.
 fn idle() -> Result<Vec<Line>, ProbeError> {
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: installs a handler that only calls the async-signal-safe _exit.
+        let old = unsafe { libc::signal(sig, exit_on_signal as *const () as libc::sighandler_t) };
+        if old == libc::SIG_ERR {
+            return Err(ProbeError::Io {
+                what: "signal",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
     let mut out = std::io::stdout();
     writeln!(out, "ready").map_err(io("stdout"))?;
     out.flush().map_err(io("stdout"))?;
