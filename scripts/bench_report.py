@@ -28,13 +28,14 @@ from bench_container import runc_bundle  # noqa: E402
 from bench_oci import IMAGE, import_image, podman_base, wrapper  # noqa: E402
 
 PROBE = "/bin/hvlite-bench-probe"
+GROUPS = ["true", "echo", "idle", "compute", "fileio", "net", "volume", "density"]
 HELLO = "hvlite-bench-hello"
 TAP, TAP_HOST, TAP_GUEST = "hvb-tap0", "172.30.0.1", "172.30.0.2"
 NETNS, VETH, VETH_HOST, VETH_CONT = "hvb-ns", "hvb-veth0", "172.30.1.1", "172.30.1.2"
 SINK_PORT, ECHO_PORT = 5201, 5202
 SIZES = {
     "quick": dict(iterations=1, cpu=10**7, getpid=300, pipe=200, seq_mib=4, rand_mib=2,
-                  rand_n=100, net_mib=2, rr=30, density=[1, 2]),
+                  rand_n=100, net_mib=2, rr=30, density=[2]),
     "full": dict(iterations=3, cpu=3 * 10**8, getpid=20000, pipe=5000, seq_mib=32,
                  rand_mib=16, rand_n=2000, net_mib=32, rr=300, density=[1, 5, 10, 20]),
 }
@@ -88,6 +89,7 @@ class Instance:
     def __init__(self, cmd, env=None, markers=()):
         self.markers = {m.encode(): None for m in markers}
         self.out, self.err = bytearray(), bytearray()
+        self.closed = 0
         self.cond = threading.Condition()
         self.t0 = time.monotonic()
         self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -105,6 +107,7 @@ class Instance:
             now = time.monotonic() - self.t0
             with self.cond:
                 if not chunk:
+                    self.closed += 1
                     self.cond.notify_all()
                     return
                 buf += chunk
@@ -117,7 +120,7 @@ class Instance:
     def wait_marker(self, marker, deadline):
         m = marker.encode()
         with self.cond:
-            self.cond.wait_for(lambda: self.markers[m] is not None or self.p.poll() is not None,
+            self.cond.wait_for(lambda: self.markers[m] is not None or self.closed == 2,
                                max(0.0, deadline - time.monotonic()))
             return self.markers[m]
 
@@ -321,27 +324,37 @@ class Qemu(System):
             return "no /dev/kvm"
         self.accel = "kvm"
         inst = Instance(self.command(["/bin/true"], "true", "kvm-probe"))
-        rc = inst.finish(timeout=60)
-        out, err = inst.text()
         self.accel = "tcg"
+        deadline = time.monotonic() + 60
+        # QEMU stops (without exiting) at a KVM emulation failure: watch its stderr.
+        while inst.p.poll() is None and time.monotonic() < deadline:
+            if b"KVM internal error" in inst.err or b"emulation failure" in inst.err:
+                break
+            time.sleep(0.2)
+        rc = inst.finish(timeout=0.1)
+        out, err = inst.text()
         if rc is None:
-            return "no exit within 60 s"
+            return last_error(err) if err.strip() else "no exit within 60 s"
         return self.check(rc, out, err)
 
     def command(self, argv, group, name):
-        append = ("console=ttyS0 reboot=k panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable "
-                  "quiet root=/dev/vda rw init=/hvlite-init")
+        # QEMU's automatic virtio_mmio.device= options would land after "--" (in init's
+        # arguments), so they are given here; microvm places the devices from the top down.
+        # reboot=t: microvm has no keyboard controller to reset through.
+        append = ("console=ttyS0 reboot=t panic=-1 8250.nr_uarts=1 no_timer_check tsc=reliable "
+                  "quiet virtio_mmio.device=512@0xfeb00e00:12 root=/dev/vda rw init=/hvlite-init")
         extra = ["-smp", "2", "-drive",
                  f"file={self.ctx.image},format=raw,if=none,id=root"
                  + ("" if group == "fileio" else ",snapshot=on"),
                  "-device", "virtio-blk-device,drive=root"]
         if group == "net":
-            append += f" ip={TAP_GUEST}::{TAP_HOST}:255.255.255.0::eth0:off"
+            append += (f" virtio_mmio.device=512@0xfeb00c00:11"
+                       f" ip={TAP_GUEST}::{TAP_HOST}:255.255.255.0::eth0:off")
             extra += ["-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
                       "-device", "virtio-net-device,netdev=n0"]
         append += " -- " + encode(argv)
         return qemu_cmd(self.binary, self.accel, 128, self.ctx.kernel, append, extra,
-                        machine="microvm,acpi=off")
+                        machine="microvm,acpi=off,auto-kernel-cmdline=off")
 
     def check(self, rc, out, err):
         if rc != 0:
@@ -361,6 +374,8 @@ class Podman(System):
                    "up for hvlite-runtime",
             "fileio": "hvlite-runtime's root is a read-only image under a tmpfs overlay: "
                       "writes would measure guest memory, not a disk",
+            "density": "not measured: every instance is a cold hvlite boot plus podman and "
+                       "conmon; hvlite's own points show the VM side and would double the run",
         }
         if not shutil.which("podman"):
             self.skipped = "podman is not installed"
@@ -556,7 +571,13 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--only", default="", help="comma-separated system ids (default: all)")
+    ap.add_argument("--groups", default=",".join(GROUPS),
+                    help="comma-separated workload groups, for a run in chunks (see --merge)")
     args = ap.parse_args()
+    selected = args.groups.split(",")
+    unknown = [g for g in selected if g not in GROUPS]
+    if unknown:
+        ap.error(f"unknown groups {unknown}; known: {', '.join(GROUPS)}")
     mode = "quick" if args.quick else "full"
     size = dict(SIZES[mode])
     if args.iterations:
@@ -614,14 +635,15 @@ def main():
                       "report yet" if has_volume else
                       "this hvlite has no virtio-fs volumes yet (`hvlite run --help`)")
         for s in running:
-            cell = results.setdefault("volume", {})
-            cell[s.id] = {"samples": [], "error": None, "skipped": volume_why}
+            if "volume" in selected:
+                cell = results.setdefault("volume", {})
+                cell[s.id] = {"samples": [], "error": None, "skipped": volume_why}
             for group, why in s.not_run.items():
                 for m in METRICS:
                     if m[4] == group:
                         results.setdefault(m[0], {})[s.id] = {"samples": [], "error": None,
                                                               "skipped": why}
-        groups = ["true", "echo", "idle", "compute", "fileio", "net"]
+        groups = [g for g in GROUPS[:6] if g in selected]
         for it in range(size["iterations"]):
             order = running[it % len(running):] + running[:it % len(running)]
             for gi, group in enumerate(groups):
@@ -649,9 +671,13 @@ def main():
 
         # Density: N idle instances at once, per system, alternating systems per point.
         density_mem, density_start = {}, {}
-        for count in size["density"]:
+        for count in size["density"] if "density" in selected else []:
             parts = []
             for s in running:
+                if "density" in s.not_run:
+                    density_mem[s.id] = density_start[s.id] = {"skipped": s.not_run["density"]}
+                    parts.append(f"{s.id} skipped")
+                    continue
                 got = run_idle(s, count, size, f"d{count}")
                 for table in (density_mem, density_start):
                     table.setdefault(s.id, {"points": [], "error": None})
@@ -673,24 +699,28 @@ def main():
 
     workloads = []
     for mid, title, unit, lower, group, _ in METRICS:
+        if group not in selected:
+            continue
         cmd = " ".join(group_argv(group, size, Context())) if group not in ("volume",) else \
             "(volume workloads)"
         if group == "idle":
             cmd = f"{PROBE} idle (until ready, then PSS)"
         workloads.append({"id": mid, "title": title, "unit": unit, "lower_is_better": lower,
-                          "command": cmd, "kind": "bars", "results": results.get(mid, {})})
+                          "command": cmd, "kind": "bars", "run": started,
+                          "results": results.get(mid, {})})
     points = ", ".join(str(c) for c in size["density"])
     note = (f"Points: {points} concurrent instances, one sample each"
             + (" (quick mode: fewer and cheaper points)" if args.quick else "") + ".")
-    workloads.append({"id": "density_memory", "title": "Density: total memory of N idle instances",
+    density = [] if "density" not in selected else workloads
+    density.append({"id": "density_memory", "title": "Density: total memory of N idle instances",
                       "unit": "MiB", "lower_is_better": True, "command": f"{PROBE} idle",
                       "kind": "lines", "x_label": "concurrent instances", "note": note,
-                      "results": density_mem})
-    workloads.append({"id": "density_start", "title": "Density: start to ready of N instances",
+                      "run": started, "results": density_mem})
+    density.append({"id": "density_start", "title": "Density: start to ready of N instances",
                       "unit": "s", "lower_is_better": True, "command": f"{PROBE} idle",
                       "kind": "lines", "x_label": "concurrent instances",
                       "note": note + " Whiskers: the first and last instance ready.",
-                      "results": density_start})
+                      "run": started, "results": density_start})
     report = {
         "schema": 1, "mode": mode, "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -698,18 +728,54 @@ def main():
         "systems": [s.json() for s in systems], "workloads": workloads,
         "sizes": size,
     }
-    results_path = os.path.join(args.out, "results.json")
+    status = write_report(report, args.out, args.renderer)
+    say(f"done in {(time.monotonic() - t_start) / 60:.1f} min")
+    return status
+
+
+def write_report(report, out, renderer):
+    """Writes OUT/results.json, renders OUT/index.html and checks the page."""
+    os.makedirs(out, exist_ok=True)
+    results_path = os.path.join(out, "results.json")
     with open(results_path, "w") as f:
         json.dump(report, f, indent=1)
         f.write("\n")
-    page = os.path.join(args.out, "index.html")
-    subprocess.run([args.renderer, results_path, page], check=True)
-    problems = check_page(page, [w["id"] for w in workloads])
+    page = os.path.join(out, "index.html")
+    subprocess.run([renderer, results_path, page], check=True)
+    problems = check_page(page, [w["id"] for w in report["workloads"]])
     if problems:
         say("the report does not render correctly: " + "; ".join(problems))
         return 1
-    say(f"wrote {page} and {results_path} ({(time.monotonic() - t_start) / 60:.1f} min)")
+    say(f"wrote {page} and {results_path}: every plot present, tags balanced")
     return 0
+
+
+def merge(argv):
+    """`--merge OUT RENDERER CHUNK...`: one report from runs of disjoint workload groups (each
+    plot's numbers still come from one run, where the systems were alternated)."""
+    if len(argv) < 3:
+        sys.exit("usage: bench_report.py --merge OUT RENDERER CHUNK_DIR...")
+    out, renderer, chunks = argv[0], argv[1], argv[2:]
+    parts = []
+    for chunk in chunks:
+        with open(os.path.join(chunk, "results.json")) as f:
+            parts.append(json.load(f))
+    report = dict(parts[0])
+    seen, workloads = set(), []
+    for part in parts:
+        if [s["id"] for s in part["systems"]] != [s["id"] for s in report["systems"]]:
+            sys.exit(f"merge: the chunks saw different systems: {part['started']}")
+        for w in part["workloads"]:
+            if w["id"] in seen:
+                sys.exit(f"merge: workload {w['id']} is in two chunks")
+            seen.add(w["id"])
+            workloads.append(w)
+    order = [m[0] for m in METRICS] + ["density_memory", "density_start"]
+    workloads.sort(key=lambda w: order.index(w["id"]) if w["id"] in order else len(order))
+    report["workloads"] = workloads
+    report["started"] = min(p["started"] for p in parts)
+    report["finished"] = max(p["finished"] for p in parts)
+    return write_report(report, out, renderer)
 
 
 def host_info():
@@ -773,4 +839,4 @@ def check_page(path, workload_ids):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(merge(sys.argv[2:]) if sys.argv[1:2] == ["--merge"] else main())

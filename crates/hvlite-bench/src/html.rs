@@ -65,8 +65,11 @@ fn sample_list(samples: &[f64]) -> String {
         .join(", ")
 }
 
+/// The cell that replaces the numbers when a system has none: not run, skipped or failed.
+/// A failure in some iterations only is shown next to the samples instead.
 fn status_cell(o: Option<&Outcome>) -> Option<String> {
     match o {
+        Some(o) if !o.samples.is_empty() || !o.points.is_empty() => None,
         None => Some("<td class=\"skipped\">not run</td>".into()),
         Some(Outcome {
             skipped: Some(why), ..
@@ -78,6 +81,16 @@ fn status_cell(o: Option<&Outcome>) -> Option<String> {
             Some(format!("<td class=\"failed\">failed: {}</td>", escape(e)))
         }
         _ => None,
+    }
+}
+
+fn partial_failure(o: Option<&Outcome>) -> String {
+    match o.and_then(|o| o.error.as_deref()) {
+        Some(e) => format!(
+            " <span class=\"failed\">(other runs failed: {})</span>",
+            escape(e)
+        ),
+        None => String::new(),
     }
 }
 
@@ -133,9 +146,10 @@ fn bars_section(report: &Report, w: &Workload, out: &mut String) -> Result<(), P
                 });
                 let _ = write!(
                     rows,
-                    "<tr><td>{label}</td>{}<td>{}</td></tr>",
+                    "<tr><td>{label}</td>{}<td>{}{}</td></tr>",
                     summary_cells(&s, r),
-                    sample_list(samples)
+                    sample_list(samples),
+                    partial_failure(o)
                 );
             }
             None => {
@@ -273,6 +287,9 @@ pub fn render(report: &Report, raw_json: &str) -> Result<String, PlotError> {
         if let Some(note) = &w.note {
             let _ = write!(out, " {}", escape(note));
         }
+        if let Some(run) = &w.run {
+            let _ = write!(out, " Measured in the run started {}.", escape(run));
+        }
         out.push_str("</p>\n");
         match w.kind {
             Kind::Bars => bars_section(report, w, &mut out)?,
@@ -299,12 +316,14 @@ mod tests {
           "systems":[{"id":"runc","label":"runc","version":"1.1"},
                      {"id":"hvlite","label":"hvlite <cold>"},
                      {"id":"crun","label":"crun"},
+                     {"id":"qemu","label":"QEMU"},
                      {"id":"kata","label":"kata","skipped":"not installed"}],
           "workloads":[
             {"id":"true","title":"Start to exit","unit":"s","lower_is_better":true,
              "command":"/bin/true","kind":"bars","results":{
                "runc":{"samples":[0.05,0.04]},"hvlite":{"samples":[20.0,22.0]},
-               "crun":{"error":"cgroups in hybrid mode not supported"}}},
+               "crun":{"error":"cgroups in hybrid mode not supported"},
+               "qemu":{"samples":[1.5],"error":"exit 1: boom"}}},
             {"id":"density","title":"Density","unit":"MiB","lower_is_better":true,
              "command":"probe idle","kind":"lines","x_label":"instances","results":{
                "runc":{"points":[{"x":1,"samples":[1.5]},{"x":5,"samples":[7.0]}]},
@@ -321,6 +340,11 @@ mod tests {
         assert!(page.contains("id=\"plot-true\"") && page.contains("id=\"plot-density\""));
         assert!(page.contains("failed: cgroups in hybrid mode not supported"));
         assert!(page.contains("skipped: too slow in quick mode"));
+        assert!(
+            page.contains("(other runs failed: exit 1: boom)"),
+            "samples kept"
+        );
+        assert!(page.contains("QEMU</td><td>1</td><td>1.50</td>"), "{page}");
         assert!(page.contains("skipped: not installed"));
         assert!(page.contains("hvlite &lt;cold&gt;"), "labels are escaped");
         assert!(page.contains("467x"), "ratio of 21 s to 0.045 s");

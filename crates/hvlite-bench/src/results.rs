@@ -80,6 +80,10 @@ pub struct Workload {
     pub x_label: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// When the run that measured this workload started (a report may join runs of
+    /// disjoint workloads; one workload's numbers always come from one run).
+    #[serde(default)]
+    pub run: Option<String>,
     /// By system id.
     pub results: BTreeMap<String, Outcome>,
 }
