@@ -78,3 +78,8 @@ done
 
 log "cargo test --workspace (unit and integration tests)"
 cargo test --workspace 2>&1
+
+log "benchmark report, quick mode (docs/benchmarks.md): every system once, the page is checked"
+BENCH_OUT="$(mktemp -d)"
+bash scripts/bench-report.sh --quick --out "$BENCH_OUT"
+rm -rf "$BENCH_OUT"
