@@ -2,6 +2,7 @@
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::stats::{Summary, fmt_sig};
 
@@ -97,6 +98,9 @@ fn draw_bars(
     };
     let y_desc = format!("{unit}{}", if log { " (log scale)" } else { "" });
     let floor = if log { y0 } else { 0.0 };
+    // Labels sit centred just above their anchor (the top whisker, or the axis).
+    let above =
+        TextStyle::from(("sans-serif", 12).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
     macro_rules! draw {
         ($chart:expr) => {{
             let mut chart = $chart;
@@ -136,15 +140,12 @@ fn draw_bars(
                         if let Some(r) = bar.ratio {
                             text.push_str(&format!(" ({}x)", fmt_sig(r)));
                         }
-                        let label = Text::new(text, (x - 0.3, s.max), ("sans-serif", 12));
+                        let label =
+                            EmptyElement::at((x, s.max)) + Text::new(text, (0, -8), above.clone());
                         chart.draw_series([label]).map_err(|e| e.to_string())?;
                     }
                     Err(word) => {
-                        let label = Text::new(
-                            word.to_string(),
-                            (x - 0.2, floor),
-                            ("sans-serif", 13).into_font().color(&RED),
-                        );
+                        let label = Text::new(word.to_string(), (x, floor), above.color(&RED));
                         chart.draw_series([label]).map_err(|e| e.to_string())?;
                     }
                 }
