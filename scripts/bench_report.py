@@ -726,7 +726,7 @@ def main():
     report = {
         "schema": 1, "mode": mode, "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": host_info(), "baseline": "runc",
+        "host": host_info(args.kernel), "baseline": "runc",
         "systems": [s.json() for s in systems], "workloads": workloads,
         "sizes": size,
     }
@@ -780,7 +780,7 @@ def merge(argv):
     return write_report(report, out, renderer)
 
 
-def host_info():
+def host_info(guest_kernel):
     if os.path.exists("/sys/module/kvm_pvm"):
         kind = "pvm"
     elif os.path.exists("/sys/module/kvm_intel") or os.path.exists("/sys/module/kvm_amd"):
@@ -793,8 +793,14 @@ def host_info():
                      model)
     with open("/proc/meminfo") as f:
         mem = int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1]) // 1024
+    with open(guest_kernel, "rb") as f:
+        image = f.read()
+    at = image.find(b"Linux version ")
+    banner = image[at:image.find(b"\0", at)].decode(errors="replace").strip() if at >= 0 else None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or None
     return {"kind": kind, "kernel": platform.release(), "cpus": os.cpu_count(),
-            "memory_mib": mem, "cpu_model": model}
+            "memory_mib": mem, "cpu_model": model, "guest_kernel": banner, "commit": commit}
 
 
 class PageCheck(html.parser.HTMLParser):

@@ -235,7 +235,8 @@ pub fn render(report: &Report, raw_json: &str) -> Result<String, PlotError> {
          the median of <b>{base}</b>, the plain container.</p>\n\
          <h2>Host</h2>\n<p>{kind}</p>\n<table><tr><th>KVM</th><td>{hk}</td></tr>\
          <tr><th>kernel</th><td>{kernel}</td></tr><tr><th>CPUs</th><td>{cpus} ({model})</td></tr>\
-         <tr><th>memory</th><td>{mem} MiB</td></tr></table>\n<h2>Systems</h2>\n<table>\
+         <tr><th>memory</th><td>{mem} MiB</td></tr><tr><th>guest kernel</th><td>{guest}</td></tr>\
+         <tr><th>hvlite commit</th><td>{commit}</td></tr></table>\n<h2>Systems</h2>\n<table>\
          <tr><th>system</th><th>version</th><th>status</th><th>note</th></tr>",
         mode = escape(&report.mode),
         start = escape(&report.started),
@@ -247,6 +248,8 @@ pub fn render(report: &Report, raw_json: &str) -> Result<String, PlotError> {
         cpus = h.cpus,
         model = escape(&h.cpu_model),
         mem = h.memory_mib,
+        guest = escape(h.guest_kernel.as_deref().unwrap_or("-")),
+        commit = escape(h.commit.as_deref().unwrap_or("-")),
     );
     for s in &report.systems {
         let status = match &s.skipped {

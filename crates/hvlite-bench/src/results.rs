@@ -44,6 +44,12 @@ pub struct Host {
     pub cpus: u32,
     pub memory_mib: u64,
     pub cpu_model: String,
+    /// The guest kernel's `Linux version ...` banner.
+    #[serde(default)]
+    pub guest_kernel: Option<String>,
+    /// The hvlite commit the run was built from.
+    #[serde(default)]
+    pub commit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
