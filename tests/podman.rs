@@ -134,6 +134,94 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
     assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
 }
 
+/// `command` run by `script` on a new pty (as a person at a terminal), with `input` typed
+/// into it; returns what the terminal showed and the exit status.
+fn on_a_terminal(command: &str, input: &str) -> (String, Option<i32>) {
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    // The terminal keeps what is typed until the program reads it.
+    stdin.write_all(input.as_bytes()).unwrap();
+    let o = child.wait_with_output().unwrap();
+    // Open until the program is done: EOF would end `script` early.
+    drop(stdin);
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        o.status.code(),
+    )
+}
+
+/// The shell line that runs podman `args` as [`Podman::cmd`] does.
+fn shell_line(p: &Podman, args: &[&str]) -> String {
+    let c = p.cmd(args);
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `podman exec` into the running container `id`: output, status, stdin, a terminal.
+fn exec_checks(p: &Podman, id: &str) {
+    let o = p.run(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "echo exec-out; echo exec-err >&2; exit 4",
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "exec-out\n");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("exec-err"));
+    let mut c = p.cmd(&[
+        "exec",
+        "-i",
+        "-u",
+        "1000",
+        id,
+        "sh",
+        "-c",
+        "tr a-z A-Z; id -u",
+    ]);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"stdin\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "STDIN\n1000\n");
+    // A terminal: the process sees a tty, its size, and what is typed.
+    let line = shell_line(
+        p,
+        &[
+            "exec",
+            "-it",
+            id,
+            "sh",
+            "-c",
+            "tty; read x; echo got:$x; exit 5",
+        ],
+    );
+    let (shown, status) = on_a_terminal(&line, "typed\n");
+    assert!(shown.contains("/dev/pts/"), "{shown}");
+    assert!(shown.contains("got:typed"), "{shown}");
+    assert_eq!(status, Some(5), "{shown}");
+}
+
 #[test]
 fn podman_run_detached_then_stop_then_rm() {
     if !podman_available("podman_run_detached_then_stop_then_rm") {
@@ -156,6 +244,7 @@ fn podman_run_detached_then_stop_then_rm() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    exec_checks(&p, id);
     p.ok(&["stop", "-t", "60", id]);
     let status = p.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", id]);
     assert_eq!(status.trim(), "exited 0");
@@ -165,4 +254,37 @@ fn podman_run_detached_then_stop_then_rm() {
     assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
     // Nothing of it is left in the runtime's state directory.
     assert!(!Path::new("/run/hvlite-runtime").join(id).exists());
+}
+
+#[test]
+fn podman_run_it_is_interactive_through_the_console_socket() {
+    if !podman_available("podman_run_it_is_interactive_through_the_console_socket") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (_dir, p) = podman_with_image("podman-it");
+    // Typed at once: the runtime keeps it until the process runs.
+    let script = "tty; stty size; read x; echo got:$x; exit 6";
+    let line = shell_line(
+        &p,
+        &[
+            "run",
+            "-it",
+            "--rm",
+            "--network",
+            "none",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let (shown, status) = on_a_terminal(&line, "typed\n");
+    assert!(
+        shown.contains("/dev/pts/"),
+        "a terminal in the guest: {shown}"
+    );
+    assert!(shown.contains("got:typed"), "{shown}");
+    assert_eq!(status, Some(6), "{shown}");
+    assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
 }

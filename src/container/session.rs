@@ -48,6 +48,9 @@ pub struct StartGate {
 pub struct SessionShared {
     writer: Mutex<Option<UnixStream>>,
     started: AtomicBool,
+    /// Input from [`send_stdin`](Self::send_stdin) before the process started: sent once
+    /// it has (`None` after that). Taken with `started` set under its lock.
+    early_input: Mutex<Option<Vec<u8>>>,
     gate: Mutex<Option<StartGate>>,
 }
 
@@ -82,17 +85,30 @@ impl SessionShared {
     }
 
     /// Writes `data` to the process's stdin (for a front end that feeds it itself, as the
-    /// OCI runtime's terminal relay does). Data before the process started is dropped.
-    /// False when the agent is gone.
+    /// OCI runtime's terminal relay does). Data before the process started is kept and
+    /// sent when it has. False when the agent is gone.
     pub fn send_stdin(&self, data: &[u8]) -> bool {
-        if !self.started.load(Ordering::SeqCst) {
-            log::debug!(
-                "{} bytes of input before the process started: dropped",
-                data.len()
-            );
-            return true;
+        {
+            let mut early = self.early_input.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.started.load(Ordering::SeqCst) {
+                early.get_or_insert_with(Vec::new).extend_from_slice(data);
+                return true;
+            }
         }
         HostMessage::stdin_chunks(data).all(|m| matches!(self.send(&m), Ok(true)))
+    }
+
+    /// Marks the process started and sends the input kept until then.
+    fn set_started(&self) {
+        let mut early = self.early_input.lock().unwrap_or_else(|p| p.into_inner());
+        self.started.store(true, Ordering::SeqCst);
+        if let Some(data) = early.take() {
+            for m in HostMessage::stdin_chunks(&data) {
+                if !matches!(self.send(&m), Ok(true)) {
+                    break;
+                }
+            }
+        }
     }
 
     /// Closes the process's stdin (a terminal gets its end-of-file character).
@@ -233,7 +249,7 @@ pub fn run(
         match msg {
             AgentMessage::Started { pid } => {
                 log::debug!("container process started (guest pid {pid})");
-                shared.started.store(true, Ordering::SeqCst);
+                shared.set_started();
                 if let Some(input) = stdin.take() {
                     spawn_stdin_pump(input, Arc::clone(shared), Arc::clone(latch))
                         .map_err(SessionError::Io)?;
