@@ -185,6 +185,24 @@ fn exec_checks(root: &Path, dir: &Path) -> i32 {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout), "out vee /tmp\n");
     assert_eq!(stderr(&o), "err\n");
+    // The root is read-only; /run (the spec's tmpfs, mode 700) and /tmp are not.
+    let o = rt(
+        root,
+        &[
+            "exec",
+            "c1",
+            "sh",
+            "-c",
+            "touch /x; touch /run/y /tmp/z && stat -c %a /run && grep -c ' /run tmpfs' /proc/mounts",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Read-only file system"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "700\n1\n");
 
     let process = dir.join("process.json");
     std::fs::write(
@@ -271,19 +289,33 @@ fn create_start_state_kill_delete_with_one_boot() {
     let root = dir.join("s".repeat(90)).join("state");
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, "10.1.2.3 injected\n").unwrap();
-    let script = "cat /etc/hosts; trap 'echo got-term; exit 7' TERM; echo started; \
-                  while :; do sleep 1; done";
+    let script = "cat /etc/hosts; hostname; grep CapBnd /proc/self/status; \
+                  trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 1; done";
+    let cgroup = format!("/hvlite-test/c1-{}", std::process::id());
     let b = bundle(
         &dir,
         &config(
             &format!(r#"["/bin/sh","-c","{script}"]"#),
             &format!(
                 r#","mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
-                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}}]"#,
+                {{"destination":"/dev/mqueue","type":"mqueue","source":"mqueue","options":["nosuid"]}},
+                {{"destination":"/run","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=700"]}},
+                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}}],
+                "linux":{{"cgroupsPath":"{cgroup}"}}"#,
                 hosts.display()
             ),
         ),
     );
+    // A read-only root, and the process's capabilities limited to two.
+    let cfg = std::fs::read_to_string(b.join("config.json")).unwrap();
+    let cfg = cfg
+        .replace(r#""path":"rootfs""#, r#""path":"rootfs","readonly":true"#)
+        .replace(
+            r#""user":{"uid":0,"gid":0}"#,
+            r#""user":{"uid":0,"gid":0},"capabilities":{"bounding":["CAP_KILL","CAP_CHOWN"],
+               "effective":["CAP_KILL","CAP_CHOWN"],"permitted":["CAP_KILL","CAP_CHOWN"]}"#,
+        );
+    std::fs::write(b.join("config.json"), cfg).unwrap();
     let out_path = dir.join("stdout");
     // The monitor keeps create's stdio (the engine's): files, not pipes a test would wait on.
     let err_path = dir.join("stderr");
@@ -340,7 +372,19 @@ fn create_start_state_kill_delete_with_one_boot() {
     wait_until("the process to start", Duration::from_secs(120), || {
         output().contains("started")
     });
-    assert!(output().starts_with("10.1.2.3 injected\n"), "{}", output());
+    assert!(
+        output().starts_with("10.1.2.3 injected\nbox\nCapBnd:\t0000000000000021\n"),
+        "hostname and capabilities: {}",
+        output()
+    );
+    // The VMM is in the cgroup the spec names, in every hierarchy (this host: v1 + unified).
+    let memory = Path::new("/sys/fs/cgroup/memory").join(cgroup.trim_start_matches('/'));
+    let procs = std::fs::read_to_string(memory.join("cgroup.procs")).unwrap_or_default();
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "monitor {pid} in {}: {procs:?}",
+        memory.display()
+    );
     assert_refused(&rt(&root, &["delete", "c1"]), "delete --force");
 
     let exec_pid = exec_checks(&root, &dir);
@@ -376,5 +420,7 @@ fn create_start_state_kill_delete_with_one_boot() {
 
     let o = rt(&root, &["delete", "c1"]);
     assert!(o.status.success(), "delete: {}", stderr(&o));
+    assert!(!memory.exists(), "delete removes the cgroup");
+    let _ = std::fs::remove_dir(memory.parent().unwrap());
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
 }

@@ -184,6 +184,17 @@ fn exec_checks(p: &Podman, id: &str) {
     );
     assert_eq!(String::from_utf8_lossy(&o.stdout), "exec-out\n");
     assert!(String::from_utf8_lossy(&o.stderr).contains("exec-err"));
+    // --read-only: the root refuses writes, podman's tmpfs on /tmp does not.
+    let o = p.run(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "touch /x; touch /tmp/y && echo tmp-ok",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "tmp-ok\n");
     let mut c = p.cmd(&[
         "exec",
         "-i",
@@ -229,10 +240,38 @@ fn podman_run_detached_then_stop_then_rm() {
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let (_dir, p) = podman_with_image("podman-detached");
-    let script = "trap 'echo stopping; exit 0' TERM; echo up; while :; do sleep 1; done";
-    let id = p.ok(&["run", "-d", "--network", "none", IMAGE, "sh", "-c", script]);
+    let script = "trap 'echo stopping; exit 0' TERM; echo up $(hostname) \
+                  $(grep CapEff /proc/self/status); while :; do sleep 1; done";
+    let id = p.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--read-only",
+        "--hostname",
+        "hvdet",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "CHOWN",
+        "--cap-add",
+        "KILL",
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
     let id = id.trim();
     assert_eq!(id.len(), 64, "a container id: {id:?}");
+    // The VMM (the container's pid for podman) is in the cgroup podman named.
+    let pid = p.ok(&["inspect", "-f", "{{.State.Pid}}", id]);
+    let cgroups = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":memory:") && l.contains(id)),
+        "{cgroups}"
+    );
     let status = p.ok(&["inspect", "-f", "{{.State.Status}}", id]);
     assert_eq!(status.trim(), "running");
     // The trap must be set before the stop: wait for the script's first line.
@@ -249,7 +288,10 @@ fn podman_run_detached_then_stop_then_rm() {
     let status = p.ok(&["inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", id]);
     assert_eq!(status.trim(), "exited 0");
     let logs = p.ok(&["logs", id]);
-    assert!(logs.contains("up") && logs.contains("stopping"), "{logs}");
+    assert!(
+        logs.contains("up hvdet CapEff: 0000000000000021") && logs.contains("stopping"),
+        "hostname and capabilities: {logs}"
+    );
     p.ok(&["rm", id]);
     assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
     // Nothing of it is left in the runtime's state directory.

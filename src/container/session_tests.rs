@@ -34,6 +34,8 @@ fn spec() -> ProcessSpec {
         stdin: true,
         rlimits: Vec::new(),
         no_new_privileges: false,
+        capabilities: None,
+        container: None,
     }
 }
 

@@ -125,6 +125,8 @@ impl ProcessOptions {
             stdin: self.stdin,
             rlimits: Vec::new(),
             no_new_privileges: false,
+            capabilities: None,
+            container: None,
         }
     }
 }

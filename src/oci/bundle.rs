@@ -8,18 +8,15 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
-use crate::agent::protocol::{ProcessSpec, Rlimit, User, WindowSize};
+use crate::agent::protocol::{
+    Capabilities, ContainerSetup, GUEST_MOUNT_TYPES, MountSpec, ProcessSpec, Rlimit, User,
+    WindowSize,
+};
 
 /// The annotation that sets the VM's vCPUs.
 pub const ANNOTATION_VCPUS: &str = "io.hvlite.vcpus";
 /// The annotation that sets the VM's memory in MiB.
 pub const ANNOTATION_MEMORY: &str = "io.hvlite.memory_mib";
-
-/// Mount types the guest agent creates itself (its fixed set: /proc, /sys, /dev, /dev/pts,
-/// /dev/shm, /tmp), or that have no meaning inside a VM of its own.
-const GUEST_MOUNT_TYPES: [&str; 7] = [
-    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
-];
 
 /// Directories the agent mounts itself, so a bind mount there is served by the guest's own.
 const GUEST_DIRS: [&str; 1] = ["/dev/shm"];
@@ -31,9 +28,10 @@ pub struct Bundle {
     pub dir: PathBuf,
     /// The container's root directory, absolute.
     pub root: PathBuf,
-    /// `root.readonly` (accepted, not applied: the root is an overlay whose changes are
-    /// discarded anyway).
+    /// `root.readonly` (applied by the agent, in `process.container`).
     pub readonly_root: bool,
+    /// `linux.cgroupsPath`: the VMM process goes there.
+    pub cgroups_path: Option<String>,
     /// The process, in the agent's terms.
     pub process: ProcessSpec,
     /// `process.terminal`.
@@ -73,6 +71,8 @@ pub enum BundleError {
     Annotation(&'static str, String, &'static str),
     #[error("mount at {0}: {1}")]
     Mount(String, String),
+    #[error("process: {0}")]
+    Process(String),
 }
 
 /// Reads and checks the bundle in `dir`.
@@ -102,7 +102,7 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         return Err(BundleError::MissingRoot(root_path));
     }
     let process = spec.process().as_ref().ok_or(BundleError::NoProcess)?;
-    let process_spec = process_spec(process)?;
+    let mut process_spec = process_spec(process)?;
     let annotations = spec.annotations().clone().unwrap_or_default();
     let vcpus = annotation(
         &annotations,
@@ -116,12 +116,28 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         "a size in MiB from 64 to 65536",
         |v| v.parse::<u64>().ok().filter(|n| (64..=65536).contains(n)),
     )?;
-    let files = file_mounts(spec)?;
+    let (files, guest_mounts) = file_mounts(spec)?;
+    let readonly_root = root.readonly().unwrap_or(false);
+    process_spec.container = Some(Box::new(ContainerSetup {
+        hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
+        readonly_root,
+        mounts: guest_mounts,
+    }));
+    process_spec
+        .validate()
+        .map_err(|e| BundleError::Process(e.to_string()))?;
+    let cgroups_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| !p.is_empty());
     Ok(Bundle {
         dir: dir.into(),
         root: root_path,
-        readonly_root: root.readonly().unwrap_or(false),
+        readonly_root,
         process: process_spec,
+        cgroups_path,
         terminal: process.terminal().unwrap_or(false),
         files,
         annotations,
@@ -169,6 +185,26 @@ pub fn process_spec(process: &oci_spec::runtime::Process) -> Result<ProcessSpec,
             })
             .collect(),
         no_new_privileges: process.no_new_privileges().unwrap_or(false),
+        capabilities: process.capabilities().as_ref().map(|c| {
+            let names = |set: &Option<oci_spec::runtime::Capabilities>| {
+                let mut v: Vec<String> = set
+                    .iter()
+                    .flatten()
+                    .filter_map(|cap| serde_json::to_value(cap).ok())
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect();
+                v.sort();
+                v
+            };
+            Box::new(Capabilities {
+                bounding: names(c.bounding()),
+                effective: names(c.effective()),
+                permitted: names(c.permitted()),
+                inheritable: names(c.inheritable()),
+                ambient: names(c.ambient()),
+            })
+        }),
+        container: None,
     })
 }
 
@@ -186,9 +222,13 @@ fn annotation<T>(
     }
 }
 
-/// The bind mounts of host files; guest-made mounts are skipped; anything else refused.
-fn file_mounts(spec: &Spec) -> Result<Vec<(PathBuf, String)>, BundleError> {
+/// The bind mounts of host files, and the mounts the guest makes itself; anything else is
+/// refused.
+type Mounts = (Vec<(PathBuf, String)>, Vec<MountSpec>);
+
+fn file_mounts(spec: &Spec) -> Result<Mounts, BundleError> {
     let mut files = Vec::new();
+    let mut guest = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination().to_string_lossy().into_owned();
         let options = m.options().clone().unwrap_or_default();
@@ -196,7 +236,19 @@ fn file_mounts(spec: &Spec) -> Result<Vec<(PathBuf, String)>, BundleError> {
             || options.iter().any(|o| o == "bind" || o == "rbind");
         if !bind {
             match m.typ().as_deref() {
-                Some(t) if GUEST_MOUNT_TYPES.contains(&t) => continue,
+                Some(t) if GUEST_MOUNT_TYPES.contains(&t) => {
+                    guest.push(MountSpec {
+                        destination: dest,
+                        typ: t.to_string(),
+                        source: m
+                            .source()
+                            .as_ref()
+                            .map(|s| s.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        options,
+                    });
+                    continue;
+                }
                 Some(t) => {
                     return Err(BundleError::Mount(
                         dest,
@@ -249,7 +301,7 @@ fn file_mounts(spec: &Spec) -> Result<Vec<(PathBuf, String)>, BundleError> {
         }
         files.push((source.clone(), dest));
     }
-    Ok(files)
+    Ok((files, guest))
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ pub fn create(
         owner: String::new(),
         annotations: bundle.annotations.clone(),
         monitor_start_time: 0,
+        cgroups_path: bundle.cgroups_path.clone(),
     };
     root.save(&st).map_err(|e| cleanup(e.into()))?;
     let (mut child, ready) = spawn_monitor(globals, id, console_socket.as_deref())
@@ -288,6 +289,9 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<(), OciError> {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+    if let Some(cg) = &st.cgroups_path {
+        super::cgroup::remove(cg);
+    }
     root.remove(id)?;
     Ok(())
 }
@@ -361,6 +365,7 @@ mod tests {
             owner: String::new(),
             annotations: Default::default(),
             monitor_start_time: 0,
+            cgroups_path: None,
         };
         root.save(&st).unwrap();
         assert!(delete(&root, "c", false).is_err());

@@ -10,6 +10,7 @@
 //!   shim can use too); [`console`] hands a pty to the engine for `terminal: true`.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod commands;
 pub mod console;
 pub mod control;
@@ -34,6 +35,8 @@ pub enum OciError {
     Files(#[from] files::FilesError),
     #[error(transparent)]
     Exec(#[from] crate::container::exec::ExecError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
     #[error(transparent)]

@@ -19,7 +19,7 @@ use crate::exit::ExitReason;
 
 use super::exec::VSOCK_SOCKET;
 use super::state::{self, StateRoot, Status, short_socket_path};
-use super::{OciError, bundle, console, control, files};
+use super::{OciError, bundle, cgroup, console, control, files};
 
 /// The private root image (only when files are bind-mounted).
 pub const PRIVATE_IMAGE: &str = "root.ext4";
@@ -150,6 +150,10 @@ fn boot(
     let me = std::process::id() as i32;
     st.pid = me;
     st.monitor_start_time = state::process_start_time(me).unwrap_or(0);
+    if let Some(cg) = &bundle.cgroups_path {
+        let dirs = cgroup::join_host(cg, me as u32)?;
+        log::debug!("the VMM joined the cgroups {dirs:?}");
+    }
     root.save(&st)?;
     {
         let (root, mut st, say) = (root.clone(), st.clone(), say.clone());

@@ -55,6 +55,13 @@ pub struct State {
     /// The monitor's start time (field 22 of /proc/PID/stat).
     #[serde(default, rename = "monitorStartTime")]
     pub monitor_start_time: u64,
+    /// `linux.cgroupsPath` the monitor joined (removed by `delete`).
+    #[serde(
+        default,
+        rename = "cgroupsPath",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cgroups_path: Option<String>,
 }
 
 /// Errors of the state directory.
@@ -292,6 +299,7 @@ mod tests {
             owner: String::new(),
             annotations: HashMap::new(),
             monitor_start_time: 1,
+            cgroups_path: None,
         };
         root.save(&state).unwrap();
         assert_eq!(root.load("c1").unwrap(), state);

@@ -116,6 +116,7 @@ pub fn run(cmdline: &str) -> ! {
             Options {
                 reap_all: true,
                 sync: true,
+                container_setup: true,
             },
         ),
         Err(msg) => {
@@ -186,6 +187,7 @@ fn exec_session(conn: OwnedFd) -> ! {
         Options {
             reap_all: false,
             sync: false,
+            container_setup: false,
         },
     );
     let status = match outcome {

@@ -15,6 +15,8 @@ use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
+use hvlite_protocol::agent::protocol::{ContainerSetup, MountSpec};
+
 use crate::cmdline::{AgentOptions, RootMode};
 use crate::sys;
 
@@ -66,6 +68,8 @@ pub enum Step {
     Mkdir(String, u32),
     /// Create `link` pointing to `target`, unless something named `link` exists.
     Symlink { target: String, link: String },
+    /// A mount(2) on an existing mount point (no directory is created).
+    Remount(Mount),
 }
 
 const HARDENED: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -168,6 +172,11 @@ fn ensure_dir(path: &str, mode: u32) -> Result<(), String> {
 
 fn mount(m: &Mount) -> Result<(), String> {
     ensure_dir(&m.target, 0o755)?;
+    mount_here(m)
+}
+
+/// mount(2) on a target that exists.
+fn mount_here(m: &Mount) -> Result<(), String> {
     let data = m.data.as_deref().map(cstring).transpose()?;
     sys::mount(
         &cstring(&m.source)?,
@@ -180,6 +189,9 @@ fn mount(m: &Mount) -> Result<(), String> {
 }
 
 fn describe(m: &Mount, e: &std::io::Error) -> String {
+    if m.flags & libc::MS_REMOUNT != 0 {
+        return format!("remounting {}: {e}", m.target);
+    }
     let fstype = if m.fstype.is_empty() {
         "bind"
     } else {
@@ -213,9 +225,104 @@ pub fn execute(steps: &[Step], mut warn: impl FnMut(&str)) -> Result<(), String>
             }
             Step::Mkdir(path, mode) => ensure_dir(path, *mode)?,
             Step::Symlink { target, link } => symlink(target, link)?,
+            Step::Remount(m) => mount_here(m)?,
         }
     }
     Ok(())
+}
+
+/// Mount flags of OCI mount options; the other options are file system data.
+fn mount_option(o: &str) -> Option<(libc::c_ulong, bool)> {
+    // (flag, set): `set` false clears it (`rw`, `suid`...).
+    Some(match o {
+        "ro" => (libc::MS_RDONLY, true),
+        "rw" => (libc::MS_RDONLY, false),
+        "nosuid" => (libc::MS_NOSUID, true),
+        "suid" => (libc::MS_NOSUID, false),
+        "nodev" => (libc::MS_NODEV, true),
+        "dev" => (libc::MS_NODEV, false),
+        "noexec" => (libc::MS_NOEXEC, true),
+        "exec" => (libc::MS_NOEXEC, false),
+        "sync" => (libc::MS_SYNCHRONOUS, true),
+        "async" => (libc::MS_SYNCHRONOUS, false),
+        "noatime" => (libc::MS_NOATIME, true),
+        "nodiratime" => (libc::MS_NODIRATIME, true),
+        "relatime" => (libc::MS_RELATIME, true),
+        "strictatime" => (libc::MS_STRICTATIME, true),
+        "mand" => (libc::MS_MANDLOCK, true),
+        "nomand" => (libc::MS_MANDLOCK, false),
+        // Propagation and the like mean nothing for a mount of its own in the guest.
+        "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave" | "defaults" => {
+            (0, true)
+        }
+        _ => return None,
+    })
+}
+
+/// The mount(2) call for an OCI mount of a kernel file system inside `root`.
+pub fn spec_mount(m: &MountSpec, root: &str) -> Mount {
+    let mut flags: libc::c_ulong = 0;
+    let mut data = Vec::new();
+    for o in &m.options {
+        match mount_option(o) {
+            Some((flag, true)) => flags |= flag,
+            Some((flag, false)) => flags &= !flag,
+            // devpts's `newinstance` is what every devpts mount is now; runc's `tmpcopyup`
+            // (copy the image's files into the tmpfs) is not done.
+            None if matches!(o.as_str(), "newinstance" | "tmpcopyup" | "notmpcopyup") => {}
+            None => data.push(o.as_str()),
+        }
+    }
+    let source = if m.source.is_empty() {
+        &m.typ
+    } else {
+        &m.source
+    };
+    let mount = Mount::new(source, &format!("{root}{}", m.destination), &m.typ, flags);
+    if data.is_empty() {
+        mount
+    } else {
+        mount.with_data(&data.join(","))
+    }
+}
+
+/// The steps for a spec's container-wide mounts inside `root`: `/dev` keeps the guest's
+/// devtmpfs (a tmpfs there would hide the devices); mqueue and cgroup mounts are best
+/// effort (the guest kernel may not have them); the root is made read-only last.
+pub fn setup_plan(setup: &ContainerSetup, root: &str) -> Vec<Step> {
+    let mut steps = Vec::new();
+    for m in &setup.mounts {
+        if m.destination == "/dev" {
+            continue;
+        }
+        let mount = spec_mount(m, root);
+        if matches!(m.typ.as_str(), "mqueue" | "cgroup" | "cgroup2") {
+            steps.push(Step::TryMount(mount));
+        } else {
+            steps.push(Step::Mount(mount));
+        }
+    }
+    if setup.readonly_root {
+        steps.push(Step::Remount(Mount::new(
+            "",
+            root,
+            "",
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+        )));
+    }
+    steps
+}
+
+/// Applies the container-wide part of the first spec: hostname, mounts, read-only root.
+pub fn apply_setup(
+    setup: &ContainerSetup,
+    root: &str,
+    warn: impl FnMut(&str),
+) -> Result<(), String> {
+    if let Some(h) = &setup.hostname {
+        sys::sethostname(h).map_err(|e| format!("sethostname({h:?}): {e}"))?;
+    }
+    execute(&setup_plan(setup, root), warn)
 }
 
 #[cfg(test)]
@@ -311,6 +418,93 @@ mod tests {
         };
         assert_eq!((&*dev.fstype, &*bind.source), ("devtmpfs", "/dev"));
         assert_eq!(bind.flags, libc::MS_BIND | libc::MS_REC);
+    }
+
+    #[test]
+    fn spec_mounts_with_their_options() {
+        let m = |dest: &str, typ: &str, opts: &[&str]| MountSpec {
+            destination: dest.into(),
+            typ: typ.into(),
+            source: typ.into(),
+            options: opts.iter().map(|s| s.to_string()).collect(),
+        };
+        let setup = ContainerSetup {
+            hostname: None,
+            readonly_root: true,
+            mounts: vec![
+                m("/proc", "proc", &["nosuid", "noexec", "nodev"]),
+                m(
+                    "/dev",
+                    "tmpfs",
+                    &["nosuid", "strictatime", "mode=755", "size=65536k"],
+                ),
+                m(
+                    "/dev/pts",
+                    "devpts",
+                    &[
+                        "nosuid",
+                        "noexec",
+                        "newinstance",
+                        "ptmxmode=0666",
+                        "mode=0620",
+                        "gid=5",
+                    ],
+                ),
+                m("/sys", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+                m("/dev/mqueue", "mqueue", &["nosuid", "noexec", "nodev"]),
+                m(
+                    "/sys/fs/cgroup",
+                    "cgroup",
+                    &["rprivate", "nosuid", "noexec", "nodev", "relatime", "ro"],
+                ),
+                m(
+                    "/run",
+                    "tmpfs",
+                    &["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"],
+                ),
+            ],
+        };
+        let steps = setup_plan(&setup, "/newroot");
+        let mounts: Vec<&Mount> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Mount(m) | Step::TryMount(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(mounts.len(), 6, "/dev keeps the devtmpfs: {steps:?}");
+        assert_eq!(mounts[0].target, "/newroot/proc");
+        assert_eq!(mounts[0].flags, HARDENED);
+        assert_eq!(mounts[0].data, None);
+        assert_eq!(
+            mounts[1].data.as_deref(),
+            Some("ptmxmode=0666,mode=0620,gid=5")
+        );
+        assert_eq!(mounts[2].flags, HARDENED | libc::MS_RDONLY);
+        assert!(
+            matches!(steps[3], Step::TryMount(_)),
+            "mqueue is best effort"
+        );
+        assert!(
+            matches!(steps[4], Step::TryMount(_)),
+            "cgroup is best effort"
+        );
+        assert_eq!(
+            mounts[4].flags,
+            HARDENED | libc::MS_RDONLY | libc::MS_RELATIME
+        );
+        // runc's own option is not file system data.
+        assert_eq!(mounts[5].data, None);
+        assert_eq!(mounts[5].flags, libc::MS_NOSUID | libc::MS_NODEV);
+        assert_eq!(
+            steps.last(),
+            Some(&Step::Remount(Mount::new(
+                "",
+                "/newroot",
+                "",
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY
+            )))
+        );
     }
 
     #[test]

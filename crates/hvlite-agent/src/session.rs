@@ -12,8 +12,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use hvlite_protocol::agent::protocol::{
-    AgentMessage, FrameDecoder, HostMessage, MAX_CHUNK, Message, ProcessEnd, ProtocolError,
-    encode_frame, frame_type, read_message, write_message,
+    AgentMessage, FrameDecoder, HostMessage, MAX_CHUNK, Message, ProcessEnd, ProcessSpec,
+    ProtocolError, encode_frame, frame_type, read_message, write_message,
 };
 use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
@@ -53,6 +53,9 @@ pub struct Options {
     pub reap_all: bool,
     /// sync(2) before `Exited`.
     pub sync: bool,
+    /// Whether the spec may carry the container-wide setup (the main session); an exec
+    /// session refuses it.
+    pub container_setup: bool,
 }
 
 /// How a session ended.
@@ -127,6 +130,7 @@ pub fn serve<C: Read + Write + AsFd>(
             status: STATUS_INIT_ERROR,
             message: e.to_string(),
         })
+        .and_then(|()| setup_container(&spec, root, opts))
         .and_then(|()| {
             ChildSetup::new(&spec, root).map_err(|e| spawn::SpawnError {
                 status: STATUS_INIT_ERROR,
@@ -154,6 +158,30 @@ pub fn serve<C: Read + Write + AsFd>(
             }
         }
     }
+}
+
+/// Applies the spec's container-wide setup (hostname, mounts, read-only root) in `root`.
+fn setup_container(
+    spec: &ProcessSpec,
+    root: Option<&str>,
+    opts: Options,
+) -> Result<(), spawn::SpawnError> {
+    let Some(setup) = &spec.container else {
+        return Ok(());
+    };
+    let fail = |message: String| spawn::SpawnError {
+        status: STATUS_INIT_ERROR,
+        message,
+    };
+    if !opts.container_setup {
+        return Err(fail(
+            "an exec session cannot change the container (hostname, mounts, read-only root)".into(),
+        ));
+    }
+    crate::container::apply_setup(setup, root.unwrap_or(""), |w| {
+        sys::say(&format!("hvlite-agent: {w}"))
+    })
+    .map_err(|e| fail(format!("setting up the container: {e}")))
 }
 
 /// Sends `Error` on `conn` (blocking mode) and lingers.

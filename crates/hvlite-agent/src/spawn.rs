@@ -53,6 +53,7 @@ pub enum Stage {
     Rlimit = 8,
     NoNewPrivs = 9,
     Terminal = 10,
+    Capabilities = 11,
 }
 
 impl Stage {
@@ -68,6 +69,7 @@ impl Stage {
             Self::Rlimit,
             Self::NoNewPrivs,
             Self::Terminal,
+            Self::Capabilities,
         ]
         .into_iter()
         .find(|s| *s as u8 == b)
@@ -116,6 +118,8 @@ pub struct ChildSetup {
     /// (resource, soft, hard, name) for setrlimit.
     rlimits: Vec<(u32, u64, u64, String)>,
     no_new_privs: bool,
+    /// Capability sets (bounding, effective, permitted, inheritable, ambient), if given.
+    caps: Option<[u64; 5]>,
     /// With a terminal: the `ptmx` node to allocate it from, and its first size.
     terminal: Option<(CString, WindowSize)>,
     /// For messages.
@@ -151,6 +155,12 @@ impl ChildSetup {
                 .filter_map(|r| Some((r.resource()?, r.soft, r.hard, r.typ.clone())))
                 .collect(),
             no_new_privs: spec.no_new_privileges,
+            caps: spec
+                .capabilities
+                .as_ref()
+                .map(|c| c.masks())
+                .transpose()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
             terminal: if spec.terminal {
                 let ptmx = root.map_or("/dev/ptmx".to_string(), |r| format!("{r}/dev/pts/ptmx"));
                 Some((cstring(&ptmx)?, spec.console_size.unwrap_or_default()))
@@ -181,6 +191,7 @@ impl ChildSetup {
             }
             Stage::NoNewPrivs => format!("PR_SET_NO_NEW_PRIVS: {err}"),
             Stage::Terminal => format!("making the terminal the controlling one: {err}"),
+            Stage::Capabilities => format!("setting the capabilities: {err}"),
         }
     }
 }
@@ -359,6 +370,13 @@ fn run_child(s: &ChildSetup, stdio: [RawFd; 3], report: RawFd) -> ! {
             init_error(Stage::Rlimit, &e);
         }
     }
+    // The bounding set while this process still may change it; the permitted set kept
+    // across the uid switch.
+    if let Some([bounding, ..]) = s.caps
+        && let Err(e) = process::limit_bounding_set(bounding).and_then(|()| process::keep_caps())
+    {
+        init_error(Stage::Capabilities, &e);
+    }
     let ids: [(Stage, &dyn Fn() -> io::Result<()>); 3] = [
         (Stage::Groups, &|| process::setgroups(&s.groups)),
         (Stage::Gid, &|| process::setgid(s.gid)),
@@ -368,6 +386,11 @@ fn run_child(s: &ChildSetup, stdio: [RawFd; 3], report: RawFd) -> ! {
         if let Err(e) = switch() {
             init_error(stage, &e);
         }
+    }
+    if let Some([_, effective, permitted, inheritable, ambient]) = s.caps
+        && let Err(e) = process::set_capabilities(effective, permitted, inheritable, ambient)
+    {
+        init_error(Stage::Capabilities, &e);
     }
     if let Err(e) = process::chdir(&s.cwd) {
         init_error(Stage::Cwd, &e);

@@ -389,3 +389,9 @@ pub fn set_ctrl_alt_del_target(pid: libc::pid_t) {
         unsafe { libc::alarm(CAD_GRACE_SECONDS) };
     }
 }
+
+/// sethostname(2).
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}

@@ -80,6 +80,7 @@ pub(super) fn session_in(
     let opts = Options {
         reap_all: false,
         sync: false,
+        container_setup: false,
     };
     let agent = thread::spawn(move || serve(agent_end, root.as_deref(), Some(sigchld), opts));
     write_message(&mut host_end, &first).unwrap();
@@ -386,4 +387,54 @@ fn rlimits_apply_before_the_user_switch_and_no_new_privs() {
     assert_eq!(lines[..2], ["222", "333"], "{out}");
     assert_eq!(lines[2].split_whitespace().last(), Some("1"), "{out}");
     assert_eq!(outcome, SessionOutcome::Reported { status: 0 });
+}
+
+fn caps(names: &[&str], ambient: &[&str]) -> Box<hvlite_protocol::agent::protocol::Capabilities> {
+    let v = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Box::new(hvlite_protocol::agent::protocol::Capabilities {
+        bounding: v(names),
+        effective: v(names),
+        permitted: v(names),
+        inheritable: v(ambient),
+        ambient: v(ambient),
+    })
+}
+
+#[test]
+fn capabilities_are_applied() {
+    if !root("capabilities_are_applied") {
+        return;
+    }
+    let show = "grep -E '^Cap(Eff|Bnd|Amb)' /proc/self/status";
+    // As root: everything in the bounding set.
+    let mut s = spec(&["sh", "-c", show]);
+    s.user.uid = 0;
+    s.capabilities = Some(caps(&["CAP_CHOWN", "CAP_KILL"], &[]));
+    let (outcome, seen) = session(start(s), |_, _| {});
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 }, "{seen:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "CapEff:\t0000000000000021\nCapBnd:\t0000000000000021\nCapAmb:\t0000000000000000\n"
+    );
+    // Another user keeps only its ambient set across exec.
+    let mut s = spec(&["sh", "-c", show]);
+    s.user.uid = 1000;
+    s.capabilities = Some(caps(&["CAP_CHOWN", "CAP_KILL"], &["CAP_KILL"]));
+    let (outcome, seen) = session(start(s), |_, _| {});
+    assert_eq!(outcome, SessionOutcome::Reported { status: 0 }, "{seen:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&seen.stdout),
+        "CapEff:\t0000000000000020\nCapBnd:\t0000000000000021\nCapAmb:\t0000000000000020\n"
+    );
+}
+
+#[test]
+fn an_exec_session_cannot_change_the_container() {
+    let mut s = spec(&["true"]);
+    s.container = Some(Box::new(hvlite_protocol::agent::protocol::ContainerSetup {
+        hostname: Some("x".into()),
+        ..Default::default()
+    }));
+    let (outcome, seen) = session(start(s), |_, _| {});
+    assert_setup_error(&outcome, &seen, "exec session");
 }

@@ -34,6 +34,7 @@ fn failure_reports_round_trip() {
         Stage::Rlimit,
         Stage::NoNewPrivs,
         Stage::Terminal,
+        Stage::Capabilities,
     ] {
         let f = ChildFailure {
             stage,
@@ -45,7 +46,7 @@ fn failure_reports_round_trip() {
     assert_eq!(ChildFailure::from_bytes(&[]), None);
     assert_eq!(ChildFailure::from_bytes(&[7, 127, 0, 0, 0, 0, 0]), None);
     assert_eq!(ChildFailure::from_bytes(&[0, 127, 0, 0, 0, 0, 0, 0]), None);
-    assert_eq!(ChildFailure::from_bytes(&[11; 8]), None);
+    assert_eq!(ChildFailure::from_bytes(&[12; 8]), None);
 }
 
 fn spec(args: &[&str]) -> ProcessSpec {

@@ -212,3 +212,82 @@ pub fn ignore_children() -> io::Result<()> {
         Ok(())
     }
 }
+
+/// Child: drops from the bounding set every capability not in `keep` (a bit mask);
+/// numbers the kernel does not have are skipped.
+pub fn limit_bounding_set(keep: u64) -> io::Result<()> {
+    for cap in 0..64u32 {
+        if keep & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+        if rc == -1 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINVAL) {
+                // Past the kernel's last capability.
+                break;
+            }
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
+/// Child: keep the permitted capabilities across the switch to a non-zero uid.
+pub fn keep_caps() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) }).map(drop)
+}
+
+/// Child: capset(2) of this process's effective, permitted and inheritable sets, then
+/// raises each capability of `ambient` (bit masks).
+pub fn set_capabilities(
+    effective: u64,
+    permitted: u64,
+    inheritable: u64,
+    ambient: u64,
+) -> io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let half = |m: u64, i: u32| (m >> (32 * i)) as u32;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let data = [0, 1].map(|i| Data {
+        effective: half(effective, i),
+        permitted: half(permitted, i),
+        inheritable: half(inheritable, i),
+    });
+    // SAFETY: capset reads a version-3 header and two data structs, both valid for the call.
+    check(unsafe {
+        libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) as libc::c_int
+    })?;
+    for cap in 0..64u32 {
+        if ambient & (1 << cap) != 0 {
+            // SAFETY: prctl with integer arguments.
+            check(unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    libc::c_ulong::from(cap),
+                    0,
+                    0,
+                )
+            })?;
+        }
+    }
+    Ok(())
+}

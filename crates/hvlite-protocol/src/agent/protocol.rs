@@ -205,7 +205,137 @@ pub struct ProcessSpec {
     /// `noNewPrivileges`: PR_SET_NO_NEW_PRIVS before exec.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// OCI `capabilities`: the five sets, by name (`CAP_CHOWN`...). Without it the
+    /// process keeps what it gets by default (everything, as root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Box<Capabilities>>,
+    /// What the agent sets up for the whole container before the process: only in the
+    /// main session's `Start` (an exec session refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerSetup>>,
 }
+
+/// OCI's `process.capabilities`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub inheritable: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// Linux's capability names, by number (0 ..= 40, CAP_LAST_CAP of Linux 6.1).
+pub const CAPABILITY_NAMES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The bit mask of capability `names`; an unknown name is an error.
+pub fn capability_mask(names: &[String]) -> Result<u64, ProtocolError> {
+    names.iter().try_fold(0u64, |mask, n| {
+        CAPABILITY_NAMES
+            .iter()
+            .position(|c| c == n)
+            .map(|bit| mask | (1u64 << bit))
+            .ok_or_else(|| ProtocolError::BadSpec(format!("unknown capability {n:?}")))
+    })
+}
+
+impl Capabilities {
+    /// The five sets as masks: (bounding, effective, permitted, inheritable, ambient).
+    pub fn masks(&self) -> Result<[u64; 5], ProtocolError> {
+        Ok([
+            capability_mask(&self.bounding)?,
+            capability_mask(&self.effective)?,
+            capability_mask(&self.permitted)?,
+            capability_mask(&self.inheritable)?,
+            capability_mask(&self.ambient)?,
+        ])
+    }
+}
+
+/// The container-wide part of a spec (OCI's `hostname`, `root.readonly` and the mounts
+/// the guest makes itself).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSetup {
+    /// sethostname(2) in the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The container's root mount made read-only once the mounts are made.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub readonly_root: bool,
+    /// Mounts of kernel file systems (proc, sysfs, tmpfs, devpts, mqueue, cgroup, cgroup2)
+    /// made inside the container's root, in order, with their OCI options.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
+}
+
+/// One mount of a kernel file system, as OCI writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Absolute path inside the container.
+    pub destination: String,
+    /// File system type.
+    #[serde(rename = "type")]
+    pub typ: String,
+    /// Source (the file system's name for the kernel).
+    #[serde(default)]
+    pub source: String,
+    /// OCI options: flags (`ro`, `nosuid`, `nodev`, `noexec`, ...) and data (`mode=755`).
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// The file system types a [`MountSpec`] may have.
+pub const GUEST_MOUNT_TYPES: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
 
 /// One resource limit, as OCI writes it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,6 +420,8 @@ impl ProcessSpec {
             stdin: false,
             rlimits: Vec::new(),
             no_new_privileges: false,
+            capabilities: None,
+            container: None,
         }
     }
 
@@ -321,6 +453,30 @@ impl ProcessSpec {
         }
         if !self.cwd.starts_with('/') {
             return bad(format!("cwd {:?} is not an absolute path", self.cwd));
+        }
+        if let Some(caps) = &self.capabilities {
+            caps.masks()?;
+        }
+        if let Some(c) = &self.container {
+            if let Some(h) = &c.hostname
+                && (h.len() > 64 || h.contains('\0'))
+            {
+                return bad(format!("hostname {h:?}: at most 64 bytes, no NUL"));
+            }
+            for m in &c.mounts {
+                if !GUEST_MOUNT_TYPES.contains(&m.typ.as_str()) {
+                    return bad(format!("mount at {}: type {:?}", m.destination, m.typ));
+                }
+                let clean =
+                    m.destination.starts_with('/') && !m.destination.split('/').any(|p| p == "..");
+                let strings = [&m.destination, &m.source].into_iter().chain(&m.options);
+                if !clean || strings.into_iter().any(|x| x.contains('\0')) {
+                    return bad(format!(
+                        "mount at {:?}: not a clean absolute path",
+                        m.destination
+                    ));
+                }
+            }
         }
         for r in &self.rlimits {
             if r.resource().is_none() {

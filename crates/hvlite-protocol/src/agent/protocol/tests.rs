@@ -15,6 +15,8 @@ fn spec() -> ProcessSpec {
         stdin: true,
         rlimits: Vec::new(),
         no_new_privileges: false,
+        capabilities: None,
+        container: None,
     }
 }
 
@@ -37,6 +39,24 @@ fn host_messages() -> Vec<HostMessage> {
             width: 0,
         }),
         HostMessage::SignalAll(libc::SIGKILL),
+        HostMessage::Start(ProcessSpec {
+            capabilities: Some(Box::new(Capabilities {
+                bounding: vec!["CAP_CHOWN".into(), "CAP_KILL".into()],
+                effective: vec!["CAP_KILL".into()],
+                ..Capabilities::default()
+            })),
+            container: Some(Box::new(ContainerSetup {
+                hostname: Some("box".into()),
+                readonly_root: true,
+                mounts: vec![MountSpec {
+                    destination: "/run".into(),
+                    typ: "tmpfs".into(),
+                    source: "tmpfs".into(),
+                    options: vec!["nosuid".into(), "mode=755".into()],
+                }],
+            })),
+            ..ProcessSpec::new(["id"])
+        }),
         HostMessage::Start(ProcessSpec {
             terminal: true,
             console_size: Some(WindowSize::default()),
@@ -374,6 +394,53 @@ fn spec_validation() {
     refused(&|s| s.cwd = "relative".into());
     refused(&|s| s.cwd = String::new());
     refused(&|s| s.cwd = "/a\0".into());
+    refused(&|s| {
+        s.capabilities = Some(Box::new(Capabilities {
+            ambient: vec!["CAP_NOPE".into()],
+            ..Capabilities::default()
+        }))
+    });
+    let mount = |dest: &str, typ: &str| MountSpec {
+        destination: dest.into(),
+        typ: typ.into(),
+        source: String::new(),
+        options: Vec::new(),
+    };
+    let setup = |m: MountSpec| {
+        Box::new(ContainerSetup {
+            mounts: vec![m],
+            ..ContainerSetup::default()
+        })
+    };
+    refused(&|s| s.container = Some(setup(mount("/x", "ext4"))));
+    refused(&|s| s.container = Some(setup(mount("relative", "tmpfs"))));
+    refused(&|s| s.container = Some(setup(mount("/a/../b", "tmpfs"))));
+    refused(&|s| {
+        s.container = Some(Box::new(ContainerSetup {
+            hostname: Some("h".repeat(65)),
+            ..ContainerSetup::default()
+        }))
+    });
+    let mut ok = spec();
+    ok.container = Some(setup(mount("/dev/mqueue", "mqueue")));
+    assert!(ok.validate().is_ok());
+}
+
+#[test]
+fn capability_masks() {
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(capability_mask(&names(&[])).unwrap(), 0);
+    assert_eq!(
+        capability_mask(&names(&["CAP_CHOWN", "CAP_SYS_ADMIN"])).unwrap(),
+        1 | (1 << 21)
+    );
+    assert_eq!(
+        capability_mask(&names(&["CAP_CHECKPOINT_RESTORE"])).unwrap(),
+        1 << 40
+    );
+    assert!(capability_mask(&names(&["chown"])).is_err());
+    assert_eq!(CAPABILITY_NAMES[10], "CAP_NET_BIND_SERVICE");
+    assert_eq!(CAPABILITY_NAMES[21], "CAP_SYS_ADMIN");
 }
 
 #[test]
