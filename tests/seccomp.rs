@@ -136,3 +136,46 @@ fn an_unknown_level_is_refused() {
     assert_eq!(out.status.code(), Some(125), "stderr: {stderr}");
     assert!(stderr.contains("0 (off) or 2 (on)"), "stderr: {stderr}");
 }
+
+/// The hvlite-runtime monitor (an OCI container's VMM) runs filtered too: a forbidden call
+/// in its ready notifier (a `monitor` thread, started before the VM boots) ends it with
+/// the line, on the stderr it shares with `create`, and `create` fails.
+#[test]
+fn a_forbidden_call_in_the_oci_monitor_ends_it_with_a_clear_line() {
+    if !kvm_available("a_forbidden_call_in_the_oci_monitor_ends_it_with_a_clear_line") {
+        return;
+    }
+    let dir = scratch("seccomp-monitor");
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::os::unix::fs::symlink(linux::rootfs_dir(), bundle.join("rootfs")).unwrap();
+    std::fs::write(
+        bundle.join("config.json"),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"args":["/bin/true"],"cwd":"/","user":{"uid":0,"gid":0}}}"#,
+    )
+    .unwrap();
+    let err_path = dir.join("stderr");
+    let k = linux::kernel();
+    let a = linux::agent();
+    let create = Command::new(env!("CARGO_BIN_EXE_hvlite-runtime"))
+        .arg("--root")
+        .arg(dir.join("state"))
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--agent",
+            a.to_str().unwrap(),
+        ])
+        .args(["create", "--bundle", bundle.to_str().unwrap(), "c1"])
+        .env("HVLITE_SECCOMP_TEST_TRIGGER", "monitor")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(!create.success(), "create should fail: {stderr}");
+    let line = format!("hvlite: seccomp violation: syscall {TRIGGER_SYSCALL} in thread monitor");
+    assert!(stderr.contains(&line), "no {line:?} in stderr: {stderr}");
+}

@@ -109,6 +109,7 @@ impl Server {
         std::thread::Builder::new()
             .name("oci-control".into())
             .spawn(move || {
+                crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Monitor);
                 for conn in listener.incoming() {
                     let Ok(mut conn) = conn else { continue };
                     let _ = conn.set_read_timeout(Some(TIMEOUT));

@@ -16,6 +16,7 @@ use crate::container::session::StartGate;
 use crate::container::spec::ProcessOptions;
 use crate::container::{self, ContainerConfig, RunHooks, paths};
 use crate::exit::ExitReason;
+use crate::seccomp::{self, ThreadKind};
 
 use super::exec::VSOCK_SOCKET;
 use super::state::{self, StateRoot, Status, short_socket_path};
@@ -36,8 +37,15 @@ pub struct MonitorOptions {
     pub console_socket: Option<PathBuf>,
 }
 
-/// Runs the container; returns the exit status of the monitor process.
+/// Runs the container; returns the exit status of the monitor process. The monitor's
+/// threads run under seccomp filters as hvlite's do (docs/security.md): the VM's own
+/// kinds, and [`ThreadKind::Monitor`] for the main thread and the monitor's threads.
 pub fn run(opts: MonitorOptions) -> u8 {
+    if let Err(e) = seccomp::configure(seccomp::SeccompLevel::Strict) {
+        log::error!("{e}");
+        return 125;
+    }
+    seccomp::set_main_kind(ThreadKind::Monitor);
     let ready = Arc::new(Mutex::new(opts.ready));
     let say = {
         let ready = Arc::clone(&ready);
@@ -160,6 +168,7 @@ fn boot(
         std::thread::Builder::new()
             .name("oci-ready".into())
             .spawn(move || {
+                seccomp::install_or_exit(ThreadKind::Monitor);
                 if ready_rx.recv().is_ok() {
                     st.status = Status::Created;
                     match root.save(&st) {

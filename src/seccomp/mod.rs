@@ -109,17 +109,22 @@ pub enum ThreadKind {
     Vmm,
     /// Other host threads: agent session, stdin pumps, signal forwarder, metrics flusher.
     Host,
+    /// The hvlite-runtime monitor's own threads (its main thread once the VM runs, the
+    /// ready notifier and the control socket server): the VMM's calls plus saving the
+    /// container's state file and answering `start` and `kill` requests.
+    Monitor,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 6] = [
+    pub const ALL: [ThreadKind; 7] = [
         ThreadKind::Vcpu,
         ThreadKind::DeviceLoop,
         ThreadKind::Api,
         ThreadKind::ApiControl,
         ThreadKind::Vmm,
         ThreadKind::Host,
+        ThreadKind::Monitor,
     ];
 
     /// The kind's name in messages and in the test trigger.
@@ -131,6 +136,7 @@ impl ThreadKind {
             ThreadKind::ApiControl => "api-control",
             ThreadKind::Vmm => "vmm",
             ThreadKind::Host => "host",
+            ThreadKind::Monitor => "monitor",
         }
     }
 
@@ -146,6 +152,7 @@ impl ThreadKind {
             ThreadKind::ApiControl => 4,
             ThreadKind::Vmm => 5,
             ThreadKind::Host => 6,
+            ThreadKind::Monitor => 7,
         }
     }
 
@@ -168,6 +175,8 @@ pub enum SeccompError {
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(0);
+/// The kind of the main thread once the VM runs (a [`ThreadKind`] code; 0: the VMM's).
+static MAIN_KIND: AtomicU8 = AtomicU8::new(0);
 static TRIGGER: OnceLock<Option<ThreadKind>> = OnceLock::new();
 
 thread_local! {
@@ -197,6 +206,18 @@ pub fn level() -> SeccompLevel {
     } else {
         SeccompLevel::Strict
     }
+}
+
+/// Makes `kind` the filter the main thread installs once the VM runs (normally
+/// [`ThreadKind::Vmm`]; the hvlite-runtime monitor, whose main thread saves the
+/// container's state afterwards, sets [`ThreadKind::Monitor`]).
+pub fn set_main_kind(kind: ThreadKind) {
+    MAIN_KIND.store(kind.code(), Ordering::SeqCst);
+}
+
+/// The filter the main thread installs once the VM runs.
+pub fn main_kind() -> ThreadKind {
+    ThreadKind::from_code(MAIN_KIND.load(Ordering::SeqCst)).unwrap_or(ThreadKind::Vmm)
 }
 
 /// The kind recorded for the calling thread, if it installed a filter.

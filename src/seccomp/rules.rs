@@ -227,6 +227,20 @@ const VMM: &[Rule] = &[
     Rule::any(libc::SYS_munlock),
 ];
 
+/// The hvlite-runtime monitor, on top of [`VMM`]: the control socket (`start`, `kill`),
+/// the ready notice to `create`, and the state file (written to a temporary name, synced
+/// and renamed).
+const MONITOR: &[Rule] = &[
+    Rule::any(libc::SYS_accept4),
+    Rule::any(libc::SYS_recvfrom),
+    Rule::any(libc::SYS_sendto),
+    Rule::any(libc::SYS_setsockopt),
+    Rule::any(libc::SYS_fdatasync),
+    Rule::any(libc::SYS_rename),
+    Rule::any(libc::SYS_renameat),
+    Rule::any(libc::SYS_renameat2),
+];
+
 const HOST: &[Rule] = &[
     Rule::arg(libc::SYS_ioctl, 1, ioctls::HOST),
     // Signal forwarder.
@@ -256,6 +270,7 @@ pub fn allowed(kind: ThreadKind) -> Vec<Rule> {
         ThreadKind::ApiControl => &[COMMON, POLLING, SPAWN, API_CONTROL],
         ThreadKind::Vmm => &[COMMON, POLLING, VMM],
         ThreadKind::Host => &[COMMON, POLLING, SPAWN, HOST],
+        ThreadKind::Monitor => &[COMMON, POLLING, VMM, MONITOR],
     };
     let mut rules: Vec<Rule> = parts.iter().flat_map(|p| p.iter().copied()).collect();
     rules.sort_by_key(|r| r.sysno);

@@ -824,7 +824,7 @@ fn run_vcpus(
         _ => None,
     };
     // Every thread of this VM runs: the main thread is filtered from here on.
-    if let Err(e) = crate::seccomp::install(crate::seccomp::ThreadKind::Vmm) {
+    if let Err(e) = crate::seccomp::install(crate::seccomp::main_kind()) {
         latch.request(ExitReason::Fatal(e.to_string()));
     }
     let reason = latch.wait();
