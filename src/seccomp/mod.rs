@@ -195,8 +195,24 @@ pub fn configure(level: SeccompLevel) -> Result<(), SeccompError> {
     );
     if level == SeccompLevel::Strict {
         trap::install_handler().map_err(SeccompError::Handler)?;
+        let wants_backtraces = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+        if wants_backtraces {
+            warm_backtraces();
+        }
     }
     Ok(())
+}
+
+/// Resolves one backtrace now, while every system call is allowed: the symbolizer opens
+/// and maps the binary's and libraries' debug information once and keeps it, so a panic's
+/// backtrace in a filtered thread (which may not open files) is printed in full instead of
+/// ending in a seccomp violation.
+pub fn warm_backtraces() {
+    let resolved = std::backtrace::Backtrace::force_capture().to_string();
+    log::debug!(
+        "seccomp: backtrace symbols loaded ({} bytes)",
+        resolved.len()
+    );
 }
 
 /// The level set by [`configure`].

@@ -105,6 +105,8 @@ const COMMON: &[Rule] = &[
     Rule::any(libc::SYS_rseq),
     Rule::arg(libc::SYS_fcntl, 1, FCNTL),
     Rule::arg(libc::SYS_prctl, 0, PRCTL),
+    // A panic's backtrace prints paths relative to the working directory.
+    Rule::any(libc::SYS_getcwd),
 ];
 
 /// prctl options a thread needs to install its own filter on top of an inherited one.

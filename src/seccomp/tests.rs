@@ -161,3 +161,18 @@ fn signals_go_only_to_hvlite_itself() {
     });
     assert_eq!(got, Ok(7));
 }
+
+#[test]
+fn a_warmed_symbolizer_resolves_backtraces_under_a_filter() {
+    warm_backtraces();
+    // Opening the binary's debug information again would trap: the vCPU list has no open.
+    let got = in_filtered_child(ThreadKind::Vcpu, || {
+        let bt = std::backtrace::Backtrace::force_capture().to_string();
+        if bt.contains("a_warmed_symbolizer_resolves_backtraces") {
+            7
+        } else {
+            8
+        }
+    });
+    assert_eq!(got, Ok(7));
+}
