@@ -56,6 +56,11 @@ impl HandlerSlot {
         }
     }
 
+    /// The device's name in errors and logs.
+    pub fn device(&self) -> &'static str {
+        self.device
+    }
+
     /// Whether a handler is on the event loop.
     pub fn is_active(&self) -> bool {
         self.id.is_some()

@@ -69,6 +69,11 @@ impl VirtioCore {
         }
     }
 
+    /// The device's name in errors and logs.
+    pub fn name(&self) -> &'static str {
+        self.handler.device()
+    }
+
     /// Virtio device ID.
     pub fn device_type(&self) -> u32 {
         self.state.device_type

@@ -5,7 +5,9 @@
 //!   sizes, activation and reset. Knows nothing about MMIO registers.
 //! - [`VirtioCore`]: what every device embeds: type, offered and acked features, queue
 //!   sizes, configuration generation and the queue handler's place on the event loop;
-//!   its [`CoreState`] is saved and restored as a unit.
+//!   its [`CoreState`] is saved and restored as a unit. A device implements
+//!   [`CoreDevice`] (its core, config space and activation) and gets the rest of
+//!   [`VirtioDevice`] from the core.
 //! - [`mmio::MmioTransport`]: the virtio-mmio version 2 register block on the MMIO bus; it
 //!   negotiates features, collects the queue configuration and activates the device.
 //! - Per device (e.g. [`block`]): request parsing and execution on a `virtio_queue::Queue`
@@ -100,4 +102,72 @@ pub trait VirtioDevice: Send {
     /// Stops serving the queues after the driver reset the device; the device must be
     /// ready to be activated again.
     fn reset(&mut self);
+}
+
+/// A device built on a [`VirtioCore`]: it gives its core, its configuration space and its
+/// activation; type, features, queue sizes, generation, config writes (ignored) and reset
+/// come from the core unless the device says otherwise, and [`VirtioDevice`] follows.
+pub trait CoreDevice: Send {
+    /// The embedded core.
+    fn core(&self) -> &VirtioCore;
+    /// The embedded core, to change.
+    fn core_mut(&mut self) -> &mut VirtioCore;
+    /// See [`VirtioDevice::config_generation`].
+    fn config_generation(&self) -> u32 {
+        self.core().config_generation()
+    }
+    /// See [`VirtioDevice::read_config`].
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// See [`VirtioDevice::write_config`]; by default the space is read-only.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        log::debug!(
+            "{}: ignoring a {}-byte config write at {offset:#x}",
+            self.core().name(),
+            data.len()
+        );
+    }
+    /// See [`VirtioDevice::activate`].
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// See [`VirtioDevice::reset`]; by default the core's reset.
+    fn reset(&mut self) {
+        self.core_mut().reset();
+    }
+}
+
+impl<T: CoreDevice> VirtioDevice for T {
+    fn device_type(&self) -> u32 {
+        self.core().device_type()
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        self.core().queue_sizes()
+    }
+
+    fn avail_features(&self) -> u64 {
+        self.core().avail_features()
+    }
+
+    fn set_acked_features(&mut self, features: u64) {
+        self.core_mut().ack_features(features);
+    }
+
+    fn config_generation(&self) -> u32 {
+        CoreDevice::config_generation(self)
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        CoreDevice::read_config(self, offset, data);
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        CoreDevice::write_config(self, offset, data);
+    }
+
+    fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        CoreDevice::activate(self, ctx)
+    }
+
+    fn reset(&mut self) {
+        CoreDevice::reset(self);
+    }
 }

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 use super::rate_limiter::RateLimiter;
 use super::{
     ActivateContext, ActivateError, EventLoopHandle, QueueSignal, RingError, Subscriber,
-    VirtioCore, VirtioDevice, VirtioInterrupt, drain_queue_until,
+    VirtioCore, VirtioInterrupt, drain_queue_until,
 };
 
 /// Virtio device ID of an entropy source.
@@ -237,37 +237,18 @@ impl std::fmt::Debug for Rng {
     }
 }
 
-impl VirtioDevice for Rng {
-    fn device_type(&self) -> u32 {
-        self.core.device_type()
+impl crate::devices::virtio::CoreDevice for Rng {
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_sizes()
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features()
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.ack_features(features);
-    }
-
-    fn config_generation(&self) -> u32 {
-        self.core.config_generation()
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         // virtio-rng has no configuration space.
         data.fill(0);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-rng: ignoring a {}-byte config write at {offset:#x}",
-            data.len()
-        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
@@ -279,10 +260,6 @@ impl VirtioDevice for Rng {
         };
         self.core
             .install(Arc::new(Mutex::new(handler)) as Subscriber)
-    }
-
-    fn reset(&mut self) {
-        self.core.reset();
     }
 }
 

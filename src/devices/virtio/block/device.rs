@@ -11,7 +11,7 @@ use super::live::LiveDrive;
 use super::queue::{BlockCounters, BlockQueue, BlockStats};
 use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore,
 };
 
 /// A virtio-blk device with one request queue.
@@ -86,21 +86,13 @@ impl std::fmt::Debug for Block {
     }
 }
 
-impl VirtioDevice for Block {
-    fn device_type(&self) -> u32 {
-        self.core.device_type()
+impl crate::devices::virtio::CoreDevice for Block {
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_sizes()
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features()
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.ack_features(features);
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
     fn config_generation(&self) -> u32 {
@@ -109,13 +101,6 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         ConfigSpace::new(self.live.disk().capacity_sectors()).read(offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-blk: ignoring a {}-byte config write at {offset:#x}",
-            data.len()
-        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -12,7 +12,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::super::test_utils::*;
 use super::*;
 use crate::devices::virtio::test_utils::EventLoop;
-use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioInterrupt};
+use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
 
 fn wait_for_interrupt(irq: &VirtioInterrupt) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);

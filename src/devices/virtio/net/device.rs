@@ -13,7 +13,7 @@ use super::tap::Tap;
 use super::tx::NetTxQueue;
 use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore,
 };
 
 /// MTU assumed when the TAP's cannot be read.
@@ -102,36 +102,17 @@ impl std::fmt::Debug for Net {
     }
 }
 
-impl VirtioDevice for Net {
-    fn device_type(&self) -> u32 {
-        self.core.device_type()
+impl crate::devices::virtio::CoreDevice for Net {
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_sizes()
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features()
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.ack_features(features);
-    }
-
-    fn config_generation(&self) -> u32 {
-        self.core.config_generation()
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         self.config.read(offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-net: ignoring a {}-byte config write at {offset:#x}",
-            data.len()
-        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {

@@ -13,7 +13,7 @@ use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use super::super::test_utils::*;
 use super::*;
 use crate::devices::virtio::test_utils::{EventLoop, wait_until};
-use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioInterrupt};
+use crate::devices::virtio::{VIRTIO_F_VERSION_1, VirtioDevice, VirtioInterrupt};
 
 fn context(
     mem: &GuestMemoryMmap,

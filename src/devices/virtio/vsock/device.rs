@@ -21,7 +21,7 @@ use super::ring::Ring;
 use super::rx::VsockRxQueue;
 use super::tx::VsockTxQueue;
 use crate::devices::virtio::{
-    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore, VirtioDevice,
+    ActivateContext, ActivateError, EventLoopHandle, Subscriber, VirtioCore,
 };
 
 /// Why a vsock device could not be created.
@@ -162,36 +162,17 @@ impl std::fmt::Debug for Vsock {
     }
 }
 
-impl VirtioDevice for Vsock {
-    fn device_type(&self) -> u32 {
-        self.core.device_type()
+impl crate::devices::virtio::CoreDevice for Vsock {
+    fn core(&self) -> &VirtioCore {
+        &self.core
     }
 
-    fn queue_max_sizes(&self) -> &[u16] {
-        self.core.queue_sizes()
-    }
-
-    fn avail_features(&self) -> u64 {
-        self.core.avail_features()
-    }
-
-    fn set_acked_features(&mut self, features: u64) {
-        self.core.ack_features(features);
-    }
-
-    fn config_generation(&self) -> u32 {
-        self.core.config_generation()
+    fn core_mut(&mut self) -> &mut VirtioCore {
+        &mut self.core
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config(self.guest_cid, offset, data);
-    }
-
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        log::debug!(
-            "virtio-vsock: ignoring a {}-byte config write at {offset:#x}",
-            data.len()
-        );
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
