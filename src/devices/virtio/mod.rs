@@ -19,6 +19,7 @@
 //! [`queue`]; frame I/O between a file descriptor and guest memory in [`frame_io`]. The vCPU threads never run device I/O.
 
 pub mod activation;
+pub mod balloon;
 pub mod block;
 pub mod core;
 pub mod frame_io;
