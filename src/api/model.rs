@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::config::values::{MAX_ID_LEN, MIN_GUEST_CID};
 pub use crate::config::{
-    BootSource, DeviceId, Drive, DrivePatch, Entropy, Logger, MacAddr, MachineConfig,
-    MetricsConfig, NetworkInterface, NetworkInterfacePatch, Vsock,
+    Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, DeviceId, Drive, DrivePatch, Entropy,
+    Logger, MacAddr, MachineConfig, MetricsConfig, NetworkInterface, NetworkInterfacePatch, Vsock,
 };
 
 #[path = "model_snapshot.rs"]

@@ -6,9 +6,10 @@ use serde::de::DeserializeOwned;
 use super::ApiResponse;
 use super::http::HttpRequest;
 use super::model::{
-    ActionBody, ActionType, BootSource, DeviceId, Drive, DrivePatch, Entropy, Logger,
-    MachineConfig, MetricsConfig, NetworkInterface, NetworkInterfacePatch, SnapshotCreateParams,
-    SnapshotLoadParams, VmPatchBody, VmStateRequest, Vsock,
+    ActionBody, ActionType, Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, DeviceId,
+    Drive, DrivePatch, Entropy, Logger, MachineConfig, MetricsConfig, NetworkInterface,
+    NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams, VmPatchBody, VmStateRequest,
+    Vsock,
 };
 
 /// What a client asks of the VMM.
@@ -52,6 +53,16 @@ pub enum ApiRequest {
     PutEntropy(Entropy),
     /// `PATCH /network-interfaces/{iface_id}`.
     PatchNetworkInterface(NetworkInterfacePatch),
+    /// `PUT /balloon`.
+    PutBalloon(Balloon),
+    /// `PATCH /balloon`.
+    PatchBalloon(BalloonUpdate),
+    /// `GET /balloon`: answer with the [`Balloon`] as it is now.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    PatchBalloonStats(BalloonStatsUpdate),
 }
 
 /// Requests refused by the API layer itself.
@@ -180,6 +191,31 @@ pub const ROUTES: &[Route] = &[
         method: "PUT",
         path: "/entropy",
         handler: |req, _| json(req).map(ApiRequest::PutEntropy),
+    },
+    Route {
+        method: "PUT",
+        path: "/balloon",
+        handler: |req, _| json(req).map(ApiRequest::PutBalloon),
+    },
+    Route {
+        method: "PATCH",
+        path: "/balloon",
+        handler: |req, _| json(req).map(ApiRequest::PatchBalloon),
+    },
+    Route {
+        method: "GET",
+        path: "/balloon",
+        handler: |req, _| no_body(req, ApiRequest::GetBalloon),
+    },
+    Route {
+        method: "GET",
+        path: "/balloon/statistics",
+        handler: |req, _| no_body(req, ApiRequest::GetBalloonStats),
+    },
+    Route {
+        method: "PATCH",
+        path: "/balloon/statistics",
+        handler: |req, _| json(req).map(ApiRequest::PatchBalloonStats),
     },
     Route {
         method: "PUT",

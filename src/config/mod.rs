@@ -12,8 +12,8 @@ pub mod values;
 pub mod vm;
 
 pub use resources::{
-    BootSource, Drive, DrivePatch, Entropy, Logger, MachineConfig, MetricsConfig, NetworkInterface,
-    NetworkInterfacePatch, Vsock,
+    Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DrivePatch, Entropy, Logger,
+    MachineConfig, MetricsConfig, NetworkInterface, NetworkInterfacePatch, Vsock,
 };
 pub use values::{
     CpuTemplate, DeviceId, EnvVar, FlushSecs, GuestCid, HostPath, HugePages, MacAddr, MemSizeMib,

@@ -261,6 +261,35 @@ impl From<&Entropy> for super::vm::EntropyConfig {
     }
 }
 
+/// `balloon`: a virtio-balloon device (`PUT /balloon`), Firecracker's Balloon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Balloon {
+    /// Target size of the balloon in MiB (memory taken from the guest).
+    pub amount_mib: u32,
+    /// The guest deflates the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics reports; 0 (the default) switches statistics off.
+    #[serde(default)]
+    pub stats_polling_interval_s: u32,
+}
+
+/// `PATCH /balloon`: a new target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    /// Target size of the balloon in MiB.
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`: a new statistics interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    /// Seconds between statistics reports (1 or more).
+    pub stats_polling_interval_s: u32,
+}
+
 /// What is wrong with a list of drives or interfaces, and the index of the entry at fault.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ListError {

@@ -159,6 +159,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// A virtio-rng device (`/entropy`), with its rate limits.
     pub entropy: Option<EntropyConfig>,
+    /// A virtio-balloon device (`/balloon`).
+    pub balloon: Option<super::resources::Balloon>,
     /// Sample the boot vCPU's guest RIP into this file (a developer aid).
     pub guest_profile: Option<PathBuf>,
     /// Names of the disks in metrics (`drive_id`s), in the order of `disks`; a disk
@@ -213,6 +215,8 @@ pub enum ConfigError {
     EmptyCommand,
     #[error("only one disk, the first, can hold the root filesystem")]
     RootNotFirst,
+    #[error("the balloon's amount_mib {balloon} is more than the guest's {memory} MiB")]
+    BalloonOverMemory { balloon: u32, memory: u64 },
 }
 
 impl VmConfig {
@@ -230,6 +234,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             entropy: None,
+            balloon: None,
             guest_profile: None,
             disk_ids: Vec::new(),
             net_ids: Vec::new(),
@@ -305,6 +310,14 @@ impl VmConfig {
         }
         if self.disks.iter().skip(1).any(|d| d.root) {
             return Err(ConfigError::RootNotFirst);
+        }
+        if let Some(b) = &self.balloon
+            && u64::from(b.amount_mib) > self.memory_mib
+        {
+            return Err(ConfigError::BalloonOverMemory {
+                balloon: b.amount_mib,
+                memory: self.memory_mib,
+            });
         }
         Ok(())
     }

@@ -19,13 +19,15 @@ pub mod service;
 use std::sync::{Arc, Mutex, mpsc};
 
 use crate::api::model::{
-    DrivePatch, NetworkInterfacePatch, SnapshotCreateParams, SnapshotLoadParams,
+    BalloonStatsUpdate, BalloonUpdate, DrivePatch, NetworkInterfacePatch, SnapshotCreateParams,
+    SnapshotLoadParams,
 };
 use crate::api::{
     ActionType, ApiRequest, ApiResponse, InstanceInfo, InstanceState, VersionInfo, VmInfo,
     VmStateRequest,
 };
 use crate::config::VmConfig;
+use crate::devices::virtio::balloon::BalloonShared;
 use crate::vmm::control::{ControlError, VmControl};
 use crate::vmm::persist::RestoreSpec;
 pub use outputs::{Outputs, OutputsError};
@@ -35,7 +37,7 @@ pub use pending::{PendingError, PendingVm};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StartRequest {
     /// Boot this VM.
-    Boot(VmConfig),
+    Boot(Box<VmConfig>),
     /// Restore this snapshot.
     Restore(RestoreSpec),
 }
@@ -136,6 +138,10 @@ impl Controller {
             ApiRequest::Action(action) => self.action(action, state),
             ApiRequest::PatchDrive(p) => self.patch_drive(&p, state),
             ApiRequest::PatchNetworkInterface(p) => self.patch_net(&p, state),
+            ApiRequest::PatchBalloon(p) => self.patch_balloon(&p, state),
+            ApiRequest::PatchBalloonStats(p) => self.patch_balloon_stats(&p, state),
+            ApiRequest::GetBalloon => self.get_balloon(state),
+            ApiRequest::GetBalloonStats => self.balloon_stats(state),
             ApiRequest::PatchVm(want) => self.patch_vm(want, state),
             ApiRequest::CreateSnapshot(p) => self.create_snapshot(&p, state),
             ApiRequest::LoadSnapshot(p) => self.load_snapshot(&p, state),
@@ -166,6 +172,7 @@ impl Controller {
             ApiRequest::PutNetworkInterface(n) => p.put_net(&n),
             ApiRequest::PutVsock(v) => p.set_vsock(&v),
             ApiRequest::PutEntropy(e) => p.set_entropy(&e),
+            ApiRequest::PutBalloon(b) => p.set_balloon(&b),
             other => {
                 return ApiResponse::fault(500, format!("unhandled request {other:?}"));
             }
@@ -235,6 +242,78 @@ impl Controller {
             self.pending.patch_net(p);
         }
         ApiResponse::no_content()
+    }
+
+    /// The running VM's balloon, or the answer for a VM without one (or not started).
+    fn running_balloon(
+        &self,
+        what: &str,
+        state: InstanceState,
+    ) -> Result<Arc<BalloonShared>, ApiResponse> {
+        if !matches!(state, InstanceState::Running | InstanceState::Paused) {
+            return Err(ApiResponse::fault(
+                400,
+                format!(
+                    "{what} needs a started VM; the VM is {} (PUT /balloon configures it before the start)",
+                    state_name(state)
+                ),
+            ));
+        }
+        self.control
+            .balloon()
+            .ok_or_else(|| ApiResponse::fault(400, "the VM has no balloon device"))
+    }
+
+    /// `PATCH /balloon`: a new target for the running balloon.
+    fn patch_balloon(&mut self, p: &BalloonUpdate, state: InstanceState) -> ApiResponse {
+        let balloon = match self.running_balloon("PATCH /balloon", state) {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        match balloon.set_target_mib(p.amount_mib) {
+            Ok(()) => {
+                self.pending.update_balloon(|b| b.amount_mib = p.amount_mib);
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::fault(400, e.to_string()),
+        }
+    }
+
+    /// `PATCH /balloon/statistics`: a new statistics interval.
+    fn patch_balloon_stats(&mut self, p: &BalloonStatsUpdate, state: InstanceState) -> ApiResponse {
+        let balloon = match self.running_balloon("PATCH /balloon/statistics", state) {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let secs = p.stats_polling_interval_s;
+        match balloon.set_stats_interval(secs) {
+            Ok(()) => {
+                self.pending
+                    .update_balloon(|b| b.stats_polling_interval_s = secs);
+                ApiResponse::no_content()
+            }
+            Err(e) => ApiResponse::fault(400, e.to_string()),
+        }
+    }
+
+    /// `GET /balloon`: the balloon as configured, with the current target.
+    fn get_balloon(&self, _state: InstanceState) -> ApiResponse {
+        match self.pending.balloon() {
+            Some(b) => ApiResponse::ok_json(&b),
+            None => ApiResponse::fault(400, "no balloon device is configured"),
+        }
+    }
+
+    /// `GET /balloon/statistics`: the target, the actual size and the guest's figures.
+    fn balloon_stats(&self, state: InstanceState) -> ApiResponse {
+        let balloon = match self.running_balloon("GET /balloon/statistics", state) {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        match balloon.statistics() {
+            Ok(s) => ApiResponse::ok_json(&s),
+            Err(e) => ApiResponse::fault(400, e.to_string()),
+        }
     }
 
     /// `PUT /snapshot/create`: a paused VM only.
@@ -329,7 +408,7 @@ impl Controller {
             Err(e) => return ApiResponse::fault(400, e.to_string()),
         };
         self.control.reset();
-        if self.start.send(StartRequest::Boot(cfg)).is_err() {
+        if self.start.send(StartRequest::Boot(Box::new(cfg))).is_err() {
             return ApiResponse::fault(503, "the VMM no longer starts VMs");
         }
         match self.control.wait_started() {

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 
 use crate::config::{
-    BootSource, DeviceId, DiskConfig, Drive, DrivePatch, Entropy, GuestCid, HostPath, HugePages,
-    MacAddr, MachineConfig, MemSizeMib, NetConfig, NetworkInterface, NetworkInterfacePatch,
-    SecondRoot, Smt, TapName, VcpuCount, VmConfig, Vsock, VsockConfig, check_one_root,
+    Balloon, BootSource, DeviceId, DiskConfig, Drive, DrivePatch, Entropy, GuestCid, HostPath,
+    HugePages, MacAddr, MachineConfig, MemSizeMib, NetConfig, NetworkInterface,
+    NetworkInterfacePatch, SecondRoot, Smt, TapName, VcpuCount, VmConfig, Vsock, VsockConfig,
+    check_one_root,
 };
 use crate::vmm::config_file::{FileConfig, Process};
 
@@ -139,6 +140,24 @@ impl PendingVm {
         self.base.entropy = Some(e.into());
     }
 
+    /// `PUT /balloon`.
+    pub fn set_balloon(&mut self, b: &Balloon) {
+        self.base.balloon = Some(*b);
+    }
+
+    /// The balloon as configured (`GET /balloon` before the start).
+    pub fn balloon(&self) -> Option<Balloon> {
+        self.base.balloon
+    }
+
+    /// `PATCH /balloon` and `PATCH /balloon/statistics` after the start: what `GET
+    /// /vm/config` then reports.
+    pub fn update_balloon(&mut self, f: impl FnOnce(&mut Balloon)) {
+        if let Some(b) = self.base.balloon.as_mut() {
+            f(b);
+        }
+    }
+
     /// `PUT /vsock`.
     pub fn set_vsock(&mut self, v: &Vsock) {
         self.base.vsock = Some(VsockConfig::from(v));
@@ -199,6 +218,7 @@ impl PendingVm {
             entropy: (self.base.entropy).map(|e| Entropy {
                 rate_limiter: e.rate_limiter,
             }),
+            balloon: self.base.balloon,
             process,
             ..FileConfig::default()
         })

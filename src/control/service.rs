@@ -71,7 +71,7 @@ pub fn run_api(run: ApiRun) -> Result<(ExitReason, bool), ServiceError> {
     let pending = PendingVm::new(run.kernel, run.base);
     let first = match run.restore {
         Some(spec) => Some(StartRequest::Restore(spec)),
-        None => pending.to_vm_config().ok().map(StartRequest::Boot),
+        None => (pending.to_vm_config().ok()).map(|c| StartRequest::Boot(Box::new(c))),
     };
     let (api_tx, api_rx) = mpsc::channel();
     let (start_tx, start_rx) = mpsc::channel();

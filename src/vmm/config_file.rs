@@ -70,6 +70,9 @@ pub struct FileConfig {
     /// A virtio-rng device (`--entropy`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub entropy: Option<crate::config::Entropy>,
+    /// A virtio-balloon device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<crate::config::Balloon>,
     /// The command the guest init runs, and how.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -234,6 +237,7 @@ impl FileConfig {
             (None, true) => Some(Default::default()),
             (None, false) => None,
         };
+        cfg.balloon = self.balloon;
         cfg.command = if cli.command.is_empty() {
             self.process.as_ref().and_then(|p| p.args.clone())
         } else {

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use super::persist::{CreateStats, SnapshotSource, create_snapshot};
 use crate::devices::i8042::{I8042, KeyboardError};
+use crate::devices::virtio::balloon::BalloonShared;
 use crate::devices::virtio::block::LiveDrive;
 use crate::devices::virtio::rate_limiter::RateLimiter;
 use crate::vcpu::{self, pause::PauseGate};
@@ -31,6 +32,8 @@ pub enum ControlError {
     NotPaused,
     #[error("the snapshot failed: {0}")]
     Snapshot(String),
+    #[error("a VM with a balloon cannot be snapshotted yet (the balloon's state is not saved)")]
+    BalloonSnapshot,
 }
 
 /// Where the VM is in its life, as the handle sees it.
@@ -61,6 +64,8 @@ pub struct VmControl {
     snapshot: Mutex<Option<Arc<SnapshotSource>>>,
     /// The running VM's drives, by drive_id (PATCH /drives).
     drives: Mutex<HashMap<String, Arc<LiveDrive>>>,
+    /// The running VM's balloon (PATCH /balloon, statistics).
+    balloon: Mutex<Option<Arc<BalloonShared>>>,
     /// The running VM's interfaces' TX rate limiters, by iface_id.
     net_limiters: Mutex<HashMap<String, Arc<Mutex<RateLimiter>>>>,
 }
@@ -85,10 +90,21 @@ impl VmControl {
             snapshot: Mutex::new(None),
             drives: Mutex::new(HashMap::new()),
             net_limiters: Mutex::new(HashMap::new()),
+            balloon: Mutex::new(None),
         }
     }
 
-    /// Called by the VMM for each network interface it attaches.
+    /// Called by the VMM with the VM's balloon (or `None` when the VM is gone).
+    pub fn set_balloon(&self, balloon: Option<Arc<BalloonShared>>) {
+        *lock(&self.balloon) = balloon;
+    }
+
+    /// The running VM's balloon, if it has one.
+    pub fn balloon(&self) -> Option<Arc<BalloonShared>> {
+        lock(&self.balloon).clone()
+    }
+
+    /// Registers a running interface's TX limiter.
     pub fn add_net_limiter(&self, id: &str, limiter: Arc<Mutex<RateLimiter>>) {
         lock(&self.net_limiters).insert(id.to_string(), limiter);
     }
@@ -211,6 +227,9 @@ impl VmControl {
         };
         if !self.gate.is_requested() || self.gate.parked() < live.vcpus.len() {
             return Err(ControlError::NotPaused);
+        }
+        if self.balloon().is_some() {
+            return Err(ControlError::BalloonSnapshot);
         }
         let source = lock(&self.snapshot)
             .clone()

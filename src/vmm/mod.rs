@@ -102,6 +102,8 @@ pub enum VmmError {
     EventLoop(#[from] event_loop::EventLoopError),
     #[error(transparent)]
     Vsock(VsockError),
+    #[error("cannot create the balloon's statistics timer")]
+    Balloon(#[source] std::io::Error),
     #[error("in-process vsock services need a vsock device")]
     VsockNeeded,
     #[error("cannot install the vCPU kick signal handler")]
@@ -503,6 +505,25 @@ fn run_inner(
             let device = crate::devices::virtio::rng::Rng::new(limiter, events.handle());
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
         }
+        if let Some(b) = &cfg.balloon {
+            let ram_mib = u32::try_from(cfg.memory_mib).unwrap_or(u32::MAX);
+            let device = crate::devices::virtio::balloon::Balloon::new(
+                b.amount_mib,
+                b.deflate_on_oom,
+                b.stats_polling_interval_s,
+                ram_mib,
+                events.handle(),
+            )
+            .map_err(VmmError::Balloon)?;
+            if let Some(c) = &hooks.control {
+                c.set_balloon(Some(device.shared()));
+            }
+            if let Some(m) = metrics {
+                let shared = device.shared();
+                m.register("balloon", "balloon", move || shared.counters_json());
+            }
+            slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+        }
         for (i, (tap, mac)) in taps.into_iter().enumerate() {
             log::info!(
                 "net: {} (mac {}{})",
@@ -596,6 +617,7 @@ fn run_inner(
     events.stop();
     if let Some(c) = &hooks.control {
         c.clear_snapshot_source();
+        c.set_balloon(None);
     }
     let reason = panic.explain(result?);
     report_memory(&mem);

@@ -257,6 +257,21 @@ impl BalloonShared {
         })
     }
 
+    /// The counters and sizes as a metrics object (`hvlite.balloon.balloon`).
+    pub fn counters_json(&self) -> serde_json::Value {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        serde_json::json!({
+            "target_pages": self.target_pages.load(Ordering::Relaxed),
+            "actual_pages": self.actual_pages.load(Ordering::Relaxed),
+            "inflated_pages": get(&c.inflated_pages),
+            "deflated_pages": get(&c.deflated_pages),
+            "refused_pfns": get(&c.refused_pfns),
+            "stats_updates": get(&c.stats_updates),
+            "queue_errors": get(&c.queue_errors),
+        })
+    }
+
     /// The balloon's size as the driver last reported it, in MiB.
     pub fn actual_mib(&self) -> u32 {
         pages_to_mib(self.actual_pages.load(Ordering::Relaxed))
