@@ -143,11 +143,13 @@ struct RunArgs {
     /// Guest memory in MiB [default: 128].
     #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
     memory: Option<u64>,
-    /// A disk image for the guest, PATH[,ro]; repeatable: /dev/vda, /dev/vdb, ...
-    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    /// A disk image for the guest, PATH[,ro][,bw=BYTES][,ops=N] (bw/ops: rate limits a
+    /// second, K/M/G allowed); repeatable: /dev/vda, /dev/vdb, ...
+    #[arg(long = "disk", value_name = "PATH[,ro][,bw=B][,ops=N]")]
     disks: Vec<DiskConfig>,
-    /// A network interface on a host TAP device, tap=NAME[,mac=MAC]; repeatable: eth0, eth1, ...
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    /// A network interface on a host TAP device, tap=NAME[,mac=MAC][,tx-bw=BYTES][,tx-ops=N]
+    /// (limits on what the guest sends, a second); repeatable: eth0, eth1, ...
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,tx-bw=B][,tx-ops=N]")]
     nets: Vec<NetConfig>,
     /// Seccomp filtering of hvlite's own threads: 0 off, 2 a per-thread allow-list
     /// (docs/security.md) [default: 2].

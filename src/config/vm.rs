@@ -28,7 +28,8 @@ pub struct DiskConfig {
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
-    /// Parses `PATH[,ro]` (also `,rw`, the default).
+    /// Parses `PATH[,ro][,bw=BYTES][,ops=N]` (also `,rw`, the default): `bw` and `ops`
+    /// limit the guest's I/O to that many bytes and requests a second ([`limit_option`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut parts = s.split(',');
         let path = parts
@@ -36,20 +37,73 @@ impl std::str::FromStr for DiskConfig {
             .filter(|p| !p.is_empty())
             .ok_or("empty disk path")?;
         let mut read_only = false;
+        let mut rate_limiter = None;
         for opt in parts {
             match opt {
                 "ro" => read_only = true,
                 "rw" => read_only = false,
-                other => return Err(format!("unknown disk option {other:?} (expected ro or rw)")),
+                other if limit_option(&mut rate_limiter, "", other)? => {}
+                other => {
+                    return Err(format!(
+                        "unknown disk option {other:?} (expected ro, rw, bw=BYTES or ops=N)"
+                    ));
+                }
             }
         }
         Ok(Self {
             path: PathBuf::from(path),
             read_only,
             root: false,
-            rate_limiter: None,
+            rate_limiter,
         })
     }
+}
+
+/// Takes a rate-limit option of the CLI into `limiter`: `<prefix>bw=N` (bytes a second)
+/// or `<prefix>ops=N` (requests a second), N a number with an optional K, M or G (powers
+/// of 1024). Each becomes a bucket of N tokens refilled every second, as the config
+/// file's `{"size": N, "refill_time": 1000}`. Returns whether `opt` was one.
+pub fn limit_option(
+    limiter: &mut Option<super::values::RateLimiterConfig>,
+    prefix: &str,
+    opt: &str,
+) -> Result<bool, String> {
+    let Some((key, value)) = opt.split_once('=') else {
+        return Ok(false);
+    };
+    let Some(kind) = key.strip_prefix(prefix) else {
+        return Ok(false);
+    };
+    if kind != "bw" && kind != "ops" {
+        return Ok(false);
+    }
+    let n = parse_rate(value).ok_or_else(|| {
+        format!("{key}={value:?}: expected a rate a second, a number with an optional K, M or G")
+    })?;
+    let bucket = super::values::TokenBucketConfig {
+        size: n,
+        one_time_burst: None,
+        refill_time: 1000,
+    };
+    let l = limiter.get_or_insert_with(Default::default);
+    if kind == "bw" {
+        l.bandwidth = Some(bucket);
+    } else {
+        l.ops = Some(bucket);
+    }
+    Ok(true)
+}
+
+/// `N[K|M|G]` (powers of 1024), more than 0.
+fn parse_rate(s: &str) -> Option<u64> {
+    let (digits, shift) = match s.as_bytes().last()? {
+        b'K' | b'k' => (&s[..s.len() - 1], 10),
+        b'M' | b'm' => (&s[..s.len() - 1], 20),
+        b'G' | b'g' => (&s[..s.len() - 1], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1 << shift).filter(|&n| n > 0)
 }
 
 /// A network interface: a host TAP device the guest sees as a virtio-net device.
@@ -66,16 +120,18 @@ pub struct NetConfig {
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// Parses `tap=NAME[,mac=MAC]`.
+    /// Parses `tap=NAME[,mac=MAC][,tx-bw=BYTES][,tx-ops=N]`: `tx-bw` and `tx-ops`
+    /// limit what the guest sends, a second ([`limit_option`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut tap, mut mac) = (None, None);
+        let (mut tap, mut mac, mut tx_rate_limiter) = (None, None, None);
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
                 Some(("mac", m)) => mac = Some(parse_mac(m).map_err(|e| e.to_string())?),
+                _ if limit_option(&mut tx_rate_limiter, "tx-", opt)? => {}
                 _ => {
                     return Err(format!(
-                        "unknown network option {opt:?} (expected tap=NAME or mac=MAC)"
+                        "unknown network option {opt:?} (expected tap=NAME, mac=MAC, tx-bw=BYTES or tx-ops=N)"
                     ));
                 }
             }
@@ -84,7 +140,7 @@ impl std::str::FromStr for NetConfig {
         Ok(Self {
             tap,
             mac,
-            tx_rate_limiter: None,
+            tx_rate_limiter,
         })
     }
 }
@@ -336,6 +392,30 @@ pub fn host_ram_mib() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cli_limits_become_buckets_refilled_every_second() {
+        use super::super::values::TokenBucketConfig;
+        let d: DiskConfig = "/x.img,ro,bw=1M,ops=100".parse().unwrap();
+        assert!(d.read_only);
+        let l = d.rate_limiter.unwrap();
+        let per_second = |size| TokenBucketConfig {
+            size,
+            one_time_burst: None,
+            refill_time: 1000,
+        };
+        assert_eq!(l.bandwidth, Some(per_second(1 << 20)));
+        assert_eq!(l.ops, Some(per_second(100)));
+        assert_eq!("/x.img".parse::<DiskConfig>().unwrap().rate_limiter, None);
+        let n: NetConfig = "tap=t0,tx-bw=64k".parse().unwrap();
+        let l = n.tx_rate_limiter.unwrap();
+        assert_eq!((l.bandwidth, l.ops), (Some(per_second(64 << 10)), None));
+        for bad in ["/x,bw=0", "/x,bw=1T", "/x,bw=", "/x,ops=-1", "/x,tx-bw=1"] {
+            assert!(bad.parse::<DiskConfig>().is_err(), "{bad}");
+        }
+        assert!("tap=t0,bw=1".parse::<NetConfig>().is_err());
+        assert!("tap=t0,tx-ops=x".parse::<NetConfig>().is_err());
+    }
 
     #[test]
     fn limits() {
