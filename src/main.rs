@@ -147,8 +147,9 @@ struct RunArgs {
     /// second, K/M/G allowed); repeatable: /dev/vda, /dev/vdb, ...
     #[arg(long = "disk", value_name = "PATH[,ro][,bw=B][,ops=N]")]
     disks: Vec<DiskConfig>,
-    /// A network interface on a host TAP device, tap=NAME[,mac=MAC][,tx-bw=BYTES][,tx-ops=N]
-    /// (limits on what the guest sends, a second); repeatable: eth0, eth1, ...
+    /// A network interface on a host TAP device, tap=NAME[,mac=MAC][,tx-bw=B][,tx-ops=N]
+    /// [,rx-bw=B][,rx-ops=N] (limits a second on what the guest sends and receives);
+    /// repeatable: eth0, eth1, ...
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC][,tx-bw=B][,tx-ops=N]")]
     nets: Vec<NetConfig>,
     /// Seccomp filtering of hvlite's own threads: 0 off, 2 a per-thread allow-list

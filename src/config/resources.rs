@@ -121,19 +121,15 @@ pub struct DrivePatch {
     pub rate_limiter: Option<RateLimiterConfig>,
 }
 
-/// `PATCH /network-interfaces/{iface_id}` on a started VM: new TX rate limits (a bucket
-/// given replaces that bucket; one left out stays). Receive limits are refused.
+/// `PATCH /network-interfaces/{iface_id}` on a started VM: new TX and RX rate limits (a
+/// bucket given replaces that bucket; one left out stays).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterfacePatch {
     pub iface_id: DeviceId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "no_rx_limits"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
 }
 
@@ -152,29 +148,9 @@ pub struct NetworkInterface {
     /// Limits on the frames the guest sends (Firecracker's tx_rate_limiter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiterConfig>,
-    /// Firecracker's rx_rate_limiter: not supported yet; refused unless it limits
-    /// nothing.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "no_rx_limits"
-    )]
+    /// Limits on the frames the guest receives (Firecracker's rx_rate_limiter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiterConfig>,
-}
-
-/// Refuses an `rx_rate_limiter` that limits anything: hvlite limits only what the guest
-/// sends.
-fn no_rx_limits<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<RateLimiterConfig>, D::Error> {
-    let r = Option::<RateLimiterConfig>::deserialize(d)?;
-    if r.is_some_and(|r| r.limits()) {
-        return Err(serde::de::Error::custom(
-            "receive rate limits are not supported: hvlite limits only what the guest \
-             sends (tx_rate_limiter)",
-        ));
-    }
-    Ok(r)
 }
 
 /// `vsock`: a virtio-vsock device bridged to a Unix socket on the host (`--vsock`).
@@ -346,6 +322,7 @@ impl NetworkInterface {
             tap: self.host_dev_name.to_string(),
             mac: self.guest_mac.map(|m| m.0),
             tx_rate_limiter: self.tx_rate_limiter,
+            rx_rate_limiter: self.rx_rate_limiter,
         };
         (self.iface_id.to_string(), net)
     }

@@ -115,23 +115,28 @@ pub struct NetConfig {
     pub mac: Option<[u8; 6]>,
     /// Limits on the frames the guest sends.
     pub tx_rate_limiter: Option<super::values::RateLimiterConfig>,
+    /// Limits on the frames the guest receives.
+    pub rx_rate_limiter: Option<super::values::RateLimiterConfig>,
 }
 
 impl std::str::FromStr for NetConfig {
     type Err = String;
 
-    /// Parses `tap=NAME[,mac=MAC][,tx-bw=BYTES][,tx-ops=N]`: `tx-bw` and `tx-ops`
-    /// limit what the guest sends, a second ([`limit_option`]).
+    /// Parses `tap=NAME[,mac=MAC][,tx-bw=BYTES][,tx-ops=N][,rx-bw=BYTES][,rx-ops=N]`:
+    /// `tx-*` limit what the guest sends, `rx-*` what it receives, a second
+    /// ([`limit_option`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut tap, mut mac, mut tx_rate_limiter) = (None, None, None);
+        let (mut tap, mut mac) = (None, None);
+        let (mut tx_rate_limiter, mut rx_rate_limiter) = (None, None);
         for opt in s.split(',') {
             match opt.split_once('=') {
                 Some(("tap", name)) if !name.is_empty() => tap = Some(name.to_string()),
                 Some(("mac", m)) => mac = Some(parse_mac(m).map_err(|e| e.to_string())?),
                 _ if limit_option(&mut tx_rate_limiter, "tx-", opt)? => {}
+                _ if limit_option(&mut rx_rate_limiter, "rx-", opt)? => {}
                 _ => {
                     return Err(format!(
-                        "unknown network option {opt:?} (expected tap=NAME, mac=MAC, tx-bw=BYTES or tx-ops=N)"
+                        "unknown network option {opt:?} (expected tap=NAME, mac=MAC, tx-bw=BYTES, tx-ops=N, rx-bw=BYTES or rx-ops=N)"
                     ));
                 }
             }
@@ -141,6 +146,7 @@ impl std::str::FromStr for NetConfig {
             tap,
             mac,
             tx_rate_limiter,
+            rx_rate_limiter,
         })
     }
 }
@@ -407,9 +413,11 @@ mod tests {
         assert_eq!(l.bandwidth, Some(per_second(1 << 20)));
         assert_eq!(l.ops, Some(per_second(100)));
         assert_eq!("/x.img".parse::<DiskConfig>().unwrap().rate_limiter, None);
-        let n: NetConfig = "tap=t0,tx-bw=64k".parse().unwrap();
+        let n: NetConfig = "tap=t0,tx-bw=64k,rx-ops=10".parse().unwrap();
         let l = n.tx_rate_limiter.unwrap();
         assert_eq!((l.bandwidth, l.ops), (Some(per_second(64 << 10)), None));
+        let l = n.rx_rate_limiter.unwrap();
+        assert_eq!((l.bandwidth, l.ops), (None, Some(per_second(10))));
         for bad in ["/x,bw=0", "/x,bw=1T", "/x,bw=", "/x,ops=-1", "/x,tx-bw=1"] {
             assert!(bad.parse::<DiskConfig>().is_err(), "{bad}");
         }

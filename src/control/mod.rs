@@ -218,7 +218,7 @@ impl Controller {
         ApiResponse::no_content()
     }
 
-    /// `PATCH /network-interfaces/{id}`: new TX rate limits for a running interface.
+    /// `PATCH /network-interfaces/{id}`: new TX and RX rate limits for a running interface.
     fn patch_net(&mut self, p: &NetworkInterfacePatch, state: InstanceState) -> ApiResponse {
         if !matches!(state, InstanceState::Running | InstanceState::Paused) {
             return ApiResponse::fault(
@@ -230,17 +230,22 @@ impl Controller {
             );
         }
         let id = p.iface_id.as_str();
-        let Some(limiter) = self.control.net_limiter(id) else {
+        let (Some(tx), Some(rx)) = (
+            self.control.net_limiter(id),
+            self.control.net_rx_limiter(id),
+        ) else {
             return ApiResponse::fault(400, format!("the VM has no network interface {id:?}"));
         };
-        if let Some(r) = &p.tx_rate_limiter {
-            let (bandwidth, ops) = r.buckets();
-            limiter
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .update(r.bandwidth.map(|_| bandwidth), r.ops.map(|_| ops));
-            self.pending.patch_net(p);
+        for (patch, limiter) in [(&p.tx_rate_limiter, tx), (&p.rx_rate_limiter, rx)] {
+            if let Some(r) = patch {
+                let (bandwidth, ops) = r.buckets();
+                limiter
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .update(r.bandwidth.map(|_| bandwidth), r.ops.map(|_| ops));
+            }
         }
+        self.pending.patch_net(p);
         ApiResponse::no_content()
     }
 
@@ -604,9 +609,9 @@ mod tests {
         let drive = || ApiRequest::PatchDrive(body(serde_json::json!({"drive_id": "d"})));
         let limits = serde_json::json!({"bandwidth": {"size": 1000, "refill_time": 10}});
         let net = || {
-            ApiRequest::PatchNetworkInterface(body(
-                serde_json::json!({"iface_id": "eth0", "tx_rate_limiter": limits}),
-            ))
+            ApiRequest::PatchNetworkInterface(body(serde_json::json!(
+                {"iface_id": "eth0", "tx_rate_limiter": limits, "rx_rate_limiter": limits}
+            )))
         };
         assert_eq!(c.handle(drive()).status, 400);
         assert_eq!(c.handle(net()).status, 400);
@@ -625,13 +630,15 @@ mod tests {
         assert_eq!(c.handle(net()).status, 400, "no such interface yet");
         let limiter = Arc::new(Mutex::new(RateLimiter::new(None, None).unwrap()));
         control.add_net_limiter("eth0", Arc::clone(&limiter));
+        let rx = Arc::new(Mutex::new(RateLimiter::new(None, None).unwrap()));
+        control.add_net_rx_limiter("eth0", Arc::clone(&rx));
         assert_eq!(c.handle(net()).status, 204);
-        assert_eq!(
-            limiter.lock().unwrap().buckets().0.map(|b| b.size()),
-            Some(1000)
-        );
+        for l in [&limiter, &rx] {
+            assert_eq!(l.lock().unwrap().buckets().0.map(|b| b.size()), Some(1000));
+        }
         let cfg = c.handle(ApiRequest::GetVmConfig).body.unwrap();
         assert_eq!(cfg["network-interfaces"][0]["tx_rate_limiter"], limits);
+        assert_eq!(cfg["network-interfaces"][0]["rx_rate_limiter"], limits);
     }
 
     #[test]

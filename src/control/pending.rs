@@ -116,13 +116,19 @@ impl PendingVm {
 
     /// Records a `PATCH /network-interfaces/{id}` applied to the running VM.
     pub fn patch_net(&mut self, p: &NetworkInterfacePatch) {
-        if let Some((_, n)) = self.nets.iter_mut().find(|(i, _)| i == p.iface_id.as_str())
-            && let Some(r) = p.tx_rate_limiter
-        {
-            let mut now = n.tx_rate_limiter.unwrap_or_default();
-            now.bandwidth = r.bandwidth.or(now.bandwidth);
-            now.ops = r.ops.or(now.ops);
-            n.tx_rate_limiter = Some(now);
+        let Some((_, n)) = self.nets.iter_mut().find(|(i, _)| i == p.iface_id.as_str()) else {
+            return;
+        };
+        for (patch, limiter) in [
+            (p.tx_rate_limiter, &mut n.tx_rate_limiter),
+            (p.rx_rate_limiter, &mut n.rx_rate_limiter),
+        ] {
+            if let Some(r) = patch {
+                let mut now = limiter.unwrap_or_default();
+                now.bandwidth = r.bandwidth.or(now.bandwidth);
+                now.ops = r.ops.or(now.ops);
+                *limiter = Some(now);
+            }
         }
     }
 
@@ -191,7 +197,7 @@ impl PendingVm {
                     host_dev_name: TapName::try_from(n.tap.clone())?,
                     guest_mac: n.mac.map(MacAddr),
                     tx_rate_limiter: n.tx_rate_limiter,
-                    rx_rate_limiter: None,
+                    rx_rate_limiter: n.rx_rate_limiter,
                 })
             })
             .collect::<Result<_, String>>()?;

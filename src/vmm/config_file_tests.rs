@@ -296,6 +296,7 @@ fn the_file_fills_a_vm_config() {
             tap: "hvtap0".into(),
             mac: Some([0x02, 0xfc, 0, 0, 0, 5]),
             tx_rate_limiter: None,
+            rx_rate_limiter: None,
         }]
     );
     assert_eq!(vm.disk_ids, ["rootfs", "scratch"]);

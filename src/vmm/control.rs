@@ -68,6 +68,8 @@ pub struct VmControl {
     balloon: Mutex<Option<Arc<BalloonShared>>>,
     /// The running VM's interfaces' TX rate limiters, by iface_id.
     net_limiters: Mutex<HashMap<String, Arc<Mutex<RateLimiter>>>>,
+    /// The running VM's interfaces' RX rate limiters, by iface_id.
+    net_rx_limiters: Mutex<HashMap<String, Arc<Mutex<RateLimiter>>>>,
 }
 
 impl Default for VmControl {
@@ -90,6 +92,7 @@ impl VmControl {
             snapshot: Mutex::new(None),
             drives: Mutex::new(HashMap::new()),
             net_limiters: Mutex::new(HashMap::new()),
+            net_rx_limiters: Mutex::new(HashMap::new()),
             balloon: Mutex::new(None),
         }
     }
@@ -102,6 +105,16 @@ impl VmControl {
     /// The running VM's balloon, if it has one.
     pub fn balloon(&self) -> Option<Arc<BalloonShared>> {
         lock(&self.balloon).clone()
+    }
+
+    /// Registers a running interface's RX limiter.
+    pub fn add_net_rx_limiter(&self, id: &str, limiter: Arc<Mutex<RateLimiter>>) {
+        lock(&self.net_rx_limiters).insert(id.to_string(), limiter);
+    }
+
+    /// A running interface's RX limiter.
+    pub fn net_rx_limiter(&self, id: &str) -> Option<Arc<Mutex<RateLimiter>>> {
+        lock(&self.net_rx_limiters).get(id).cloned()
     }
 
     /// Registers a running interface's TX limiter.

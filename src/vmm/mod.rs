@@ -535,14 +535,20 @@ fn run_inner(
                     ""
                 }
             );
-            // Every interface has a TX limiter (maybe limiting nothing), so that PATCH
+            // Every interface has TX and RX limiters (maybe limiting nothing), so that PATCH
             // /network-interfaces can set limits later.
             let limits = cfg.nets.get(i).and_then(|n| n.tx_rate_limiter);
             let (bandwidth, ops) = limits.map(|l| l.buckets()).unwrap_or_default();
+            let rx_limits = cfg.nets.get(i).and_then(|n| n.rx_rate_limiter);
+            let (rx_bandwidth, rx_ops) = rx_limits.map(|l| l.buckets()).unwrap_or_default();
             let device = Net::new(tap, mac, events.handle())
-                .with_tx_rate_limiter(RateLimiter::new(bandwidth, ops)?);
+                .with_tx_rate_limiter(RateLimiter::new(bandwidth, ops)?)
+                .with_rx_rate_limiter(RateLimiter::new(rx_bandwidth, rx_ops)?);
             if let (Some(c), Some(l)) = (&hooks.control, device.tx_rate_limiter()) {
                 c.add_net_limiter(&cfg.net_id(i), l);
+            }
+            if let (Some(c), Some(l)) = (&hooks.control, device.rx_rate_limiter()) {
+                c.add_net_rx_limiter(&cfg.net_id(i), l);
             }
             counters.devices.push(device.counters());
             if let Some(m) = metrics {

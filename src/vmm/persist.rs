@@ -455,6 +455,7 @@ fn restored_config(c: &SavedConfig, spec: &RestoreSpec) -> Result<VmConfig, Snap
             mac: Some(n.mac),
             // As for drives: PATCH /network-interfaces sets the limits again.
             tx_rate_limiter: None,
+            rx_rate_limiter: None,
         });
         cfg.net_ids.push(n.id.clone());
     }

@@ -27,6 +27,7 @@ pub struct Net {
     core: VirtioCore,
     counters: Arc<NetCounters>,
     tx_limiter: Option<Arc<Mutex<RateLimiter>>>,
+    rx_limiter: Option<Arc<Mutex<RateLimiter>>>,
 }
 
 impl Net {
@@ -35,6 +36,7 @@ impl Net {
     pub fn new(tap: Tap, mac: [u8; 6], events: EventLoopHandle) -> Self {
         Self {
             tx_limiter: None,
+            rx_limiter: None,
             tap: Arc::new(tap),
             mac,
             config: ConfigSpace::new(mac),
@@ -58,6 +60,17 @@ impl Net {
     /// The same device, the frames it sends limited by `limiter`.
     pub fn with_tx_rate_limiter(mut self, limiter: RateLimiter) -> Self {
         self.tx_limiter = Some(Arc::new(Mutex::new(limiter)));
+        self
+    }
+
+    /// The RX rate limiter, if any, shared with the queue handler.
+    pub fn rx_rate_limiter(&self) -> Option<Arc<Mutex<RateLimiter>>> {
+        self.rx_limiter.clone()
+    }
+
+    /// The same device, the frames it receives limited by `limiter`.
+    pub fn with_rx_rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.rx_limiter = Some(Arc::new(Mutex::new(limiter)));
         self
     }
 
@@ -136,7 +149,8 @@ impl crate::devices::virtio::CoreDevice for Net {
             guest_csum: self.core.has_feature(VIRTIO_NET_F_GUEST_CSUM),
             frame_capacity: rx_frame_capacity(acked, mtu),
         };
-        let rx = NetRxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config);
+        let rx = NetRxQueue::new(mem.clone(), rxq, Arc::clone(&self.counters), rx_config)
+            .with_limiter(self.rx_limiter.clone());
         let tx = NetTxQueue::new(mem, txq, Arc::clone(&self.counters))
             .with_limiter(self.tx_limiter.clone());
         let handler = NetHandler::new(Arc::clone(&self.tap), rx, tx, rx_kick, tx_kick, interrupt);

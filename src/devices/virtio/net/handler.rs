@@ -25,6 +25,8 @@ pub const RX_KICK_EVENT: u32 = 1;
 pub const TX_KICK_EVENT: u32 = 2;
 /// Event token of the TX rate limiter's timerfd.
 pub const TX_LIMITER_EVENT: u32 = 3;
+/// Event token of the RX rate limiter's timerfd.
+pub const RX_LIMITER_EVENT: u32 = 4;
 /// Most frames moved from the TAP to the guest per event.
 pub const RX_BUDGET: usize = 128;
 
@@ -115,7 +117,8 @@ impl<T: FrameIo> NetHandler<T> {
             .rx
             .process(&self.io, self.interrupt.as_ref(), RX_BUDGET)
         {
-            Ok(RxProgress::Starved) => self.watch_tap(ops, false),
+            // Until the limiter's timer fires, the TAP waits (its frames queue up there).
+            Ok(RxProgress::Starved | RxProgress::Throttled) => self.watch_tap(ops, false),
             Ok(RxProgress::Drained | RxProgress::Budget) => self.watch_tap(ops, true),
             Ok(RxProgress::Broken) => {}
             Err(e) => log::error!("virtio-net: RX queue stopped, device needs reset: {e}"),
@@ -129,6 +132,19 @@ impl<T: FrameIo> NetHandler<T> {
     fn tx_limiter_fd(&self) -> Option<std::os::fd::RawFd> {
         use std::os::fd::AsRawFd;
         (self.tx.limiter()).map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd())
+    }
+
+    fn rx_limiter_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        (self.rx.limiter()).map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).as_raw_fd())
+    }
+
+    /// The RX limiter's timer fired: receiving may go on.
+    fn on_rx_limiter(&mut self, ops: &mut EventOps) {
+        if let Some(l) = self.rx.limiter() {
+            l.lock().unwrap_or_else(|p| p.into_inner()).on_timer();
+        }
+        self.serve_rx(ops);
     }
 
     /// The TX limiter's timer fired: frames it held back may go now.
@@ -165,6 +181,11 @@ impl<T: FrameIo> MutEventSubscriber for NetHandler<T> {
         {
             log::error!("virtio-net: cannot register the TX rate limiter's timer: {e}");
         }
+        if let Some(fd) = self.rx_limiter_fd()
+            && let Err(e) = ops.add(Events::with_data_raw(fd, RX_LIMITER_EVENT, EventSet::IN))
+        {
+            log::error!("virtio-net: cannot register the RX rate limiter's timer: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -193,6 +214,7 @@ impl<T: FrameIo> MutEventSubscriber for NetHandler<T> {
                 Self::unregister(ops, fd, token);
             }
             TX_LIMITER_EVENT => self.on_tx_limiter(ops),
+            RX_LIMITER_EVENT => self.on_rx_limiter(ops),
             other => log::warn!("virtio-net: unknown event token {other}"),
         }
     }

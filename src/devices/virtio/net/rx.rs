@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
@@ -24,6 +24,7 @@ use crate::devices::virtio::next_avail_chain;
 use crate::devices::virtio::queue::{
     ChainError, MappedChain, Notifier, RingError, map_writable, publish_used,
 };
+use crate::devices::virtio::rate_limiter::RateLimiter;
 
 /// Where RX processing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ pub enum RxProgress {
     Budget,
     /// The queue met a malformed ring earlier and stopped.
     Broken,
+    /// The rate limiter holds receiving back until its timer fires.
+    Throttled,
 }
 
 /// How the driver negotiated the receive path.
@@ -63,6 +66,9 @@ pub struct NetRxQueue {
     stash_pieces: usize,
     notify_enabled: bool,
     broken: bool,
+    limiter: Option<Arc<Mutex<RateLimiter>>>,
+    /// Bytes of a received frame the limiter has not been paid for yet.
+    owed: Option<u64>,
 }
 
 impl NetRxQueue {
@@ -84,6 +90,47 @@ impl NetRxQueue {
             stash_pieces: 0,
             notify_enabled: true,
             broken: false,
+            limiter: None,
+            owed: None,
+        }
+    }
+
+    /// Limits what the guest receives with `limiter` (bytes, frames): a frame is taken
+    /// from the TAP only once the previous one's tokens were paid.
+    pub fn with_limiter(mut self, limiter: Option<Arc<Mutex<RateLimiter>>>) -> Self {
+        self.limiter = limiter;
+        self
+    }
+
+    /// The rate limiter, if any.
+    pub fn limiter(&self) -> Option<&Arc<Mutex<RateLimiter>>> {
+        self.limiter.as_ref()
+    }
+
+    /// Pays for the last frame; `false` while the limiter has too few tokens (its timer
+    /// is then armed).
+    fn pay(&mut self) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        let mut l = limiter.lock().unwrap_or_else(|p| p.into_inner());
+        if l.is_throttled() {
+            return false;
+        }
+        let Some(owed) = self.owed else {
+            return true;
+        };
+        match l.consume(owed) {
+            Ok(true) => {
+                self.owed = None;
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                log::warn!("virtio-net: RX rate limiter: {e}; not limiting");
+                self.owed = None;
+                true
+            }
         }
     }
 
@@ -131,6 +178,9 @@ impl NetRxQueue {
 
     fn run(&mut self, io: &dyn FrameIo, budget: usize) -> Result<RxProgress, RingError> {
         for _ in 0..budget {
+            if !self.pay() {
+                return Ok(RxProgress::Throttled);
+            }
             if !self.fill()? {
                 NetCounters::add(&self.counters.rx_starved, 1);
                 return Ok(RxProgress::Starved);
@@ -230,6 +280,9 @@ impl NetRxQueue {
             return Ok(true);
         }
         self.deliver(n)?;
+        if self.limiter.is_some() {
+            self.owed = Some((n - HDR_LEN) as u64);
+        }
         Ok(true)
     }
 

@@ -238,3 +238,44 @@ fn event_idx_suppresses_interrupts() {
     rx.process(&dev, &sig, 1).expect("rx");
     assert_eq!(sig.used(), 1, "used_event was not moved on");
 }
+
+#[test]
+fn a_receive_limiter_holds_the_next_frame_back_until_paid() {
+    use crate::devices::virtio::rate_limiter::{RateLimiter, TokenBucket};
+    let mem = guest_memory();
+    let vq = MockSplitQueue::new(&mem, QS);
+    vq.add_desc_chains(
+        &[
+            wr(BUF, 2048),
+            wr(BUF + 0x1000, 2048),
+            wr(BUF + 0x2000, 2048),
+        ],
+        0,
+    )
+    .expect("chains");
+    let (rx, counters) = rx_queue(&mem, vq.create_queue().expect("q"), cfg(false, 1530));
+    // 150 bytes a minute. A frame is paid after it was read: the first (100 bytes) is
+    // paid, the second is read and cannot be, so the third stays in the TAP.
+    let bucket = TokenBucket::new(150, 0, 60_000).expect("bucket");
+    let limiter = Arc::new(std::sync::Mutex::new(
+        RateLimiter::new(Some(bucket), None).expect("limiter"),
+    ));
+    let mut rx = rx.with_limiter(Some(Arc::clone(&limiter)));
+    let (dev, host) = fake_tap();
+    let sig = Signals::default();
+    for i in 1..=3 {
+        host.send(&frame(100, i)).expect("send");
+    }
+    assert_eq!(
+        rx.process(&dev, &sig, 64).expect("rx"),
+        RxProgress::Throttled
+    );
+    assert_eq!(counters.snapshot().rx_frames, 2);
+    assert!(limiter.lock().unwrap().is_throttled());
+    // Still throttled: nothing more is read, however often the device is asked.
+    assert_eq!(
+        rx.process(&dev, &sig, 64).expect("rx"),
+        RxProgress::Throttled
+    );
+    assert_eq!(counters.snapshot().rx_frames, 2);
+}
