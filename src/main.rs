@@ -530,14 +530,24 @@ fn exit_code(reason: ExitReason, has_command: bool) -> ExitCode {
 /// Maps how a container run ended to hvlite's exit status; a failure shows the tail of
 /// the (otherwise hidden) guest console.
 fn container_exit_code(outcome: RunOutcome) -> ExitCode {
-    let msg = match outcome.reason {
-        ExitReason::GuestStatus(status) => return ExitCode::from(status),
+    let msg = match &outcome.reason {
+        ExitReason::GuestStatus(status) => return ExitCode::from(*status),
         ExitReason::Reset | ExitReason::Shutdown => {
             "the guest stopped before its agent reported the command's exit status".to_string()
         }
         other => other.failure().unwrap_or_else(|| format!("{other:?}")),
     };
     eprintln!("hvlite: error: {msg}");
+    if let Some(sig) = container::retry::init_killed_by(&outcome.reason) {
+        eprintln!(
+            "hvlite: the guest agent (PID 1) was killed by signal {sig}{}",
+            if hvlite::host::HostKind::detect().is_pvm() {
+                "; on PVM hosts that is the host's stale-memory defect (docs/pvm-defect.md)"
+            } else {
+                ""
+            }
+        );
+    }
     let tail = outcome.console_tail.trim_end();
     if !tail.is_empty() {
         let lines: Vec<&str> = tail.lines().collect();

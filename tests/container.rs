@@ -372,8 +372,8 @@ fn an_agent_that_dies_is_a_clear_error() {
 }
 
 #[test]
-fn an_image_rootfs_is_used_read_write() {
-    if !kvm_available("an_image_rootfs_is_used_read_write") {
+fn an_image_rootfs_is_used_read_write_and_a_crashed_agent_is_retried() {
+    if !kvm_available("an_image_rootfs_is_used_read_write_and_a_crashed_agent_is_retried") {
         return;
     }
     let dir = scratch("rootfs-image");
@@ -406,14 +406,35 @@ fn an_image_rootfs_is_used_read_write() {
         .output()
         .expect("debugfs");
     assert!(chmod.status.success(), "{chmod:?}");
+    // The user's process itself crashes at the end (sh execs the crasher): hvlite exits
+    // with 139 as the process did, with the kernel's report as a warning, and no error of
+    // its own.
     let cmd = [
         "/bin/sh",
         "-c",
-        "echo kept > /kept.txt; /crasher; echo crasher=$?",
+        "echo kept > /kept.txt; /crasher; echo crasher=$?; exec /crasher",
     ];
-    let b = start_container_on(image.to_str().unwrap(), &[], &cmd, None).finish();
-    assert_eq!(b.status, Some(0), "{}", b.context());
-    assert!(b.stdout.contains("crasher=139"), "{}", b.context());
+    // The test-only switch makes the agent crash (a real fault, like the PVM defect)
+    // before it starts the process on the first boot; hvlite boots once more, says so,
+    // and the process runs exactly once.
+    let envs = envs();
+    let mut envs: Vec<(&str, &OsStr)> = envs.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    envs.push(("HVLITE_AGENT_TEST_CRASH", OsStr::new("before-start")));
+    let args = ["run", "--rootfs", image.to_str().unwrap(), "--"];
+    let args: Vec<&str> = args.iter().chain(cmd.iter()).copied().collect();
+    let b = start_full(&[], &args, &envs, None).finish();
+    assert_eq!(b.status, Some(139), "{}", b.context());
+    assert_eq!(b.stdout, "crasher=139\n", "ran once; {}", b.context());
+    assert!(
+        b.stderr.contains(
+            "the guest agent (PID 1) crashed before the container's process started \
+             (guest kernel panicked: Kernel panic - not syncing: Attempted to kill init! \
+             exitcode=0x0000000b); booting the VM once more"
+        ),
+        "{}",
+        b.context()
+    );
+    assert!(!b.stderr.contains("hvlite: error"), "{}", b.context());
     // The kernel's report reaches hvlite's log even though the console is quiet.
     let report = b
         .stderr
@@ -421,6 +442,14 @@ fn an_image_rootfs_is_used_read_write() {
         .find(|l| l.contains(&format!("{CRASH_WARNING}: crasher[")))
         .unwrap_or_else(|| panic!("no crash report; {}", b.context()));
     assert!(report.contains("segfault at 0 ip "), "{report}");
+    assert_eq!(
+        b.stderr
+            .matches(&format!("{CRASH_WARNING}: crasher["))
+            .count(),
+        2,
+        "both crashes of the user's process are reported; {}",
+        b.context()
+    );
     // The agent synced before reporting: the change is in the image file.
     assert_eq!(ext4_cat(&image, "/kept.txt"), "kept\n");
 }

@@ -14,6 +14,7 @@ pub mod console;
 pub mod exec;
 pub mod image;
 pub mod paths;
+pub mod retry;
 pub mod rootfs;
 pub mod session;
 pub mod signals;
@@ -21,8 +22,8 @@ pub mod spec;
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use crate::agent::{
     self,
@@ -189,64 +190,132 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
     log::debug!("container VM: vsock cid {}", vsock.cid);
     log::info!("container VM: {} vCPU(s), {} MiB", vm.cpus, vm.memory_mib);
 
-    let latch = Arc::new(ExitLatch::new());
-    let (agent_tx, agent_rx) = mpsc::channel();
-    let outputs = hooks.outputs.unwrap_or_else(|| session::Outputs {
-        stdout: Box::new(io::stdout()),
-        stderr: Box::new(io::stderr()),
-        stdin: spec
-            .stdin
-            .then(|| Box::new(io::stdin()) as Box<dyn io::Read + Send>),
-    });
-    let (shared, session_thread) =
-        session::spawn_gated(spec, agent_rx, Arc::clone(&latch), outputs, hooks.gate)
-            .map_err(ContainerError::Session)?;
-    if let Some(on_session) = hooks.on_session {
-        on_session(SessionHandle {
-            shared: Arc::clone(&shared),
-            latch: Arc::clone(&latch),
-        });
-    }
-    let sig_latch = Arc::clone(&latch);
+    // The signal forwarder outlives a retried boot: it always serves the current one.
+    let current: Arc<Mutex<Option<SessionHandle>>> = Arc::default();
+    let target = Arc::clone(&current);
     let forwarder = signals::spawn_forwarder(move |sig| {
-        if shared.forward_signal(sig) {
+        let Some(now) = target.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        if now.shared.forward_signal(sig) {
             log::debug!("forwarded signal {sig} to the container's process");
         } else {
             log::info!("signal {sig} before the process started: stopping the VM");
-            sig_latch.request(ExitReason::GuestStatus(signals::status_for(sig)));
+            now.latch
+                .request(ExitReason::GuestStatus(signals::status_for(sig)));
         }
     })
     .map_err(ContainerError::Signals)?;
     drop(forwarder);
 
-    let tail = ConsoleTail::new();
-    let pvm = crate::host::HostKind::detect().is_pvm();
-    let shown: Box<dyn io::Write + Send> = if cfg.console {
-        Box::new(io::stderr())
-    } else {
-        Box::new(tail.clone())
-    };
-    let console = Console {
-        out: Box::new(crash_watch(shown, pvm)),
-        forward_stdin: false,
-    };
-    let env = RunEnv {
-        console,
-        latch: Arc::clone(&latch),
-        vsock_ports: vec![(AGENT_VSOCK_PORT, agent_tx)],
-    };
-    let result = vmm::run(&vm, env);
-    // The session writes all output before it ends the VM, so nothing is lost by not
-    // waiting long for it: it may still be blocked on a connection the VM never closed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
-    while !session_thread.is_finished() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    // A front end that holds the session or gives its own stdio (the OCI monitor) gets no
+    // retry: its handle would name the first boot's session, its stdio would be used up.
+    let retryable = hooks.gate.is_none() && hooks.on_session.is_none() && hooks.outputs.is_none();
+    let mut once = Some((hooks.gate, hooks.on_session, hooks.outputs));
+    let mut attempt = 0;
+    loop {
+        let (gate, on_session, outputs) = once.take().unwrap_or((None, None, None));
+        let mut boot_vm = vm.clone();
+        if let Some(opt) = retry::test_crash_option(attempt, |k| std::env::var(k).ok()) {
+            let line = boot_vm.cmdline.get_or_insert_with(String::new);
+            line.push(' ');
+            line.push_str(opt);
+        }
+        let boot = Boot {
+            vm: &boot_vm,
+            spec: spec.clone(),
+            console: cfg.console,
+            gate,
+            on_session,
+            outputs,
+            current: &current,
+        };
+        let (outcome, started) = boot.run()?;
+        if retryable && retry::should_retry(&outcome.reason, started, attempt) {
+            log::warn!(
+                "the guest agent (PID 1) crashed before the container's process started ({}); \
+                 booting the VM once more{}",
+                outcome.reason.failure().unwrap_or_default(),
+                if crate::host::HostKind::detect().is_pvm() {
+                    " (a PVM host defect: docs/pvm-defect.md)"
+                } else {
+                    ""
+                }
+            );
+            attempt += 1;
+            continue;
+        }
+        return Ok(outcome);
     }
-    let reason = result?;
-    Ok(RunOutcome {
-        reason,
-        console_tail: tail.text(),
-    })
+}
+
+/// One boot of a container VM.
+struct Boot<'a> {
+    vm: &'a VmConfig,
+    spec: agent::protocol::ProcessSpec,
+    console: bool,
+    gate: Option<session::StartGate>,
+    on_session: Option<Box<dyn FnOnce(SessionHandle) + Send>>,
+    /// The process's stdio, if not hvlite's own.
+    outputs: Option<session::Outputs>,
+    /// Where the signal forwarder finds the session of the boot that runs.
+    current: &'a Mutex<Option<SessionHandle>>,
+}
+
+impl Boot<'_> {
+    /// Boots the VM and serves the agent's session until the VM ends; also says whether the
+    /// process had started.
+    fn run(self) -> Result<(RunOutcome, bool), ContainerError> {
+        let latch = Arc::new(ExitLatch::new());
+        let (agent_tx, agent_rx) = mpsc::channel();
+        let stdin = self.spec.stdin;
+        let outputs = self.outputs.unwrap_or_else(|| session::Outputs {
+            stdout: Box::new(io::stdout()),
+            stderr: Box::new(io::stderr()),
+            stdin: stdin.then(|| Box::new(io::stdin()) as Box<dyn io::Read + Send>),
+        });
+        let (shared, session_thread) =
+            session::spawn_gated(self.spec, agent_rx, Arc::clone(&latch), outputs, self.gate)
+                .map_err(ContainerError::Session)?;
+        let handle = SessionHandle {
+            shared: Arc::clone(&shared),
+            latch: Arc::clone(&latch),
+        };
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.clone());
+        if let Some(on_session) = self.on_session {
+            on_session(handle);
+        }
+
+        let tail = ConsoleTail::new();
+        let pvm = crate::host::HostKind::detect().is_pvm();
+        let shown: Box<dyn io::Write + Send> = if self.console {
+            Box::new(io::stderr())
+        } else {
+            Box::new(tail.clone())
+        };
+        let console = Console {
+            out: Box::new(crash_watch(shown, pvm)),
+            forward_stdin: false,
+        };
+        let env = RunEnv {
+            console,
+            latch: Arc::clone(&latch),
+            vsock_ports: vec![(AGENT_VSOCK_PORT, agent_tx)],
+        };
+        let result = vmm::run(self.vm, env);
+        // The session writes all output before it ends the VM, so nothing is lost by not
+        // waiting long for it: it may still be blocked on a connection the VM never closed.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        while !session_thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let reason = result?;
+        let outcome = RunOutcome {
+            reason,
+            console_tail: tail.text(),
+        };
+        Ok((outcome, shared.is_started()))
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use hvlite_protocol::agent::CMDLINE_TEST_CRASH;
 use hvlite_protocol::agent::protocol::{
     AGENT_VSOCK_PORT, AgentMessage, EXEC_VSOCK_PORT, PROTOCOL_VERSION, write_message,
 };
@@ -107,6 +108,10 @@ pub fn run(cmdline: &str) -> ! {
     // kernel's reports of crashed processes reach the host, which logs them.
     if let Err(e) = sys::set_console_log_level(sys::CONSOLE_LEVEL_INFO) {
         say(&format!("hvlite-agent: console log level: {e}"));
+    }
+    if test_crash_before_start(cmdline) {
+        say("hvlite-agent: test switch: crashing before the process starts");
+        sys::fault_at_null();
     }
     let outcome = match ready {
         Ok(sigchld) => session::serve(
@@ -197,9 +202,25 @@ fn exec_session(conn: OwnedFd) -> ! {
     sys::exit_child(status)
 }
 
+/// Whether the test-only option [`CMDLINE_TEST_CRASH`] is on the kernel command line.
+fn test_crash_before_start(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == CMDLINE_TEST_CRASH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_crash_switch_only_when_named_exactly() {
+        assert!(test_crash_before_start(
+            "root=/dev/vda hvlite.agent=1 hvlite.test_crash=before-start quiet"
+        ));
+        assert!(!test_crash_before_start(
+            "root=/dev/vda hvlite.agent=1 quiet"
+        ));
+        assert!(!test_crash_before_start("hvlite.test_crash=before-startx"));
+    }
 
     #[test]
     fn retry_on_transient_errors_only() {

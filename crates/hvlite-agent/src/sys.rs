@@ -140,6 +140,19 @@ pub fn set_console_log_level(level: libc::c_int) -> io::Result<()> {
     Ok(())
 }
 
+/// Loads from address 0: a real page fault, so the kernel kills this process with SIGSEGV
+/// and reports `segfault at 0`, the way the PVM host defect kills processes. Only the
+/// test-only switch `hvlite.test_crash=before-start` calls it.
+pub fn fault_at_null() -> ! {
+    loop {
+        // SAFETY: the load faults (nothing is mapped at 0, mmap_min_addr forbids it) and the
+        // kernel kills the process; no Rust-visible memory is read or written.
+        unsafe {
+            std::arch::asm!("mov {v}, qword ptr [{p}]", p = in(reg) 0usize, v = out(reg) _);
+        }
+    }
+}
+
 /// Writes `status` to I/O port `port` through `/dev/port` (the kernel does the `out`).
 pub fn write_port_devport(port: u16, status: u8) -> io::Result<()> {
     let f = OpenOptions::new().write(true).open("/dev/port")?;

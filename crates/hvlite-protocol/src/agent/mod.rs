@@ -34,3 +34,12 @@ pub const DEFAULT_ROOT_DEVICE: &str = "/dev/vdb";
 pub const ROOT_MODE_OVERLAY: &str = "overlay";
 /// [`CMDLINE_ROOT_MODE`] value: the image mounted read-write.
 pub const ROOT_MODE_RW: &str = "rw";
+
+/// Test-only kernel command line option: the agent crashes with a real page fault (as the
+/// PVM host defect makes it crash, see docs/pvm-defect.md) after its `Hello` and before it
+/// starts the process. hvlite adds it to the first boot of a container VM when its own
+/// environment has [`TEST_CRASH_ENV`]`=before-start`, so that the retry of such a run can be
+/// tested; nothing else sets it.
+pub const CMDLINE_TEST_CRASH: &str = "hvlite.test_crash=before-start";
+/// Test-only environment variable of hvlite (see [`CMDLINE_TEST_CRASH`]).
+pub const TEST_CRASH_ENV: &str = "HVLITE_AGENT_TEST_CRASH";
