@@ -66,6 +66,8 @@ pub enum ContainerError {
     Spec(#[source] ProtocolError),
     #[error("cannot set up signal forwarding")]
     Signals(#[source] io::Error),
+    #[error("cannot start the VM's thread")]
+    Thread(#[source] io::Error),
     #[error("cannot start the agent session")]
     Session(#[source] io::Error),
     #[error(transparent)]
@@ -230,7 +232,17 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
             outputs,
             current: &current,
         };
-        let (outcome, started) = boot.run()?;
+        // Each boot in its own thread: the VMM filters the thread that runs a VM with
+        // seccomp, and a retry must start from an unfiltered one.
+        let (outcome, started) = std::thread::scope(|s| {
+            let vm_thread = std::thread::Builder::new()
+                .name("container-vm".into())
+                .spawn_scoped(s, move || boot.run())
+                .map_err(ContainerError::Thread)?;
+            vm_thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })?;
         if retryable && retry::should_retry(&outcome.reason, started, attempt) {
             log::warn!(
                 "the guest agent (PID 1) crashed before the container's process started ({}); \
