@@ -88,9 +88,28 @@ ${prefix}cat >/dev/null; wait; echo ROUND-\$i; i=\$((i+1)); done; echo ROUNDS-DO
     first=$(grep -m1 -n -E '^ROUND-0' "$log" | cut -d: -f1 || true)
     boot=$(grep -m1 -o -E '(guest init started|guest agent connected) [0-9.]+ ms' "$log" |
         grep -o -E '[0-9.]+' | head -n1 || true)
-    [ -n "$first" ] || log "chunk did not finish a round; tail:" && [ -n "$first" ] || tail -n 5 "$log" >&2
+    if [ -z "$first" ]; then
+        log "the chunk finished no round; its last lines:"
+        tail -n 5 "$log" >&2
+    fi
     awk -v a="$start" -v b="$end" -v boot="${boot:-0}" -v d="$done" -v c="$crashes" \
         'BEGIN { printf "%d %d %.1f %.1f\n", d, c, boot / 1000, (b - a) - boot / 1000 }'
+}
+
+host_kind=hardware
+[ -d /sys/module/kvm_pvm ] && [ ! -d /sys/module/kvm_intel ] && [ ! -d /sys/module/kvm_amd ] && host_kind=pvm
+# Written after every configuration, so that an interrupted run keeps what it measured.
+write_results() {
+    mkdir -p "$(dirname "$OUT")"
+    {
+        printf '{\n  "host_kind": "%s",\n  "kernel": "%s",\n' "$host_kind" "$(basename "$(dirname "$KERNEL")")"
+        printf '  "loop": "true & echo x | cat; wait (busybox applets or Debian coreutils)",\n  "runs": [\n'
+        for i in "${!rows[@]}"; do
+            sep=","; [ "$i" -eq $((${#rows[@]} - 1)) ] && sep=""
+            printf '    %s%s\n' "${rows[$i]}" "$sep"
+        done
+        printf '  ]\n}\n'
+    } >"$OUT"
 }
 
 rows=()
@@ -127,20 +146,9 @@ for measure in $MEASURES; do
             per_start=$(awk -v l="$loop_s" -v s="$starts" 'BEGIN { printf "%.0f", s ? 1000 * l / s : 0 }')
             log "$name/$workload/$n vCPU: $crashes crashes in $starts process starts"
             rows+=("{\"measure\": \"$name\", \"kernel_options\": \"$opts\", \"workload\": \"$workload\", \"vcpus\": $n, \"process_starts\": $starts, \"crashes\": $crashes, \"chunks\": $chunks, \"boot_s_median\": $boot_median, \"ms_per_process_start\": $per_start}")
+            write_results
         done
     done
 done
 
-host_kind=hardware
-[ -d /sys/module/kvm_pvm ] && [ ! -d /sys/module/kvm_intel ] && [ ! -d /sys/module/kvm_amd ] && host_kind=pvm
-mkdir -p "$(dirname "$OUT")"
-{
-    printf '{\n  "host_kind": "%s",\n  "kernel": "%s",\n' "$host_kind" "$(basename "$(dirname "$KERNEL")")"
-    printf '  "loop": "true & echo x | cat; wait (busybox applets or Debian coreutils)",\n  "runs": [\n'
-    for i in "${!rows[@]}"; do
-        sep=","; [ "$i" -eq $((${#rows[@]} - 1)) ] && sep=""
-        printf '    %s%s\n' "${rows[$i]}" "$sep"
-    done
-    printf '  ]\n}\n'
-} >"$OUT"
 cat "$OUT"
