@@ -113,6 +113,21 @@ write_results() {
 }
 
 rows=()
+# The configuration being measured, as a results row (marked partial until it completes).
+current_row() {
+    local partial=$1 boot_median per_start
+    boot_median=$(printf '%s\n' "${boots[@]:-0}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+    per_start=$(awk -v l="$loop_s" -v s="$starts" 'BEGIN { printf "%.0f", s ? 1000 * l / s : 0 }')
+    echo "{\"measure\": \"$name\", \"kernel_options\": \"$opts\", \"workload\": \"$workload\", \"vcpus\": $n, \"process_starts\": $starts, \"crashes\": $crashes, \"chunks\": $chunks, \"boot_s_median\": $boot_median, \"ms_per_process_start\": $per_start, \"partial\": $partial}"
+}
+# Stopped (SIGTERM/SIGINT) part-way: keep what the configuration in progress measured.
+stopped() {
+    [ -n "${n:-}" ] && [ "${starts:-0}" -gt 0 ] && rows+=("$(current_row true)")
+    write_results
+    log "stopped; partial results in $OUT"
+    exit 130
+}
+trap stopped TERM INT
 for measure in $MEASURES; do
     name=${measure%%=*}
     opts=${measure#*=}
@@ -142,11 +157,10 @@ for measure in $MEASURES; do
                 loop_s=$(awk -v a="$loop_s" -v b="$l" 'BEGIN { printf "%.1f", a + b }')
                 log "$name/$workload/$n vCPU: chunk $chunks: $((3 * d)) starts, $c crashes, boot $b s ($starts/$target)"
             done
-            boot_median=$(printf '%s\n' "${boots[@]:-0}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-            per_start=$(awk -v l="$loop_s" -v s="$starts" 'BEGIN { printf "%.0f", s ? 1000 * l / s : 0 }')
             log "$name/$workload/$n vCPU: $crashes crashes in $starts process starts"
-            rows+=("{\"measure\": \"$name\", \"kernel_options\": \"$opts\", \"workload\": \"$workload\", \"vcpus\": $n, \"process_starts\": $starts, \"crashes\": $crashes, \"chunks\": $chunks, \"boot_s_median\": $boot_median, \"ms_per_process_start\": $per_start}")
+            rows+=("$(current_row false)")
             write_results
+            n=""
         done
     done
 done
