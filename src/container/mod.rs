@@ -22,6 +22,7 @@ pub mod spec;
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -193,8 +194,10 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
     log::info!("container VM: {} vCPU(s), {} MiB", vm.cpus, vm.memory_mib);
 
     // The signal forwarder outlives a retried boot: it always serves the current one.
+    // A signal that stopped a boot before the process started also rules out a retry.
     let current: Arc<Mutex<Option<SessionHandle>>> = Arc::default();
-    let target = Arc::clone(&current);
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (target, stop) = (Arc::clone(&current), Arc::clone(&stopped));
     let forwarder = signals::spawn_forwarder(move |sig| {
         let Some(now) = target.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
             return;
@@ -203,6 +206,7 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
             log::debug!("forwarded signal {sig} to the container's process");
         } else {
             log::info!("signal {sig} before the process started: stopping the VM");
+            stop.store(true, Ordering::SeqCst);
             now.latch
                 .request(ExitReason::GuestStatus(signals::status_for(sig)));
         }
@@ -243,7 +247,10 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })?;
-        if retryable && retry::should_retry(&outcome.reason, started, attempt) {
+        if retryable
+            && !stopped.load(Ordering::SeqCst)
+            && retry::should_retry(&outcome.reason, started, attempt)
+        {
             log::warn!(
                 "the guest agent (PID 1) crashed before the container's process started ({}); \
                  booting the VM once more{}",
