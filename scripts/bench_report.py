@@ -81,8 +81,10 @@ def first_line(cmd):
 
 
 def last_error(text):
+    """The line that best says what went wrong: the probe's own error, else the last line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return (lines[-1] if lines else "no output")[:300]
+    probe = [ln for ln in lines if ln.startswith("hvlite-bench-probe:")]
+    return (probe or lines or ["no output"])[-1][:300]
 
 
 class Instance:
@@ -511,6 +513,8 @@ def run_to_exit(system, group, size, n):
     if rc is None:
         return "timed out after 600 s"
     error = system.check(rc, out, err)
+    if error and "hvlite-bench-probe:" in out + err and "hvlite-bench-probe:" not in error:
+        error += f" ({last_error(err + chr(10) + out)})"
     if error:
         return error
     if group == "true":

@@ -3,8 +3,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::time::{Duration, Instant};
 
 pub const USAGE: &str = "hvlite-bench-probe [cpu ITERS] [getpid N] [pipe N] [seq PATH MIB] \
@@ -179,18 +178,35 @@ fn pipe(n: u64) -> Result<Line, ProbeError> {
     })
 }
 
-/// Drops the file's cached pages so the next reads go to the disk (after a sync).
-fn drop_cache(file: &File) -> Result<(), ProbeError> {
-    file.sync_all().map_err(io("fsync"))?;
-    // SAFETY: a valid open descriptor; fadvise only changes cache state.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    if rc != 0 {
-        return Err(ProbeError::Io {
-            what: "posix_fadvise",
-            source: std::io::Error::from_raw_os_error(rc),
-        });
+/// One block, aligned as O_DIRECT wants its buffers.
+#[repr(C, align(4096))]
+#[derive(Clone, Copy)]
+struct Block([u8; BLOCK]);
+
+/// A buffer of `blocks` aligned blocks for O_DIRECT reads.
+struct DirectBuf(Vec<Block>);
+
+impl DirectBuf {
+    fn new(blocks: usize) -> Self {
+        DirectBuf(vec![Block([0; BLOCK]); blocks])
     }
-    Ok(())
+
+    fn bytes(&mut self) -> &mut [u8] {
+        let len = self.0.len() * BLOCK;
+        // SAFETY: Block is repr(C) around a [u8; BLOCK] with no padding (its size equals its
+        // alignment), so the vector's storage is `len` initialised, exclusively borrowed bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
+    }
+}
+
+/// Opens the file again with O_DIRECT, so reads go to the disk and not to the page cache
+/// (fadvise(DONTNEED) is not there in every guest kernel: tinyconfig leaves it out).
+fn open_direct(path: &str) -> Result<File, ProbeError> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map_err(io("open with O_DIRECT"))
 }
 
 fn mib_per_s(mib: u64, took: Duration) -> f64 {
@@ -215,12 +231,12 @@ fn write_file(path: &str, mib: u64) -> Result<(File, Duration), ProbeError> {
 }
 
 fn seq(path: &str, mib: u64) -> Result<Vec<Line>, ProbeError> {
-    let (file, wrote) = write_file(path, mib)?;
-    drop_cache(&file)?;
-    let mut chunk = vec![0u8; 1 << 20];
+    let (_, wrote) = write_file(path, mib)?;
+    let file = open_direct(path)?;
+    let mut chunk = DirectBuf::new((1 << 20) / BLOCK);
     let start = Instant::now();
     for i in 0..mib {
-        file.read_exact_at(&mut chunk, i << 20)
+        file.read_exact_at(chunk.bytes(), i << 20)
             .map_err(io("read"))?;
     }
     let read = start.elapsed();
@@ -239,18 +255,19 @@ fn seq(path: &str, mib: u64) -> Result<Vec<Line>, ProbeError> {
     ])
 }
 
-/// Random 4 KiB reads (cache dropped first) and random 4 KiB writes each followed by
+/// Random 4 KiB reads (O_DIRECT) and random 4 KiB writes each followed by
 /// fdatasync (a quarter as many), in a file of `mib` MiB.
 fn rand(path: &str, mib: u64, count: u64) -> Result<Vec<Line>, ProbeError> {
     let (file, _) = write_file(path, mib)?;
-    drop_cache(&file)?;
+    let direct = open_direct(path)?;
     let blocks = (mib << 20) / BLOCK as u64;
-    let mut buf = [0u8; BLOCK];
+    let mut buf = DirectBuf::new(1);
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
     let start = Instant::now();
     for _ in 0..count {
         x = xorshift(x);
-        file.read_exact_at(&mut buf, (x % blocks) * BLOCK as u64)
+        direct
+            .read_exact_at(buf.bytes(), (x % blocks) * BLOCK as u64)
             .map_err(io("random read"))?;
     }
     let reads = count as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -258,7 +275,7 @@ fn rand(path: &str, mib: u64, count: u64) -> Result<Vec<Line>, ProbeError> {
     let start = Instant::now();
     for _ in 0..writes_n {
         x = xorshift(x);
-        file.write_all_at(&buf, (x % blocks) * BLOCK as u64)
+        file.write_all_at(buf.bytes(), (x % blocks) * BLOCK as u64)
             .map_err(io("random write"))?;
         file.sync_data().map_err(io("fdatasync"))?;
     }
