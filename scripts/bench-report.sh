@@ -3,7 +3,7 @@
 # the host (hvlite cold boot and template restore, runc, crun, QEMU microvm, podman with
 # hvlite-runtime, containerd with the hvlite shim), alternating the systems per iteration.
 # Writes OUT/results.json and OUT/index.html (self-contained, inline SVG plots).
-#   scripts/bench-report.sh [--quick] [--out DIR] [--iterations N] [--only ID,ID]
+#   scripts/bench-report.sh [--quick] [--out DIR] [--iterations N] [--only ID,ID] [--groups G,G]
 # --quick (CI): each workload once on small sizes, density at 1 and 2 instances, then the
 # page is checked (tags balanced, one plot per workload). Run it as root (TAP, netns) and
 # under the shared VM lock: flock /tmp/hvlite-vm.lock scripts/bench-report.sh --quick
@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --quick) ARGS+=(--quick) ;;
         --out) OUT="${2:?--out needs a directory}"; shift ;;
-        --iterations|--only) ARGS+=("$1" "${2:?$1 needs a value}"); shift ;;
+        --iterations|--only|--groups) ARGS+=("$1" "${2:?$1 needs a value}"); shift ;;
         -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-report: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
