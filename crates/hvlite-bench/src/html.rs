@@ -181,7 +181,7 @@ fn bars_section(report: &Report, w: &Workload, out: &mut String) -> Result<(), P
 fn lines_section(report: &Report, w: &Workload, out: &mut String) -> Result<(), PlotError> {
     let mut lines = Vec::new();
     let mut rows = String::new();
-    for sys in report.ran() {
+    for (color, sys) in report.ran().enumerate() {
         let o = w.results.get(&sys.id);
         let label = escape(&sys.label);
         if let Some(cell) = status_cell(o) {
@@ -203,6 +203,7 @@ fn lines_section(report: &Report, w: &Workload, out: &mut String) -> Result<(), 
         }
         lines.push(Line {
             label: &sys.label,
+            color,
             points,
         });
     }

@@ -36,6 +36,8 @@ pub struct Bar<'a> {
 /// One system's line: (x, summary) points.
 pub struct Line<'a> {
     pub label: &'a str,
+    /// The system's place among those that ran: its colour, the same as its bar's.
+    pub color: usize,
     pub points: Vec<(f64, Summary)>,
 }
 
@@ -209,8 +211,8 @@ fn draw_lines(
                 .y_desc(y_desc.as_str())
                 .draw()
                 .map_err(|e| e.to_string())?;
-            for (i, line) in lines.iter().enumerate() {
-                let color = PALETTE[i % PALETTE.len()];
+            for line in lines {
+                let color = PALETTE[line.color % PALETTE.len()];
                 let medians: Vec<(f64, f64)> =
                     line.points.iter().map(|(x, s)| (*x, s.median)).collect();
                 chart
@@ -326,10 +328,12 @@ mod tests {
             &[
                 Line {
                     label: "runc",
+                    color: 0,
                     points: vec![(1.0, s(2.0)), (5.0, s(9.0))],
                 },
                 Line {
                     label: "qemu",
+                    color: 1,
                     points: vec![(1.0, s(30.0)), (5.0, s(150.0))],
                 },
             ],
