@@ -292,3 +292,33 @@ fn a_gated_session_stopped_before_the_go_never_starts() {
     assert_eq!(reason, ExitReason::GuestStatus(143));
     drop(go);
 }
+
+#[test]
+fn input_before_the_start_is_kept_and_resizes_wait_for_the_process() {
+    let mut h = start(None);
+    let size = WindowSize {
+        height: 40,
+        width: 100,
+    };
+    assert!(h.shared.send_stdin(b"early "), "kept, not refused");
+    assert!(!h.shared.resize(size), "no process to resize yet");
+    assert!(!h.shared.signal_all(15), "no process yet");
+    handshake(&mut h);
+    assert!(h.shared.send_stdin(b"still early"));
+    send(&mut h, AgentMessage::Started { pid: 7 });
+    assert_eq!(
+        recv(&mut h),
+        HostMessage::Stdin(b"early still early".to_vec())
+    );
+    assert!(h.shared.send_stdin(b"later"));
+    assert_eq!(recv(&mut h), HostMessage::Stdin(b"later".to_vec()));
+    assert!(h.shared.resize(size));
+    assert_eq!(recv(&mut h), HostMessage::Resize(size));
+    assert!(h.shared.signal_all(9));
+    assert_eq!(recv(&mut h), HostMessage::SignalAll(9));
+    h.shared.close_stdin();
+    assert_eq!(recv(&mut h), HostMessage::StdinClose);
+    send(&mut h, AgentMessage::Exited(ProcessEnd::Exited(0)));
+    let (reason, _, _) = finish(h);
+    assert_eq!(reason, ExitReason::GuestStatus(0));
+}
