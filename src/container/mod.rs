@@ -125,6 +125,8 @@ pub struct RunHooks {
     pub on_session: Option<Box<dyn FnOnce(SessionHandle) + Send>>,
     /// Where the process's stdio goes, instead of hvlite's own stdin, stdout and stderr.
     pub outputs: Option<session::Outputs>,
+    /// A handle to pause and resume the VM from another thread.
+    pub control: Option<Arc<vmm::control::VmControl>>,
 }
 
 /// Runs the container described by `cfg` until its process ends.
@@ -235,6 +237,7 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
             on_session,
             outputs,
             current: &current,
+            control: hooks.control.clone(),
         };
         // Each boot in its own thread: the VMM filters the thread that runs a VM with
         // seccomp, and a retry must start from an unfiltered one.
@@ -279,6 +282,8 @@ struct Boot<'a> {
     outputs: Option<session::Outputs>,
     /// Where the signal forwarder finds the session of the boot that runs.
     current: &'a Mutex<Option<SessionHandle>>,
+    /// Pauses and resumes the VM from another thread.
+    control: Option<Arc<vmm::control::VmControl>>,
 }
 
 impl Boot<'_> {
@@ -321,7 +326,11 @@ impl Boot<'_> {
             latch: Arc::clone(&latch),
             vsock_ports: vec![(AGENT_VSOCK_PORT, agent_tx)],
         };
-        let result = vmm::run(self.vm, env);
+        let vmm_hooks = vmm::RunHooks {
+            metrics: None,
+            control: self.control,
+        };
+        let result = vmm::run_with(self.vm, env, vmm_hooks);
         // The session writes all output before it ends the VM, so nothing is lost by not
         // waiting long for it: it may still be blocked on a connection the VM never closed.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);

@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::state::{self, OCI_VERSION, State, StateRoot, Status};
@@ -26,6 +26,14 @@ pub struct Globals {
     pub agent: Option<PathBuf>,
 }
 
+/// The monitor's stdin, stdout and stderr when they are not this process's (the
+/// containerd shim gives containerd's FIFOs).
+pub struct MonitorIo {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
 /// `create`: checks the bundle, starts the monitor and waits until the VM's agent is up.
 /// Returns the monitor (a child of this process until it exits).
 pub fn create(
@@ -35,6 +43,27 @@ pub fn create(
     bundle_dir: &Path,
     pid_file: Option<&Path>,
     console_socket: Option<&Path>,
+) -> Result<Child, OciError> {
+    create_with(
+        root,
+        globals,
+        id,
+        bundle_dir,
+        pid_file,
+        console_socket,
+        None,
+    )
+}
+
+/// [`create`], with the monitor's stdio given (else this process's).
+pub fn create_with(
+    root: &StateRoot,
+    globals: &Globals,
+    id: &str,
+    bundle_dir: &Path,
+    pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
+    io: Option<MonitorIo>,
 ) -> Result<Child, OciError> {
     state::check_id(id)?;
     let bundle = bundle::load(bundle_dir)?;
@@ -91,7 +120,7 @@ pub fn create(
         cgroups_path: bundle.cgroups_path.clone(),
     };
     root.save(&st).map_err(|e| cleanup(e.into()))?;
-    let (mut child, ready) = spawn_monitor(globals, id, console_socket.as_deref())
+    let (mut child, ready) = spawn_monitor(globals, id, console_socket.as_deref(), io)
         .map_err(|e| cleanup(OciError::Io(dir.clone(), e)))?;
     if let Err(msg) = wait_ready(ready) {
         // The monitor is this process's child: kill and reap it (no zombie).
@@ -118,6 +147,7 @@ fn spawn_monitor(
     globals: &Globals,
     id: &str,
     console_socket: Option<&Path>,
+    io: Option<MonitorIo>,
 ) -> std::io::Result<(Child, UnixStream)> {
     let (parent, child_end) = UnixStream::pair()?;
     let exe = std::env::current_exe()?;
@@ -127,6 +157,9 @@ fn spawn_monitor(
         cmd.arg("--console-socket").arg(s);
     }
     cmd.arg(id);
+    if let Some(io) = io {
+        cmd.stdin(io.stdin).stdout(io.stdout).stderr(io.stderr);
+    }
     if let Some(agent) = &globals.agent {
         cmd.env(paths::AGENT_ENV, agent);
     }

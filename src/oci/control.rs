@@ -3,7 +3,8 @@
 //!
 //! Requests: `start` (let the agent start the process), `kill N` (signal N to the process;
 //! before `start` it stops the container with status 128+N), `killall N` (signal N to every
-//! process of the container; before `start` the same as `kill N`).
+//! process of the container; before `start` the same as `kill N`), `pause` and `resume`
+//! (the VM's vCPUs).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use crate::container::SessionHandle;
 use crate::exit::ExitReason;
+use crate::vmm::control::VmControl;
 
 use super::state::short_socket_path;
 
@@ -62,6 +64,8 @@ pub struct Server {
     pub go: Mutex<Option<Sender<()>>>,
     /// Called after the go was given.
     pub on_start: Box<dyn Fn() + Send + Sync>,
+    /// Pauses and resumes the VM.
+    pub vm: std::sync::Arc<VmControl>,
 }
 
 impl Server {
@@ -100,6 +104,8 @@ impl Server {
                     Ok(())
                 }
             }
+            (Some("pause"), None, None) => self.vm.pause().map_err(|e| e.to_string()),
+            (Some("resume"), None, None) => self.vm.resume().map_err(|e| e.to_string()),
             _ => Err(format!("unknown request {line:?}")),
         }
     }

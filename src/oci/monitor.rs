@@ -17,6 +17,7 @@ use crate::container::spec::ProcessOptions;
 use crate::container::{self, ContainerConfig, RunHooks, paths};
 use crate::exit::ExitReason;
 use crate::seccomp::{self, ThreadKind};
+use crate::vmm::control::VmControl;
 
 use super::exec::VSOCK_SOCKET;
 use super::state::{self, StateRoot, Status, short_socket_path};
@@ -155,6 +156,7 @@ fn boot(
     let listener = control::bind(&dir).map_err(|e| OciError::Io(dir.join(control::SOCKET), e))?;
     let (ready_tx, ready_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel();
+    let vm_control = Arc::new(VmControl::new());
     let me = std::process::id() as i32;
     st.pid = me;
     st.monitor_start_time = state::process_start_time(me).unwrap_or(0);
@@ -181,6 +183,7 @@ fn boot(
     }
     let on_session = {
         let root = root.clone();
+        let vm_control = Arc::clone(&vm_control);
         move |handle: container::SessionHandle| {
             if let Some((slave, size)) = terminal {
                 let (input, eof, resize) = (
@@ -209,6 +212,7 @@ fn boot(
                         log::warn!("{e}");
                     }
                 }),
+                vm: vm_control,
             };
             if let Err(e) = server.serve(listener) {
                 log::error!("cannot serve the control socket: {e}");
@@ -238,6 +242,7 @@ fn boot(
             }),
             on_session: Some(Box::new(on_session)),
             outputs,
+            control: Some(vm_control),
         },
     )?;
     if !matches!(outcome.reason, ExitReason::GuestStatus(_)) && !outcome.console_tail.is_empty() {

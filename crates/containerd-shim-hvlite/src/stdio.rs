@@ -1,0 +1,105 @@
+//! The FIFOs containerd gives for a task's stdin, stdout and stderr, opened for the
+//! container's monitor (which reads and writes them as its own stdio).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::Stdio;
+
+use hvlite::oci::commands::MonitorIo;
+
+use crate::error::ShimError;
+
+/// Opens the three paths (empty: /dev/null).
+///
+/// stdin is opened non-blocking (no writer needs to be there yet) and then made blocking;
+/// stdout and stderr read-write, so the open never waits for containerd's reader and the
+/// monitor's writes reach it as soon as it reads. The shim keeps no copy: when the
+/// monitor ends, containerd's reader sees the end of the stream.
+pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<MonitorIo, ShimError> {
+    Ok(MonitorIo {
+        stdin: open_stdin(stdin)?,
+        stdout: open_output(stdout)?,
+        stderr: open_output(stderr)?,
+    })
+}
+
+fn open_stdin(path: &str) -> Result<Stdio, ShimError> {
+    if path.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| ShimError::Io(path.into(), e))?;
+    set_blocking(&f).map_err(|e| ShimError::Io(path.into(), e))?;
+    Ok(Stdio::from(f))
+}
+
+fn open_output(path: &str) -> Result<Stdio, ShimError> {
+    if path.is_empty() {
+        return Ok(Stdio::null());
+    }
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| ShimError::Io(path.into(), e))?;
+    Ok(Stdio::from(f))
+}
+
+fn set_blocking(f: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL on an fd owned by `f`, alive for both calls.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn mkfifo(path: &std::path::Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn fifos_open_without_a_peer_and_carry_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let (i, o) = (dir.path().join("in"), dir.path().join("out"));
+        mkfifo(&i);
+        mkfifo(&o);
+        // Neither end has a peer yet: opening must not block.
+        let io = open(i.to_str().unwrap(), o.to_str().unwrap(), "").unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read x; echo got $x"])
+            .stdin(io.stdin)
+            .stdout(io.stdout)
+            .stderr(io.stderr)
+            .spawn()
+            .unwrap();
+        let mut reader = File::open(&o).unwrap();
+        File::options()
+            .write(true)
+            .open(&i)
+            .unwrap()
+            .write_all(b"hi\n")
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let mut out = String::new();
+        reader.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "got hi\n");
+        assert!(open("/nonexistent/x", "", "").is_err());
+    }
+}
