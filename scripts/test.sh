@@ -27,6 +27,12 @@ if ! command -v podman >/dev/null && [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y podman >&2 || { apt-get update >&2 && apt-get install -y podman >&2; }
 fi
+# tests/containerd.rs runs a private containerd (Debian's 1.6) with hvlite's shim.
+if ! command -v containerd >/dev/null && [ "$(id -u)" = 0 ]; then
+    log "installing containerd (tests/containerd.rs)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y containerd >&2 || { apt-get update >&2 && apt-get install -y containerd >&2; }
+fi
 
 log "cargo fmt --all --check"
 cargo fmt --all --check
