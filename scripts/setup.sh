@@ -45,7 +45,8 @@ INITRD="$(with_progress "building the initramfs" -- \
 log "hvlite release build"
 # The host binaries, from cargo's JSON messages: every executable but the guest agent.
 build_host_binaries() {
-    cargo build --release --bins --message-format=json-render-diagnostics |
+    cargo build --release -p hvlite -p containerd-shim-hvlite --bins \
+        --message-format=json-render-diagnostics |
         python3 -c '
 import json, sys
 for line in sys.stdin:
