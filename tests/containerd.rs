@@ -133,14 +133,7 @@ impl Containerd {
 
     /// `ctr task ls` as (id, pid, status) rows.
     fn tasks(&self) -> Vec<(String, String, String)> {
-        self.ok(&["task", "ls"])
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                (w.len() >= 3).then(|| (w[0].into(), w[1].into(), w[2].into()))
-            })
-            .collect()
+        task_rows(&self.ok(&["task", "ls"]))
     }
 
     fn status_of(&self, id: &str) -> Option<String> {
@@ -226,17 +219,21 @@ impl Drop for Containerd {
 }
 
 impl Containerd {
+    /// [`Containerd::tasks`] without failing (for clean-up).
     fn tasks_quiet(&self) -> Vec<(String, String, String)> {
-        let o = self.ctr(&["task", "ls"]);
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                (w.len() >= 3).then(|| (w[0].into(), w[1].into(), w[2].into()))
-            })
-            .collect()
+        task_rows(&String::from_utf8_lossy(&self.ctr(&["task", "ls"]).stdout))
     }
+}
+
+/// The rows of `ctr task ls` output: (id, pid, status).
+fn task_rows(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.len() >= 3).then(|| (w[0].into(), w[1].into(), w[2].into()))
+        })
+        .collect()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -409,12 +406,7 @@ fn containerd_runs_tasks_in_hvlite_microvms() {
     wait_running(&c, "c2");
     c.ok(&["task", "kill", "-s", "SIGTERM", "c2"]);
     let o = finish(run);
-    assert_eq!(
-        o.status.code(),
-        Some(143),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    assert_exit(&o, 143);
     c.assert_nothing_left("c2");
 
     // 3. A running task deleted (ctr task rm -f), and a second container with its id.
@@ -444,13 +436,17 @@ fn containerd_runs_tasks_in_hvlite_microvms() {
     // SAFETY: kill(2) on the task's VMM, whose pid containerd just reported.
     assert_eq!(unsafe { libc::kill(vmm, libc::SIGKILL) }, 0);
     let o = finish(run);
+    assert_exit(&o, 137);
+    c.assert_nothing_left("c4");
+}
+
+fn assert_exit(o: &Output, code: i32) {
     assert_eq!(
         o.status.code(),
-        Some(137),
+        Some(code),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    c.assert_nothing_left("c4");
 }
 
 fn is_zombie(pid: i32) -> bool {

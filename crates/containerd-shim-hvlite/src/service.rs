@@ -129,6 +129,12 @@ impl TaskService {
         }
     }
 
+    /// Task `id`, when `exec_id` names its only process.
+    fn init_task(&self, id: &str, exec_id: &str) -> Result<Task, ShimError> {
+        Self::init_only(id, exec_id)?;
+        self.tasks.get(id)
+    }
+
     fn do_create(&self, req: &api::CreateTaskRequest) -> Result<i32, ShimError> {
         if req.terminal {
             return Err(ShimError::Invalid(
@@ -216,8 +222,7 @@ impl TaskService {
     }
 
     fn do_kill(&self, req: &api::KillRequest) -> Result<(), ShimError> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        let t = self.tasks.get(&req.id)?;
+        let t = self.init_task(&req.id, &req.exec_id)?;
         let sig = i32::try_from(req.signal)
             .ok()
             .filter(|s| (1..=64).contains(s))
@@ -242,8 +247,7 @@ impl TaskService {
     }
 
     fn do_delete(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse, ShimError> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        let t = self.tasks.get(&req.id)?;
+        let t = self.init_task(&req.id, &req.exec_id)?;
         match t.phase {
             Phase::Running | Phase::Paused => {
                 return Err(ShimError::Precondition(format!(
@@ -384,8 +388,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        let t = self.tasks.get(&req.id)?;
+        let t = self.init_task(&req.id, &req.exec_id)?;
         if t.phase != Phase::Created {
             return Err(ShimError::Precondition(format!(
                 "task {} is {:?}, not created: cannot start it",
@@ -419,8 +422,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        let t = self.tasks.get(&req.id)?;
+        let t = self.init_task(&req.id, &req.exec_id)?;
         let (exit_status, exited_at) = match &t.exit {
             Some(e) => (e.status, MessageField::some(e.at.clone())),
             None => (0, MessageField::none()),
@@ -524,8 +526,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        self.tasks.get(&req.id)?;
+        self.init_task(&req.id, &req.exec_id)?;
         // The shim keeps no end of the stdin FIFO: the process sees end-of-file when
         // containerd closes its writer, so there is nothing more to close here.
         Ok(api::Empty::default())
@@ -536,8 +537,7 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        self.tasks.get(&req.id)?;
+        self.init_task(&req.id, &req.exec_id)?;
         Err(ShimError::Precondition(format!("task {} has no terminal", req.id)).into())
     }
 
