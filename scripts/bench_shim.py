@@ -25,8 +25,9 @@ def median(xs):
     return round(statistics.median(xs), 4) if xs else None
 
 
-def oci_archive(work, rootfs):
-    """An OCI image archive of `rootfs` as one uncompressed layer."""
+def oci_archive(work, rootfs, name=IMAGE, cmd=("sh",)):
+    """An OCI image archive of `rootfs` as one uncompressed layer, named `name`, running
+    `cmd` by default."""
     layer_path = f"{work}/layer.tar"
     subprocess.run(["tar", "-C", rootfs, "--numeric-owner", "-cf", layer_path, "."], check=True)
     blobs = {}
@@ -40,7 +41,7 @@ def oci_archive(work, rootfs):
         layer = blob(f.read())
     os.remove(layer_path)
     config = blob(json.dumps({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": list(cmd)},
         "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}).encode())
     manifest = blob(json.dumps({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -49,8 +50,8 @@ def oci_archive(work, rootfs):
     index = {"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
         "platform": {"architecture": "amd64", "os": "linux"},
-        "annotations": {"io.containerd.image.name": IMAGE}}]}
-    path = f"{work}/image.tar"
+        "annotations": {"io.containerd.image.name": name}}]}
+    path = f"{work}/image-{hashlib.sha256(name.encode()).hexdigest()[:8]}.tar"
     with tarfile.open(path, "w") as tar:
         def add(name, data):
             info = tarfile.TarInfo(name)
