@@ -386,8 +386,22 @@ fn containerd_runs_tasks_in_hvlite_microvms() {
     assert_eq!(c.status_of("c1").as_deref(), Some("PAUSED"));
     c.ok(&["task", "resume", "c1"]);
     assert_eq!(c.status_of("c1").as_deref(), Some("RUNNING"));
-    let exec = c.ctr(&["task", "exec", "--exec-id", "e1", "c1", "true"]);
-    assert!(!exec.status.success());
+    // A further process in the VM, through the agent's exec port.
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c1",
+        "sh",
+        "-c",
+        "echo exec-out; echo exec-err >&2; exit 5",
+    ]);
+    assert_exit(&exec, 5);
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-out\n");
+    assert!(String::from_utf8_lossy(&exec.stderr).contains("exec-err"));
+    let unknown = c.ctr(&["task", "exec", "--exec-id", "e2", "c1", "/nonexistent"]);
+    assert!(!unknown.status.success());
     run.stdin.take().unwrap().write_all(b"hello\n").unwrap();
     let o = finish(run);
     let stdout = String::from_utf8_lossy(&o.stdout);

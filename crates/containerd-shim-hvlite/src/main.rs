@@ -6,6 +6,7 @@
 //! `containerd-shim-hvlite-v2 --hvlite-monitor STATE_ROOT [--kernel K] monitor ID`.
 
 mod error;
+mod exec;
 mod options;
 mod rootfs;
 mod service;

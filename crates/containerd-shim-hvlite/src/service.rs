@@ -38,7 +38,7 @@ pub struct TaskService {
     pub publisher: Arc<RemotePublisher>,
 }
 
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     containerd_shim::util::timestamp().unwrap_or_default()
 }
 
@@ -94,7 +94,7 @@ impl TaskService {
         Ok(())
     }
 
-    fn publish(&self, topic: &str, event: Box<dyn Event>) {
+    pub(crate) fn publish(&self, topic: &str, event: Box<dyn Event>) {
         if let Err(e) = self
             .publisher
             .publish(Context::default(), topic, &self.namespace, event)
@@ -115,24 +115,6 @@ impl TaskService {
             ..Default::default()
         };
         self.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(ev));
-    }
-
-    fn init_only(id: &str, exec_id: &str) -> Result<(), ShimError> {
-        if exec_id.is_empty() {
-            Ok(())
-        } else {
-            Err(ShimError::NoProcess {
-                id: id.into(),
-                exec_id: exec_id.into(),
-                why: "hvlite runs one process per container (exec is not supported yet)",
-            })
-        }
-    }
-
-    /// Task `id`, when `exec_id` names its only process.
-    fn init_task(&self, id: &str, exec_id: &str) -> Result<Task, ShimError> {
-        Self::init_only(id, exec_id)?;
-        self.tasks.get(id)
     }
 
     fn do_create(&self, req: &api::CreateTaskRequest) -> Result<i32, ShimError> {
@@ -160,6 +142,7 @@ impl TaskService {
             stderr: req.stderr.clone(),
             phase: Phase::Creating,
             exit: None,
+            execs: Default::default(),
         })?;
         let result = self.boot(req, &bundle, &root, &opts);
         match result {
@@ -222,11 +205,14 @@ impl TaskService {
     }
 
     fn do_kill(&self, req: &api::KillRequest) -> Result<(), ShimError> {
-        let t = self.init_task(&req.id, &req.exec_id)?;
         let sig = i32::try_from(req.signal)
             .ok()
             .filter(|s| (1..=64).contains(s))
             .ok_or_else(|| ShimError::Invalid(format!("bad signal {}", req.signal)))?;
+        if !req.exec_id.is_empty() {
+            return self.kill_exec(req, sig);
+        }
+        let t = self.tasks.get(&req.id)?;
         match t.phase {
             Phase::Stopped => Err(ShimError::NoProcess {
                 id: req.id.clone(),
@@ -247,7 +233,10 @@ impl TaskService {
     }
 
     fn do_delete(&self, req: &api::DeleteRequest) -> Result<api::DeleteResponse, ShimError> {
-        let t = self.init_task(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return self.delete_exec(&req.id, &req.exec_id);
+        }
+        let t = self.tasks.get(&req.id)?;
         match t.phase {
             Phase::Running | Phase::Paused => {
                 return Err(ShimError::Precondition(format!(
@@ -388,7 +377,14 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let t = self.init_task(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            let pid = self.start_exec(&req.id, &req.exec_id)?;
+            return Ok(api::StartResponse {
+                pid,
+                ..Default::default()
+            });
+        }
+        let t = self.tasks.get(&req.id)?;
         if t.phase != Phase::Created {
             return Err(ShimError::Precondition(format!(
                 "task {} is {:?}, not created: cannot start it",
@@ -422,7 +418,10 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let t = self.init_task(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.exec_state(&req.id, &req.exec_id)?);
+        }
+        let t = self.tasks.get(&req.id)?;
         let (exit_status, exited_at) = match &t.exit {
             Some(e) => (e.status, MessageField::some(e.at.clone())),
             None => (0, MessageField::none()),
@@ -458,8 +457,7 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        Self::init_only(&req.id, &req.exec_id)?;
-        let exit = self.tasks.wait(&req.id)?;
+        let exit = self.tasks.wait_process(&req.id, &req.exec_id)?;
         Ok(api::WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
@@ -526,9 +524,15 @@ impl containerd_shim::Task for TaskService {
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
-        self.init_task(&req.id, &req.exec_id)?;
-        // The shim keeps no end of the stdin FIFO: the process sees end-of-file when
-        // containerd closes its writer, so there is nothing more to close here.
+        if !req.exec_id.is_empty() {
+            if req.stdin {
+                self.close_exec_stdin(&req.id, &req.exec_id)?;
+            }
+            return Ok(api::Empty::default());
+        }
+        self.tasks.get(&req.id)?;
+        // The shim keeps no end of the task's stdin FIFO (the monitor has it): the process
+        // sees end-of-file when containerd closes its writer; nothing more to close here.
         Ok(api::Empty::default())
     }
 
@@ -537,17 +541,16 @@ impl containerd_shim::Task for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.init_task(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Ok(self.resize_exec(&req).map(|()| api::Empty::default())?);
+        }
+        self.tasks.get(&req.id)?;
         Err(ShimError::Precondition(format!("task {} has no terminal", req.id)).into())
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
-        self.tasks.get(&req.id)?;
-        Err(ShimError::Unimplemented(format!(
-            "exec {} in task {}: a second process in the VM needs the agent's exec support, \
-             not in hvlite yet",
-            req.exec_id, req.id
-        ))
-        .into())
+        log::info!("exec {} in {}", req.exec_id, req.id);
+        self.do_exec(&req)?;
+        Ok(api::Empty::default())
     }
 }

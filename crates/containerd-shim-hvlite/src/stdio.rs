@@ -2,6 +2,7 @@
 //! container's monitor (which reads and writes them as its own stdio).
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 
@@ -16,16 +17,39 @@ use crate::error::ShimError;
 /// monitor's writes reach it as soon as it reads. The shim keeps no copy: when the
 /// monitor ends, containerd's reader sees the end of the stream.
 pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<MonitorIo, ShimError> {
+    let or_null = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
     Ok(MonitorIo {
-        stdin: open_stdin(stdin)?,
-        stdout: open_output(stdout)?,
-        stderr: open_output(stderr)?,
+        stdin: or_null(open_stdin(stdin)?),
+        stdout: or_null(open_output(stdout)?),
+        stderr: or_null(open_output(stderr)?),
     })
 }
 
-fn open_stdin(path: &str) -> Result<Stdio, ShimError> {
+/// The FIFOs of an exec'd process, for the shim's own relay threads.
+pub struct RelayIo {
+    pub stdin: Option<File>,
+    pub stdout: Box<dyn Write + Send>,
+    pub stderr: Box<dyn Write + Send>,
+}
+
+/// Opens the three paths as [`open`] does; an empty output path discards.
+pub fn open_files(stdin: &str, stdout: &str, stderr: &str) -> Result<RelayIo, ShimError> {
+    let or_sink = |f: Option<File>| -> Box<dyn Write + Send> {
+        match f {
+            Some(f) => Box::new(f),
+            None => Box::new(std::io::sink()),
+        }
+    };
+    Ok(RelayIo {
+        stdin: open_stdin(stdin)?,
+        stdout: or_sink(open_output(stdout)?),
+        stderr: or_sink(open_output(stderr)?),
+    })
+}
+
+fn open_stdin(path: &str) -> Result<Option<File>, ShimError> {
     if path.is_empty() {
-        return Ok(Stdio::null());
+        return Ok(None);
     }
     let f = OpenOptions::new()
         .read(true)
@@ -33,19 +57,19 @@ fn open_stdin(path: &str) -> Result<Stdio, ShimError> {
         .open(path)
         .map_err(|e| ShimError::Io(path.into(), e))?;
     set_blocking(&f).map_err(|e| ShimError::Io(path.into(), e))?;
-    Ok(Stdio::from(f))
+    Ok(Some(f))
 }
 
-fn open_output(path: &str) -> Result<Stdio, ShimError> {
+fn open_output(path: &str) -> Result<Option<File>, ShimError> {
     if path.is_empty() {
-        return Ok(Stdio::null());
+        return Ok(None);
     }
     let f = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| ShimError::Io(path.into(), e))?;
-    Ok(Stdio::from(f))
+    Ok(Some(f))
 }
 
 fn set_blocking(f: &File) -> std::io::Result<()> {

@@ -8,6 +8,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use hvlite::agent::protocol::ProcessSpec;
+use hvlite::container::exec::ProcessControl;
 use hvlite::oci::state::StateRoot;
 
 use crate::error::ShimError;
@@ -59,6 +61,24 @@ pub struct Task {
     pub stderr: String,
     pub phase: Phase,
     pub exit: Option<Exit>,
+    /// Further processes (Exec), by exec id.
+    pub execs: HashMap<String, ExecProcess>,
+}
+
+/// A further process in a task's VM (containerd's Exec): it runs through the guest
+/// agent's exec port; `pid` is its pid in the guest.
+#[derive(Clone, Debug)]
+pub struct ExecProcess {
+    pub spec: ProcessSpec,
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub pid: u32,
+    /// Created, Running or Stopped.
+    pub phase: Phase,
+    pub exit: Option<Exit>,
+    /// Signals, stdin, window size (once started).
+    pub control: Option<ProcessControl>,
 }
 
 /// Process exits seen before their task knew its pid are kept this long (at most).
@@ -166,14 +186,74 @@ impl Tasks {
 
     /// Blocks until task `id` has exited; returns the exit.
     pub fn wait(&self, id: &str) -> Result<Exit, ShimError> {
+        self.wait_process(id, "")
+    }
+
+    /// Blocks until process `exec_id` of task `id` (empty: the task's own) has exited.
+    pub fn wait_process(&self, id: &str, exec_id: &str) -> Result<Exit, ShimError> {
         let mut map = lock(&self.map);
         loop {
-            match map.get(id) {
-                None => return Err(ShimError::NotFound(id.into())),
-                Some(Task { exit: Some(e), .. }) => return Ok(e.clone()),
-                Some(_) => map = self.changed.wait(map).unwrap_or_else(|p| p.into_inner()),
+            let t = map.get(id).ok_or_else(|| ShimError::NotFound(id.into()))?;
+            let exit = if exec_id.is_empty() {
+                &t.exit
+            } else {
+                &t.execs
+                    .get(exec_id)
+                    .ok_or_else(|| no_exec(id, exec_id))?
+                    .exit
+            };
+            if let Some(e) = exit {
+                return Ok(e.clone());
             }
+            map = self.changed.wait(map).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Adds exec process `exec_id` to task `id`; refuses a known exec id.
+    pub fn add_exec(&self, id: &str, exec_id: &str, p: ExecProcess) -> Result<(), ShimError> {
+        self.update(id, |t| {
+            if t.execs.contains_key(exec_id) {
+                return Err(ShimError::Exists(format!("{id}/{exec_id}")));
+            }
+            t.execs.insert(exec_id.into(), p);
+            Ok(())
+        })
+    }
+
+    /// Changes exec process `exec_id` of task `id` with `f`.
+    pub fn update_exec<R>(
+        &self,
+        id: &str,
+        exec_id: &str,
+        f: impl FnOnce(&mut ExecProcess) -> Result<R, ShimError>,
+    ) -> Result<R, ShimError> {
+        self.update(id, |t| {
+            let p = t
+                .execs
+                .get_mut(exec_id)
+                .ok_or_else(|| no_exec(id, exec_id))?;
+            f(p)
+        })
+    }
+
+    /// A copy of exec process `exec_id` of task `id`.
+    pub fn get_exec(&self, id: &str, exec_id: &str) -> Result<ExecProcess, ShimError> {
+        self.update_exec(id, exec_id, |p| Ok(p.clone()))
+    }
+
+    /// Forgets exec process `exec_id` of task `id`.
+    pub fn remove_exec(&self, id: &str, exec_id: &str) -> Result<ExecProcess, ShimError> {
+        self.update(id, |t| {
+            t.execs.remove(exec_id).ok_or_else(|| no_exec(id, exec_id))
+        })
+    }
+}
+
+fn no_exec(id: &str, exec_id: &str) -> ShimError {
+    ShimError::NoProcess {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        why: "no such exec process",
     }
 }
 
@@ -194,7 +274,50 @@ mod tests {
             stderr: String::new(),
             phase: Phase::Creating,
             exit: None,
+            execs: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn exec_processes_are_kept_per_task_and_waited_for() {
+        let tasks = Arc::new(Tasks::default());
+        tasks.reserve(task("a")).unwrap();
+        let p = ExecProcess {
+            spec: ProcessSpec::new(["true"]),
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            pid: 0,
+            phase: Phase::Created,
+            exit: None,
+            control: None,
+        };
+        tasks.add_exec("a", "e1", p.clone()).unwrap();
+        assert!(matches!(
+            tasks.add_exec("a", "e1", p),
+            Err(ShimError::Exists(_))
+        ));
+        assert!(matches!(
+            tasks.get_exec("a", "e2"),
+            Err(ShimError::NoProcess { .. })
+        ));
+        let waiter = {
+            let tasks = Arc::clone(&tasks);
+            std::thread::spawn(move || tasks.wait_process("a", "e1").unwrap().status)
+        };
+        tasks
+            .update_exec("a", "e1", |p| {
+                p.phase = Phase::Stopped;
+                p.exit = Some(Exit {
+                    status: 7,
+                    at: Timestamp::new(),
+                });
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(waiter.join().unwrap(), 7);
+        assert_eq!(tasks.remove_exec("a", "e1").unwrap().phase, Phase::Stopped);
+        assert!(tasks.remove_exec("a", "e1").is_err());
     }
 
     #[test]
