@@ -46,6 +46,7 @@ def main():
         f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n'
                 f'[grpc]\n  address = "{sock}"\n'
                 f'[{cri}]\n  sandbox_image = "{PAUSE}"\n'
+                f'[{cri}.containerd]\n  default_runtime_name = "hvlite"\n'
                 f'[{cri}.cni]\n  bin_dir = "{work}/cni-bin"\n  conf_dir = "{work}/cni-conf"\n'
                 f'[{cri}.containerd.runtimes.hvlite]\n'
                 '  runtime_type = "io.containerd.hvlite.v2"\n')

@@ -452,6 +452,27 @@ fn containerd_runs_tasks_in_hvlite_microvms() {
     let o = finish(run);
     assert_exit(&o, 137);
     c.assert_nothing_left("c4");
+
+    // 5. A terminal: ctr run -t (under script(1), which gives ctr a tty); the process has
+    // a terminal in the guest, the shim relays the pty master the monitor hands over.
+    let line = format!(
+        "ctr --address {} --namespace {NS} run --rm -t --runtime {RUNTIME} {IMAGE} c5 \
+         sh -c 'test -t 0 && test -t 1 && echo tty-ok; exit 2'",
+        c.sock.display()
+    );
+    let o = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("tty-ok"),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_exit(&o, 2);
+    c.assert_nothing_left("c5");
 }
 
 fn assert_exit(o: &Output, code: i32) {

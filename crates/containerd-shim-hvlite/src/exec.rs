@@ -263,7 +263,15 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ShimError>
 }
 
 /// Copies the stdin FIFO to the process until the FIFO's end, then closes its stdin.
-fn pump_stdin(mut fifo: std::fs::File, control: ProcessControl) {
+fn pump_stdin(path: String, control: ProcessControl) {
+    let mut fifo = match stdio::open_stdin_blocking(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            log::warn!("exec stdin {path}: {e}");
+            let _ = control.close_stdin();
+            return;
+        }
+    };
     let mut buf = vec![0u8; MAX_CHUNK];
     loop {
         match fifo.read(&mut buf) {

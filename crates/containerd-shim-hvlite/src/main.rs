@@ -5,6 +5,7 @@
 //! The same binary is also the container's monitor (the VMM process the shim starts):
 //! `containerd-shim-hvlite-v2 --hvlite-monitor STATE_ROOT [--kernel K] monitor ID`.
 
+mod console;
 mod error;
 mod exec;
 mod options;
@@ -103,7 +104,10 @@ impl containerd_shim::Shim for Shim {
 /// The monitor mode: `--hvlite-monitor ROOT [--kernel K] monitor ID`.
 fn run_monitor(args: &[String]) -> ExitCode {
     let usage = || {
-        eprintln!("usage: containerd-shim-hvlite-v2 {MONITOR_FLAG} ROOT [--kernel K] monitor ID");
+        eprintln!(
+            "usage: containerd-shim-hvlite-v2 {MONITOR_FLAG} ROOT [--kernel K] monitor \\
+             [--console-socket S] ID"
+        );
         ExitCode::from(125)
     };
     let (root, rest) = match args {
@@ -114,8 +118,11 @@ fn run_monitor(args: &[String]) -> ExitCode {
         [flag, k, rest @ ..] if flag == "--kernel" => (Some(PathBuf::from(k)), rest),
         _ => (None, rest),
     };
-    let id = match rest {
-        [word, id] if word == "monitor" => id.clone(),
+    let (console_socket, id) = match rest {
+        [word, id] if word == "monitor" => (None, id.clone()),
+        [word, flag, sock, id] if word == "monitor" && flag == "--console-socket" => {
+            (Some(PathBuf::from(sock)), id.clone())
+        }
         _ => return usage(),
     };
     // The monitor's stderr is the container's: only errors go there.
@@ -127,7 +134,7 @@ fn run_monitor(args: &[String]) -> ExitCode {
         root: StateRoot::new(PathBuf::from(root)),
         id,
         kernel,
-        console_socket: None,
+        console_socket,
         ready: commands::ready_socket(),
     });
     ExitCode::from(status)

@@ -4,6 +4,7 @@
 //! holds the process back; Start, Kill, Pause and Resume go to the monitor's control
 //! socket; the monitor's exit is the task's exit.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -22,9 +23,17 @@ use hvlite::oci::commands::{self, Globals};
 use hvlite::oci::state::StateRoot;
 use hvlite::oci::{OciError, control};
 
+use crate::console::{self, ConsoleSocket};
 use crate::error::ShimError;
 use crate::tasks::{Phase, Task, Tasks};
 use crate::{MONITOR_FLAG, options, rootfs, stats, stdio};
+
+/// What Create started.
+struct Booted {
+    pid: i32,
+    rootfs: Option<PathBuf>,
+    console: Option<Arc<File>>,
+}
 
 /// The OCI runtime's state root inside a task's bundle.
 pub const STATE_DIR: &str = ".hvlite";
@@ -118,11 +127,6 @@ impl TaskService {
     }
 
     fn do_create(&self, req: &api::CreateTaskRequest) -> Result<i32, ShimError> {
-        if req.terminal {
-            return Err(ShimError::Invalid(
-                "terminal: hvlite has no pty support yet; run without -t".into(),
-            ));
-        }
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ShimError::Unimplemented(
                 "checkpoint/restore of a task".into(),
@@ -143,12 +147,18 @@ impl TaskService {
             phase: Phase::Creating,
             exit: None,
             execs: Default::default(),
+            console: None,
         })?;
         let result = self.boot(req, &bundle, &root, &opts);
         match result {
-            Ok((pid, rootfs)) => {
+            Ok(Booted {
+                pid,
+                rootfs,
+                console,
+            }) => {
                 self.tasks.update(&req.id, |t| {
                     t.rootfs = rootfs;
+                    t.console = console;
                     Ok(())
                 })?;
                 if let Some(exit) = self.tasks.created(&req.id, pid, now())? {
@@ -170,7 +180,7 @@ impl TaskService {
         bundle: &Path,
         root: &StateRoot,
         opts: &options::Options,
-    ) -> Result<(i32, Option<PathBuf>), ShimError> {
+    ) -> Result<Booted, ShimError> {
         // The bundle is checked before anything is mounted (root.path may not exist yet
         // when containerd gives mounts, so that check comes after the mount).
         let config = bundle.join("config.json");
@@ -181,24 +191,58 @@ impl TaskService {
             .into());
         }
         let mounted = rootfs::mount(bundle, &req.rootfs)?;
-        let started = stdio::open(&req.stdin, &req.stdout, &req.stderr).and_then(|io| {
-            commands::create_with(
-                root,
-                &globals(root, opts),
-                &req.id,
-                bundle,
-                None,
-                None,
-                Some(io),
-            )
-            .map_err(ShimError::from)
-        });
+        let started = self.start_monitor(req, bundle, root, opts);
         match started {
-            // The child is reaped by the shim crate's SIGCHLD handler; its exit arrives
-            // through `watch_exits`.
-            Ok(child) => Ok((child.id() as i32, mounted)),
+            Ok((pid, console)) => Ok(Booted {
+                pid,
+                rootfs: mounted,
+                console,
+            }),
             Err(e) => {
                 clean_bundle(bundle, mounted.as_deref());
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the monitor with the task's stdio (with a terminal: the pty master it hands
+    /// over, relayed to the FIFOs). The monitor is reaped by the shim crate's SIGCHLD
+    /// handler; its exit arrives through `watch_exits`.
+    fn start_monitor(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        root: &StateRoot,
+        opts: &options::Options,
+    ) -> Result<(i32, Option<Arc<File>>), ShimError> {
+        let socket = req.terminal.then(ConsoleSocket::new).transpose()?;
+        let io = if socket.is_some() {
+            stdio::open("", "", &req.stderr)?
+        } else {
+            stdio::open(&req.stdin, &req.stdout, &req.stderr)?
+        };
+        let child = commands::create_with(
+            root,
+            &globals(root, opts),
+            &req.id,
+            bundle,
+            None,
+            socket.as_ref().map(|s| s.path.as_path()),
+            Some(io),
+        )?;
+        let pid = child.id() as i32;
+        let Some(socket) = socket else {
+            return Ok((pid, None));
+        };
+        let relayed = socket.receive().and_then(|master| {
+            let io = stdio::open_files(&req.stdin, &req.stdout, "")?;
+            console::relay(&master, io.stdin, io.stdout)?;
+            Ok(master)
+        });
+        match relayed {
+            Ok(master) => Ok((pid, Some(Arc::new(master)))),
+            Err(e) => {
+                let _ = commands::delete(root, &req.id, true);
                 Err(e)
             }
         }
@@ -544,8 +588,12 @@ impl containerd_shim::Task for TaskService {
         if !req.exec_id.is_empty() {
             return Ok(self.resize_exec(&req).map(|()| api::Empty::default())?);
         }
-        self.tasks.get(&req.id)?;
-        Err(ShimError::Precondition(format!("task {} has no terminal", req.id)).into())
+        let t = self.tasks.get(&req.id)?;
+        let master = t
+            .console
+            .ok_or_else(|| ShimError::Precondition(format!("task {} has no terminal", req.id)))?;
+        console::resize(&master, req.height, req.width)?;
+        Ok(api::Empty::default())
     }
 
     fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {

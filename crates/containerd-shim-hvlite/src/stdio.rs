@@ -25,14 +25,16 @@ pub fn open(stdin: &str, stdout: &str, stderr: &str) -> Result<MonitorIo, ShimEr
     })
 }
 
-/// The FIFOs of an exec'd process, for the shim's own relay threads.
+/// The FIFOs of an exec'd process (or a terminal), for the shim's own relay threads.
 pub struct RelayIo {
-    pub stdin: Option<File>,
+    /// Opened by the relay thread itself ([`open_stdin_blocking`]).
+    pub stdin: Option<String>,
     pub stdout: Box<dyn Write + Send>,
     pub stderr: Box<dyn Write + Send>,
 }
 
-/// Opens the three paths as [`open`] does; an empty output path discards.
+/// Opens the outputs as [`open`] does (an empty path discards); stdin is left to the
+/// relay thread.
 pub fn open_files(stdin: &str, stdout: &str, stderr: &str) -> Result<RelayIo, ShimError> {
     let or_sink = |f: Option<File>| -> Box<dyn Write + Send> {
         match f {
@@ -41,10 +43,16 @@ pub fn open_files(stdin: &str, stdout: &str, stderr: &str) -> Result<RelayIo, Sh
         }
     };
     Ok(RelayIo {
-        stdin: open_stdin(stdin)?,
+        stdin: (!stdin.is_empty()).then(|| stdin.to_string()),
         stdout: or_sink(open_output(stdout)?),
         stderr: or_sink(open_output(stderr)?),
     })
+}
+
+/// Opens a stdin FIFO for reading, waiting until containerd has opened its writer (a
+/// read before that would see end-of-file at once). For relay threads.
+pub fn open_stdin_blocking(path: &str) -> std::io::Result<File> {
+    File::open(path)
 }
 
 fn open_stdin(path: &str) -> Result<Option<File>, ShimError> {
@@ -106,6 +114,8 @@ mod tests {
         mkfifo(&o);
         // Neither end has a peer yet: opening must not block.
         let io = open(i.to_str().unwrap(), o.to_str().unwrap(), "").unwrap();
+        // The writer is there before the child reads (else it would see end-of-file).
+        let mut writer = File::options().write(true).open(&i).unwrap();
         let mut child = std::process::Command::new("sh")
             .args(["-c", "read x; echo got $x"])
             .stdin(io.stdin)
@@ -114,12 +124,8 @@ mod tests {
             .spawn()
             .unwrap();
         let mut reader = File::open(&o).unwrap();
-        File::options()
-            .write(true)
-            .open(&i)
-            .unwrap()
-            .write_all(b"hi\n")
-            .unwrap();
+        writer.write_all(b"hi\n").unwrap();
+        drop(writer);
         assert!(child.wait().unwrap().success());
         let mut out = String::new();
         reader.read_to_string(&mut out).unwrap();

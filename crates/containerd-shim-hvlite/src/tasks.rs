@@ -3,8 +3,9 @@
 //! 128+N for signal N, 137 when the VM was killed).
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use containerd_shim::api::Status;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
@@ -63,6 +64,8 @@ pub struct Task {
     pub exit: Option<Exit>,
     /// Further processes (Exec), by exec id.
     pub execs: HashMap<String, ExecProcess>,
+    /// The master of the task's terminal (`terminal: true`).
+    pub console: Option<Arc<File>>,
 }
 
 /// A further process in a task's VM (containerd's Exec): it runs through the guest
@@ -275,6 +278,7 @@ mod tests {
             phase: Phase::Creating,
             exit: None,
             execs: HashMap::new(),
+            console: None,
         }
     }
 
