@@ -1,7 +1,7 @@
 //! containerd (Debian's 1.6, started by the test with its own root, state and socket)
 //! runs containers in hvlite microVMs through `containerd-shim-hvlite-v2`. The image is
 //! an OCI archive built here from the busybox root directory and `ctr image import`ed; no
-//! registry is used. One containerd serves every check; four boots in all.
+//! registry is used. One containerd serves every check; five boots in all.
 
 mod common;
 
