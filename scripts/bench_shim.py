@@ -64,6 +64,40 @@ def oci_archive(work, rootfs, name=IMAGE, cmd=("sh",)):
     return path
 
 
+def start_containerd(work, args, config):
+    """A containerd with its root, state and socket in `work`, `config` added to its
+    config, and hvlite's shim (`args.shim`, with `args.kernel`, `args.agent`) on its PATH.
+    Returns the daemon and the `ctr` command line for it."""
+    sock = f"{work}/containerd.sock"
+    os.makedirs(f"{work}/bin")
+    os.symlink(os.path.abspath(args.shim), f"{work}/bin/containerd-shim-hvlite-v2")
+    with open(f"{work}/config.toml", "w") as f:
+        f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n{config}'
+                f'[grpc]\n  address = "{sock}"\n')
+    env = dict(os.environ, PATH=f"{work}/bin:" + os.environ.get("PATH", ""),
+               HVLITE_KERNEL=args.kernel, HVLITE_AGENT=args.agent)
+    log = open(f"{work}/containerd.log", "w")
+    daemon = subprocess.Popen(["containerd", "--config", f"{work}/config.toml"], env=env,
+                              stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    ctr = ["ctr", "--address", sock]
+    deadline = time.monotonic() + 60
+    while subprocess.run(ctr + ["version"], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            stop_containerd(daemon, work)
+            raise SystemExit("containerd did not come up")
+        time.sleep(0.1)
+    return daemon, ctr
+
+
+def stop_containerd(daemon, work):
+    """Stops `daemon`, unmounts what is left under `work`, removes `work`."""
+    daemon.terminate()
+    daemon.wait()
+    subprocess.run(["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/self/mountinfo | "
+                    "sort -r | xargs -r -n1 umount -l"], capture_output=True)
+    subprocess.run(["rm", "-rf", work])
+
+
 def event_times(path):
     """(container id, topic) -> seconds since the epoch, from `ctr events` output."""
     times = {}
@@ -92,26 +126,10 @@ def main():
     ap.add_argument("--hvlite-runs", type=int, default=3)
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="hvlite-bench-shim-")
-    sock = f"{work}/containerd.sock"
-    os.makedirs(f"{work}/bin")
-    os.symlink(os.path.abspath(args.shim), f"{work}/bin/containerd-shim-hvlite-v2")
-    with open(f"{work}/config.toml", "w") as f:
-        f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n'
-                'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-                f'[grpc]\n  address = "{sock}"\n')
-    env = dict(os.environ, PATH=f"{work}/bin:" + os.environ.get("PATH", ""),
-               HVLITE_KERNEL=args.kernel, HVLITE_AGENT=args.agent)
-    log = open(f"{work}/containerd.log", "w")
-    daemon = subprocess.Popen(["containerd", "--config", f"{work}/config.toml"], env=env,
-                              stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-    ctr = ["ctr", "--address", sock, "--namespace", NS]
+    daemon, ctr = start_containerd(work, args, 'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
+    ctr += ["--namespace", NS]
     events = None
     try:
-        deadline = time.monotonic() + 60
-        while subprocess.run(ctr + ["version"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or daemon.poll() is not None:
-                raise SystemExit("bench-shim: containerd did not come up")
-            time.sleep(0.1)
         subprocess.run(ctr + ["image", "import", oci_archive(work, args.rootfs)],
                        check=True, capture_output=True)
         events_path = f"{work}/events.txt"
@@ -179,11 +197,7 @@ def main():
     finally:
         if events and events.poll() is None:
             events.kill()
-        daemon.terminate()
-        daemon.wait()
-        subprocess.run(["sh", "-c", f"grep -o ' {work}[^ ]*' /proc/self/mountinfo | "
-                        "sort -r | xargs -r -n1 umount -l"], capture_output=True)
-        subprocess.run(["rm", "-rf", work])
+        stop_containerd(daemon, work)
 
 
 if __name__ == "__main__":
