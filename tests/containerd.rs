@@ -1,7 +1,7 @@
 //! containerd (Debian's 1.6, started by the test with its own root, state and socket)
 //! runs containers in hvlite microVMs through `containerd-shim-hvlite-v2`. The image is
 //! an OCI archive built here from the busybox root directory and `ctr image import`ed; no
-//! registry is used. One containerd serves every check; five boots in all.
+//! registry is used. One containerd serves every check; six boots in all.
 
 mod common;
 
@@ -386,22 +386,6 @@ fn containerd_runs_tasks_in_hvlite_microvms() {
     assert_eq!(c.status_of("c1").as_deref(), Some("PAUSED"));
     c.ok(&["task", "resume", "c1"]);
     assert_eq!(c.status_of("c1").as_deref(), Some("RUNNING"));
-    // A further process in the VM, through the agent's exec port.
-    let exec = c.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "e1",
-        "c1",
-        "sh",
-        "-c",
-        "echo exec-out; echo exec-err >&2; exit 5",
-    ]);
-    assert_exit(&exec, 5);
-    assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-out\n");
-    assert!(String::from_utf8_lossy(&exec.stderr).contains("exec-err"));
-    let unknown = c.ctr(&["task", "exec", "--exec-id", "e2", "c1", "/nonexistent"]);
-    assert!(!unknown.status.success());
     run.stdin.take().unwrap().write_all(b"hello\n").unwrap();
     let o = finish(run);
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -473,6 +457,37 @@ fn containerd_runs_tasks_in_hvlite_microvms() {
     );
     assert_exit(&o, 2);
     c.assert_nothing_left("c5");
+
+    // 6. Exec: further processes in a running task's VM, through the agent's exec port.
+    c.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "c6",
+        "sleep",
+        "1000",
+    ]);
+    wait_running(&c, "c6");
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "c6",
+        "sh",
+        "-c",
+        "echo exec-out; echo exec-err >&2; exit 5",
+    ]);
+    assert_exit(&exec, 5);
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "exec-out\n");
+    assert!(String::from_utf8_lossy(&exec.stderr).contains("exec-err"));
+    let unknown = c.ctr(&["task", "exec", "--exec-id", "e2", "c6", "/nonexistent"]);
+    assert!(!unknown.status.success());
+    c.ok(&["task", "rm", "-f", "c6"]);
+    c.ok(&["container", "rm", "c6"]);
+    c.assert_nothing_left("c6");
 }
 
 fn assert_exit(o: &Output, code: i32) {
