@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::api::{fault, put, read_response, request, wait_for_socket};
+use common::api::{fault, put, put_linux_machine, read_response, request, wait_for_socket};
 use common::linux::{initrd, kernel, start};
 use common::*;
 use serde_json::{Value, json};
@@ -115,18 +115,7 @@ fn api_boots_pauses_resumes_and_shuts_down_a_vm() {
     wait_for_socket(&sock, &mut vm);
     check_errors_before_start(&sock);
 
-    let r = put(
-        &sock,
-        "/machine-config",
-        json!({"vcpu_count": 1, "mem_size_mib": 96}),
-    );
-    assert_eq!(r.0, 204, "{r:?}");
-    let r = put(
-        &sock,
-        "/boot-source",
-        json!({"kernel_image_path": k, "initrd_path": i}),
-    );
-    assert_eq!(r.0, 204, "{r:?}");
+    put_linux_machine(&sock, 96, &k, &i);
     let r = put(
         &sock,
         "/drives/scratch",

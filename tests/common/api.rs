@@ -70,3 +70,21 @@ pub fn wait_for_socket(sock: &Path, vm: &mut Running) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// PUTs a one-vCPU machine of `mem_mib` and the boot source `kernel` + `initrd`, each
+/// answered 204.
+pub fn put_linux_machine(sock: &Path, mem_mib: u32, kernel: &Path, initrd: &Path) {
+    for (path, body) in [
+        (
+            "/machine-config",
+            serde_json::json!({"vcpu_count": 1, "mem_size_mib": mem_mib}),
+        ),
+        (
+            "/boot-source",
+            serde_json::json!({"kernel_image_path": kernel, "initrd_path": initrd}),
+        ),
+    ] {
+        let r = put(sock, path, body);
+        assert_eq!(r.0, 204, "PUT {path}: {r:?}");
+    }
+}

@@ -224,6 +224,11 @@ impl Running {
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
+    /// hvlite's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether hvlite is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
