@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use common::linux::{boot, kernel, rootfs, start};
 use common::*;
@@ -171,8 +172,30 @@ fn a_root_drive_in_the_config_file_boots_as_dev_vda() {
     assert_eq!(b.status, Some(4), "{ctx}");
 }
 
+/// CPU time (utime + stime, in clock ticks) of `pid`'s thread named `name`.
+fn thread_ticks(pid: u32, name: &str) -> u64 {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command name (which ends with ')'): utime and stime are the
+        // 12th and 13th.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        return f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    }
+    panic!("no thread {name} in hvlite {pid}");
+}
+
 /// A drive with a bandwidth rate limiter (Firecracker's shape, from the config file): the
-/// guest reads it at the configured rate, within 10%.
+/// guest reads it at the configured rate, within 10%, and while the drive is throttled
+/// the device's event loop sleeps on the limiter's timer: its thread's CPU time over the
+/// throttled seconds stays near zero.
 #[test]
 fn a_rate_limited_drive_reads_at_its_limit() {
     let test = "a_rate_limited_drive_reads_at_its_limit";
@@ -205,12 +228,12 @@ fn a_rate_limited_drive_reads_at_its_limit() {
     std::fs::write(&file, config.to_string()).unwrap();
     let k = kernel();
     let script = format!(
-        "a=$(cut -d' ' -f1 /proc/uptime); \
+        "echo READ-START-$((6*7)); a=$(cut -d' ' -f1 /proc/uptime); \
          dd if=/dev/vdb of=/dev/null bs=1M count={mib} iflag=direct 2>/dev/null \
            || dd if=/dev/vdb of=/dev/null bs=1M count={mib} 2>/dev/null; \
-         b=$(cut -d' ' -f1 /proc/uptime); echo READ-SECONDS $a $b; exit 0"
+         b=$(cut -d' ' -f1 /proc/uptime); echo READ-SECONDS $a $b; echo READ-DONE-$((6*7)); exit 0"
     );
-    let b = boot(&[
+    let mut vm = start(&[
         "run",
         "--config",
         file.to_str().unwrap(),
@@ -221,7 +244,26 @@ fn a_rate_limited_drive_reads_at_its_limit() {
         "-c",
         &script,
     ]);
+    // Markers the guest computes: the command line (on the console) holds the script.
+    vm.wait_for("READ-START-42");
+    let (ticks0, wall0) = (thread_ticks(vm.pid(), "vmm-events"), Instant::now());
+    vm.wait_for("READ-DONE-42");
+    let loop_ticks = thread_ticks(vm.pid(), "vmm-events") - ticks0;
+    let throttled = wall0.elapsed();
+    let b = vm.finish();
     let ctx = b.context();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let loop_cpu = loop_ticks as f64 / hz;
+    eprintln!(
+        "throttled drive: device loop used {loop_cpu:.2} s of CPU in {:.2} s",
+        throttled.as_secs_f64()
+    );
+    assert!(
+        loop_cpu <= 0.05 * throttled.as_secs_f64() + 0.02,
+        "the device loop used {loop_cpu:.2} s of CPU in {:.2} s throttled; {ctx}",
+        throttled.as_secs_f64()
+    );
     let times: Vec<f64> = (b.stdout.lines())
         .find_map(|l| l.strip_prefix("READ-SECONDS "))
         .unwrap_or_else(|| panic!("no timing; {ctx}"))
