@@ -22,7 +22,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::agent::protocol::{
     AgentMessage, EXEC_VSOCK_PORT, HostMessage, ProcessEnd, ProcessSpec, ProtocolError, WindowSize,
@@ -145,7 +145,23 @@ impl ExecSession {
     /// runs. A process the agent could not start is [`ExecError::Start`].
     pub fn start(uds: &Path, spec: &ProcessSpec) -> Result<Self, ExecError> {
         spec.validate()?;
-        let stream = connect_guest_port(uds, EXEC_VSOCK_PORT)?;
+        // An engine may exec as soon as the container is reported running, which can be
+        // before the agent's exec server listens (it starts once the container's root is
+        // mounted): the guest then refuses the connection with an empty answer. Try again
+        // until it listens or START_TIMEOUT passes.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut pause = Duration::from_millis(20);
+        let stream = loop {
+            match connect_guest_port(uds, EXEC_VSOCK_PORT) {
+                Err(ExecError::Refused { answer, .. })
+                    if answer.is_empty() && Instant::now() + pause < deadline =>
+                {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                other => break other?,
+            }
+        };
         Self::start_on(stream, spec)
     }
 
