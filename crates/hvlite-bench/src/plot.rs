@@ -51,8 +51,8 @@ fn err(plot: &str) -> impl Fn(String) -> PlotError + '_ {
 /// Axis range for positive values spread over orders of magnitude: a log axis when the
 /// largest value is over 30 times the smallest, so a 50 ms bar stays visible next to 20 s.
 fn y_range(lo: f64, hi: f64) -> (f64, f64, bool) {
-    let lo = lo.max(f64::MIN_POSITIVE);
-    if hi / lo > 30.0 {
+    // A zero (or negative) value cannot sit on a log axis: such plots stay linear.
+    if lo > 0.0 && hi / lo > 30.0 {
         (lo / 2.0, hi * 2.0, true)
     } else {
         (0.0, hi * 1.15, false)
