@@ -18,20 +18,19 @@ const SHIM: &str = "containerd-shim-hvlite-v2";
 const IMAGE: &str = "docker.io/library/hvlite-busybox:latest";
 const NS: &str = "hvlite-test";
 
-/// The shim binary: next to the test's own target directory (cargo test --workspace
-/// builds it), else built now.
+/// The shim binary, next to the test's own target directory: always (re)built through
+/// cargo (a no-op when it is fresh), since `cargo test` does not rebuild another
+/// package's binary and a stale one would test old code.
 fn shim_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let shim = dir.join(SHIM);
-    if !shim.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let st = Command::new(cargo)
-            .args(["build", "-p", "containerd-shim-hvlite", "--bin", SHIM])
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "cargo build of {SHIM}");
-    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = Command::new(cargo)
+        .args(["build", "-p", "containerd-shim-hvlite", "--bin", SHIM])
+        .status()
+        .expect("run cargo build");
+    assert!(st.success(), "cargo build of {SHIM}");
     assert!(shim.is_file(), "{} missing", shim.display());
     shim
 }
