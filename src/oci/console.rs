@@ -116,6 +116,7 @@ pub fn relay(
     std::thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
             let mut buf = vec![0u8; MAX_CHUNK];
             loop {
                 match reader.read(&mut buf) {
@@ -135,6 +136,7 @@ pub fn relay(
     std::thread::Builder::new()
         .name("console-size".into())
         .spawn(move || {
+            crate::seccomp::install_or_exit(crate::seccomp::ThreadKind::Host);
             let mut last = first;
             loop {
                 std::thread::sleep(SIZE_POLL);

@@ -46,6 +46,8 @@ pub const KVM_IOEVENTFD: u64 = 0x4040_ae79;
 pub const FIONBIO: u64 = 0x5421;
 pub const FIOCLEX: u64 = 0x5451;
 pub const TCGETS: u64 = 0x5401;
+/// Reads a terminal's window size (`<asm-generic/ioctls.h>`).
+pub const TIOCGWINSZ: u64 = 0x5413;
 
 // Network interfaces (the TAP's MTU, read at activation).
 pub const SIOCGIFMTU: u64 = 0x8921;
@@ -83,8 +85,9 @@ pub const VCPU: &[u64] = &[
 /// The device event loop: non-blocking host sockets only.
 pub const DEVICE_LOOP: &[u64] = &[FIONBIO, FIOCLEX, TUNSETOFFLOAD];
 
-/// API and host threads: socket modes and terminal probes of std's I/O.
-pub const HOST: &[u64] = &[FIONBIO, FIOCLEX, TCGETS];
+/// API and host threads: socket modes, terminal probes of std's I/O and the window size of
+/// an OCI container's host pty (the console relay).
+pub const HOST: &[u64] = &[FIONBIO, FIOCLEX, TCGETS, TIOCGWINSZ];
 
 /// The controller: also raises the keyboard line for Ctrl-Alt-Del and reads the VM's
 /// interrupt controllers, PIT and clock for a snapshot.
