@@ -97,10 +97,11 @@ pub fn run(cmdline: &str) -> ! {
     }
     say("hvlite-agent: connected to the host");
     let ready = options
-        .and_then(|o| {
-            container::execute(&container::plan(&o, ""), |w| {
-                say(&format!("hvlite-agent: {w}"))
-            })
+        .and_then(|o| cmdline::volumes(cmdline).map(|v| (o, v)))
+        .and_then(|(o, volumes)| {
+            let mut steps = container::plan(&o, "");
+            steps.extend(container::volume_steps(&volumes, ""));
+            container::execute(&steps, |w| say(&format!("hvlite-agent: {w}")))
         })
         .and_then(|()| start_exec_server())
         .and_then(|()| sigchld.map_err(|e| format!("SIGCHLD pipe: {e}")));

@@ -6,12 +6,14 @@
 //! - `hvlite.root=DEVICE`: the container's root file system (ext4), default `/dev/vdb`.
 //! - `hvlite.rootmode=overlay|rw`: `overlay` (default) mounts the device read-only under a
 //!   tmpfs-backed overlay (changes are discarded); `rw` mounts it read-write (changes persist).
+//!   `hvlite.root=virtiofs:TAG` makes the root the virtio-fs share TAG instead of a device.
+//! - `hvlite.volumes=TAG:/path[:ro],...`: virtio-fs shares to mount inside the container.
 //!
 //! Pure logic, unit-tested on the host.
 
 use hvlite_protocol::agent::{
-    CMDLINE_AGENT, CMDLINE_ROOT as ROOT, CMDLINE_ROOT_MODE as ROOT_MODE,
-    DEFAULT_ROOT_DEVICE as DEFAULT_ROOT, ROOT_MODE_OVERLAY, ROOT_MODE_RW,
+    CMDLINE_AGENT, CMDLINE_ROOT as ROOT, CMDLINE_ROOT_MODE as ROOT_MODE, CMDLINE_VOLUMES,
+    DEFAULT_ROOT_DEVICE as DEFAULT_ROOT, ROOT_MODE_OVERLAY, ROOT_MODE_RW, VIRTIOFS_ROOT_PREFIX,
 };
 
 /// The name of the option that turns the agent mode on.
@@ -97,8 +99,11 @@ pub struct AgentOptions {
 pub fn agent_options(cmdline: &str) -> Result<AgentOptions, String> {
     let params = params(cmdline);
     let root = value(&params, ROOT).unwrap_or(DEFAULT_ROOT);
-    if !root.starts_with('/') {
-        return Err(format!("{ROOT}={root}: expected an absolute device path"));
+    let share = root.strip_prefix(VIRTIOFS_ROOT_PREFIX);
+    if !root.starts_with('/') && share.is_none_or(str::is_empty) {
+        return Err(format!(
+            "{ROOT}={root}: expected an absolute device path or {VIRTIOFS_ROOT_PREFIX}TAG"
+        ));
     }
     let mode = match value(&params, ROOT_MODE) {
         None => RootMode::Overlay,
@@ -114,6 +119,47 @@ pub fn agent_options(cmdline: &str) -> Result<AgentOptions, String> {
         root: root.to_string(),
         mode,
     })
+}
+
+/// A virtio-fs share mounted inside the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The share's mount tag.
+    pub tag: String,
+    /// Where it appears in the container (absolute).
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// Reads `hvlite.volumes=TAG:/path[:ro],...`; an entry that is not of that form is an error.
+pub fn volumes(cmdline: &str) -> Result<Vec<Volume>, String> {
+    let params = params(cmdline);
+    let Some(list) = value(&params, CMDLINE_VOLUMES).filter(|l| !l.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .map(|entry| {
+            let bad = || format!("{CMDLINE_VOLUMES}: {entry:?} is not TAG:/path[:ro]");
+            let mut parts = entry.split(':');
+            let (Some(tag), Some(target)) = (parts.next(), parts.next()) else {
+                return Err(bad());
+            };
+            let read_only = match parts.next() {
+                None | Some("rw") => false,
+                Some("ro") => true,
+                Some(_) => return Err(bad()),
+            };
+            if tag.is_empty() || !target.starts_with('/') || parts.next().is_some() {
+                return Err(bad());
+            }
+            Ok(Volume {
+                tag: tag.into(),
+                target: target.into(),
+                read_only,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -182,5 +228,34 @@ mod tests {
         assert!(agent_options("hvlite.rootmode").is_ok()); // no value: the default
         assert!(agent_options("hvlite.root=vdb").is_err());
         assert!(agent_options("hvlite.root=").is_err());
+        assert_eq!(
+            agent_options("hvlite.root=virtiofs:rootfs").map(|o| o.root),
+            Ok("virtiofs:rootfs".into())
+        );
+        assert!(agent_options("hvlite.root=virtiofs:").is_err());
+    }
+
+    #[test]
+    fn volume_list() {
+        assert_eq!(volumes("hvlite.agent=1"), Ok(vec![]));
+        let v = volumes("quiet hvlite.volumes=v0:/data,v1:/etc/conf:ro").unwrap();
+        assert_eq!(
+            v,
+            [
+                Volume {
+                    tag: "v0".into(),
+                    target: "/data".into(),
+                    read_only: false
+                },
+                Volume {
+                    tag: "v1".into(),
+                    target: "/etc/conf".into(),
+                    read_only: true
+                }
+            ]
+        );
+        for bad in ["v0", "v0:data", ":/data", "v0:/d:rx", "v0:/d:ro:x"] {
+            assert!(volumes(&format!("hvlite.volumes={bad}")).is_err(), "{bad}");
+        }
     }
 }

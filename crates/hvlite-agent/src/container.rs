@@ -17,8 +17,9 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 
 use hvlite_protocol::agent::protocol::{ContainerSetup, MountSpec};
 
-use crate::cmdline::{AgentOptions, RootMode};
+use crate::cmdline::{AgentOptions, RootMode, Volume};
 use crate::sys;
+use hvlite_protocol::agent::VIRTIOFS_ROOT_PREFIX;
 
 /// Where the container's root is assembled; the process is chrooted there.
 pub const NEWROOT: &str = "/newroot";
@@ -80,14 +81,23 @@ pub fn plan(opts: &AgentOptions, base: &str) -> Vec<Step> {
     let at = |path: &str| format!("{base}{path}");
     let inside = |path: &str| format!("{base}{NEWROOT}{path}");
     let (lower, upper, work) = (at(LOWER), at(UPPER), at(WORK));
-    let mut steps = match opts.mode {
-        RootMode::Overlay => vec![
+    // A virtio-fs root (`virtiofs:TAG`) is mounted by tag; a device holds ext4.
+    let (root, fstype) = match opts.root.strip_prefix(VIRTIOFS_ROOT_PREFIX) {
+        Some(tag) => (tag, "virtiofs"),
+        None => (opts.root.as_str(), "ext4"),
+    };
+    let lower_mount = match fstype {
+        "ext4" => Step::MountOr(
             // A journal that needs recovery cannot be replayed on a read-only device: then
             // the image is mounted without replaying it (as it was at its last commit).
-            Step::MountOr(
-                Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY),
-                Mount::new(&opts.root, &lower, "ext4", libc::MS_RDONLY).with_data("noload"),
-            ),
+            Mount::new(root, &lower, fstype, libc::MS_RDONLY),
+            Mount::new(root, &lower, fstype, libc::MS_RDONLY).with_data("noload"),
+        ),
+        _ => Step::Mount(Mount::new(root, &lower, fstype, libc::MS_RDONLY)),
+    };
+    let mut steps = match opts.mode {
+        RootMode::Overlay => vec![
+            lower_mount,
             Step::Mount(
                 Mount::new("tmpfs", &at(RUN), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV)
                     .with_data("mode=0755"),
@@ -99,7 +109,7 @@ pub fn plan(opts: &AgentOptions, base: &str) -> Vec<Step> {
                     .with_data(&format!("lowerdir={lower},upperdir={upper},workdir={work}")),
             ),
         ],
-        RootMode::ReadWrite => vec![Step::Mount(Mount::new(&opts.root, &at(NEWROOT), "ext4", 0))],
+        RootMode::ReadWrite => vec![Step::Mount(Mount::new(root, &at(NEWROOT), fstype, 0))],
     };
     let dev = inside("/dev");
     steps.extend([
@@ -149,6 +159,24 @@ pub fn plan(opts: &AgentOptions, base: &str) -> Vec<Step> {
         });
     }
     steps
+}
+
+/// The steps that mount the virtio-fs `volumes` inside the container's root (after
+/// [`plan`]'s); `base` as for [`plan`].
+pub fn volume_steps(volumes: &[Volume], base: &str) -> Vec<Step> {
+    volumes
+        .iter()
+        .map(|v| {
+            let flags = if v.read_only { libc::MS_RDONLY } else { 0 };
+            let target = format!("{base}{NEWROOT}{}", v.target);
+            Step::Mount(Mount::new(
+                &v.tag,
+                &target,
+                "virtiofs",
+                flags | libc::MS_NOSUID,
+            ))
+        })
+        .collect()
 }
 
 fn cstring(s: &str) -> Result<CString, String> {
@@ -338,6 +366,37 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn virtiofs_root_and_volumes() {
+        let steps = plan(
+            &AgentOptions {
+                root: "virtiofs:rootfs".into(),
+                mode: RootMode::Overlay,
+            },
+            "",
+        );
+        assert_eq!(
+            steps[0],
+            Step::Mount(Mount::new("rootfs", "/lower", "virtiofs", libc::MS_RDONLY))
+        );
+        let v = [Volume {
+            tag: "v0".into(),
+            target: "/data".into(),
+            read_only: true,
+        }];
+        let steps = volume_steps(&v, "/b");
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID;
+        assert_eq!(
+            steps,
+            [Step::Mount(Mount::new(
+                "v0",
+                "/b/newroot/data",
+                "virtiofs",
+                flags
+            ))]
+        );
     }
 
     #[test]

@@ -43,3 +43,9 @@ pub const ROOT_MODE_RW: &str = "rw";
 pub const CMDLINE_TEST_CRASH: &str = "hvlite.test_crash=before-start";
 /// Test-only environment variable of hvlite (see [`CMDLINE_TEST_CRASH`]).
 pub const TEST_CRASH_ENV: &str = "HVLITE_AGENT_TEST_CRASH";
+/// [`CMDLINE_ROOT`] prefix of a root that is a virtio-fs share (`hvlite.root=virtiofs:TAG`)
+/// rather than a block device.
+pub const VIRTIOFS_ROOT_PREFIX: &str = "virtiofs:";
+/// Kernel command line option listing host directories (virtio-fs tags) to mount in the
+/// container: `hvlite.volumes=TAG:/guest/path[:ro],...`.
+pub const CMDLINE_VOLUMES: &str = "hvlite.volumes";
