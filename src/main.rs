@@ -8,8 +8,9 @@ use std::time::Instant;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use hvlite::config::{
-    DiskConfig, HostPath, Logger, MetricsConfig, NetConfig, VmConfig, VsockConfig,
+    DiskConfig, FsConfig, HostPath, Logger, MetricsConfig, NetConfig, VmConfig, VsockConfig,
 };
+use hvlite::container::shares::{RootfsMode, Volume};
 use hvlite::container::spec::{self, EnvVar, ProcessOptions, UserSpec};
 use hvlite::container::{self, ContainerConfig, ContainerError, RunOutcome, paths};
 use hvlite::control::Outputs;
@@ -122,6 +123,13 @@ struct RunArgs {
     /// Forward hvlite's stdin to the container's process (otherwise it reads /dev/null).
     #[arg(short = 'i', long)]
     interactive: bool,
+    /// Mount a host directory in the container, HOST:GUEST[:ro] (virtio-fs); repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "HOST:GUEST[:ro]")]
+    volumes: Vec<Volume>,
+    /// How --rootfs DIR reaches the guest: image (an ext4 image of DIR, built once and
+    /// cached) or virtiofs (DIR itself, shared) [default: image; docs/virtio-fs.md].
+    #[arg(long, value_name = "image|virtiofs")]
+    rootfs_mode: Option<RootfsMode>,
     /// Show the guest kernel's console on stderr (container runs keep it quiet).
     #[arg(long)]
     console: bool,
@@ -147,6 +155,11 @@ struct RunArgs {
     /// second, K/M/G allowed); repeatable: /dev/vda, /dev/vdb, ...
     #[arg(long = "disk", value_name = "PATH[,ro][,bw=B][,ops=N]")]
     disks: Vec<DiskConfig>,
+    /// Share a host directory with the guest (virtio-fs; the guest runs
+    /// `mount -t virtiofs NAME DIR`), tag=NAME,path=DIR[,ro][,socket=PATH]; repeatable.
+    /// hvlite starts virtiofsd unless socket= names a running one (docs/virtio-fs.md).
+    #[arg(long = "fs", value_name = "tag=NAME,path=DIR[,ro][,socket=PATH]")]
+    shares: Vec<FsConfig>,
     /// A network interface on a host TAP device, tap=NAME[,mac=MAC][,tx-bw=B][,tx-ops=N]
     /// [,rx-bw=B][,rx-ops=N] (limits a second on what the guest sends and receives);
     /// repeatable: eth0, eth1, ...
@@ -159,7 +172,7 @@ struct RunArgs {
     /// Restore the snapshot in DIR (files `state` and `memory`, written by
     /// PUT /snapshot/create) instead of booting; see docs/snapshots.md.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
-        "kernel", "initrd", "rootfs", "cmdline", "cpus", "memory", "disks", "nets", "vsock",
+        "kernel", "initrd", "rootfs", "cmdline", "cpus", "memory", "disks", "nets", "vsock", "shares",
         "command",
     ])]
     restore: Option<PathBuf>,
@@ -262,6 +275,7 @@ impl RunArgs {
             nets: self.nets.clone(),
             vsock: self.vsock.clone(),
             entropy: self.entropy,
+            shares: self.shares.clone(),
             command: self.command.clone(),
         }
     }
@@ -371,6 +385,8 @@ impl RunArgs {
                     "--interactive (process.stdin)",
                 ),
                 (self.console || file.console, "--console"),
+                (!self.volumes.is_empty(), "--volume"),
+                (self.rootfs_mode.is_some(), "--rootfs-mode"),
             ];
             if let Some((_, flag)) = container_only.iter().find(|(given, _)| *given) {
                 return Err(usage(&format!("{flag} needs --rootfs")));
@@ -418,6 +434,8 @@ impl RunArgs {
                 stdin: self.interactive || file_stdin,
             },
             console: self.console || file.console,
+            volumes: self.volumes,
+            rootfs_mode: self.rootfs_mode.unwrap_or_default(),
         }))
     }
 }

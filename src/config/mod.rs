@@ -7,10 +7,12 @@
 //! resource is valid by construction; what spans several entries (unique ids, at most one
 //! root drive) is checked by the functions here, which both front ends call.
 
+pub mod fs;
 pub mod resources;
 pub mod values;
 pub mod vm;
 
+pub use fs::{FsConfig, FsConfigError, FsDevice, MountTag, check_shares};
 pub use resources::{
     Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DrivePatch, Entropy, Logger,
     MachineConfig, MetricsConfig, NetworkInterface, NetworkInterfacePatch, Vsock,

@@ -223,6 +223,11 @@ pub struct VmConfig {
     pub entropy: Option<EntropyConfig>,
     /// A virtio-balloon device (`/balloon`).
     pub balloon: Option<super::resources::Balloon>,
+    /// Shared host directories (virtio-fs), in order.
+    pub shares: Vec<super::fs::FsConfig>,
+    /// Names of the shares in the API (`fs_id`s), in the order of `shares`; a share
+    /// without one is named after its tag.
+    pub share_ids: Vec<String>,
     /// Sample the boot vCPU's guest RIP into this file (a developer aid).
     pub guest_profile: Option<PathBuf>,
     /// Names of the disks in metrics (`drive_id`s), in the order of `disks`; a disk
@@ -279,6 +284,8 @@ pub enum ConfigError {
     RootNotFirst,
     #[error("the balloon's amount_mib {balloon} is more than the guest's {memory} MiB")]
     BalloonOverMemory { balloon: u32, memory: u64 },
+    #[error(transparent)]
+    Share(#[from] super::fs::FsConfigError),
 }
 
 impl VmConfig {
@@ -297,6 +304,8 @@ impl VmConfig {
             vsock: None,
             entropy: None,
             balloon: None,
+            shares: Vec::new(),
+            share_ids: Vec::new(),
             guest_profile: None,
             disk_ids: Vec::new(),
             net_ids: Vec::new(),
@@ -345,6 +354,13 @@ impl VmConfig {
             .unwrap_or_else(|| format!("eth{index}"))
     }
 
+    /// The API name of share `index`.
+    pub fn share_id(&self, index: usize) -> String {
+        (self.share_ids.get(index).cloned())
+            .or_else(|| self.shares.get(index).map(|s| s.tag.clone()))
+            .unwrap_or_default()
+    }
+
     /// Guest memory in bytes.
     pub fn mem_size(&self) -> u64 {
         self.memory_mib << 20
@@ -381,6 +397,7 @@ impl VmConfig {
                 memory: self.memory_mib,
             });
         }
+        super::fs::check_shares(&self.shares)?;
         Ok(())
     }
 }

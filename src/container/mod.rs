@@ -17,6 +17,7 @@ pub mod paths;
 pub mod retry;
 pub mod rootfs;
 pub mod session;
+pub mod shares;
 pub mod signals;
 pub mod spec;
 
@@ -52,6 +53,10 @@ pub struct ContainerConfig {
     pub process: ProcessOptions,
     /// `--console`: show the guest kernel's console on stderr.
     pub console: bool,
+    /// `--volume`: host directories mounted in the container (virtio-fs).
+    pub volumes: Vec<shares::Volume>,
+    /// `--rootfs-mode`: how a root directory reaches the guest.
+    pub rootfs_mode: shares::RootfsMode,
 }
 
 /// Errors before or around the VM of a container run.
@@ -85,14 +90,14 @@ pub struct RunOutcome {
 }
 
 /// The kernel options that make the agent disk the root and tell the agent where the
-/// container root is.
-pub fn kernel_options(mode: RootMode, console: bool) -> String {
+/// container root is (`root`: a device, or `virtiofs:TAG`).
+pub fn kernel_options(root: &str, mode: RootMode, console: bool) -> String {
     let mut opts = format!(
         "root=/dev/vda ro rootfstype=ext4 init={} {} {}={} {}={}",
         agent::AGENT_INIT_PATH,
         agent::CMDLINE_AGENT,
         agent::CMDLINE_ROOT,
-        agent::DEFAULT_ROOT_DEVICE,
+        root,
         agent::CMDLINE_ROOT_MODE,
         mode.as_option()
     );
@@ -146,43 +151,65 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
     };
     spec.validate().map_err(ContainerError::Spec)?;
 
-    let root = match hooks.root {
-        Some(root) => root,
-        None => rootfs::prepare(&cfg.rootfs)?,
-    };
-    log::info!(
-        "rootfs: {} ({}, {:.1} ms)",
-        root.image.display(),
-        match (root.mode, root.built) {
-            (RootMode::ReadWrite, _) => "the image itself, read-write",
-            (RootMode::Overlay, true) => "image built",
-            (RootMode::Overlay, false) => "cached image",
-        },
-        root.elapsed.as_secs_f64() * 1000.0
-    );
-    let agent = paths::agent_binary()?;
-    let agent_image = agent_disk::agent_disk(&agent)?;
-
     let mut vm = cfg.vm;
-    let mut disks = vec![
-        // The agent disk is the guest's root, but kernel_options() says so itself, with
-        // the agent's own root options.
-        DiskConfig {
-            path: agent_image,
-            read_only: true,
-            root: false,
-            rate_limiter: None,
-        },
-        DiskConfig {
+    let virtiofs_root = hooks.root.is_none()
+        && cfg.rootfs_mode == shares::RootfsMode::Virtiofs
+        && cfg.rootfs.is_dir();
+    let (root_disk, root_option, mode) = if virtiofs_root {
+        let (share, option) = shares::root_share(cfg.rootfs.clone());
+        log::info!(
+            "rootfs: {} through virtio-fs (read-only, overlay)",
+            cfg.rootfs.display()
+        );
+        vm.shares.push(share);
+        (None, option, RootMode::Overlay)
+    } else {
+        let root = match hooks.root {
+            Some(root) => root,
+            None => rootfs::prepare(&cfg.rootfs)?,
+        };
+        log::info!(
+            "rootfs: {} ({}, {:.1} ms)",
+            root.image.display(),
+            match (root.mode, root.built) {
+                (RootMode::ReadWrite, _) => "the image itself, read-write",
+                (RootMode::Overlay, true) => "image built",
+                (RootMode::Overlay, false) => "cached image",
+            },
+            root.elapsed.as_secs_f64() * 1000.0
+        );
+        let disk = DiskConfig {
             path: root.image.clone(),
             read_only: root.mode == RootMode::Overlay,
             root: false,
             rate_limiter: None,
-        },
-    ];
+        };
+        (
+            Some(disk),
+            agent::DEFAULT_ROOT_DEVICE.to_string(),
+            root.mode,
+        )
+    };
+    let agent = paths::agent_binary()?;
+    let agent_image = agent_disk::agent_disk(&agent)?;
+
+    // The agent disk is the guest's root, but kernel_options() says so itself, with the
+    // agent's own root options.
+    let mut disks = vec![DiskConfig {
+        path: agent_image,
+        read_only: true,
+        root: false,
+        rate_limiter: None,
+    }];
+    disks.extend(root_disk);
     disks.append(&mut vm.disks);
     vm.disks = disks;
-    let opts = kernel_options(root.mode, cfg.console);
+    let (volume_shares, volume_option) = shares::volume_shares(&cfg.volumes);
+    vm.shares.extend(volume_shares);
+    let mut opts = kernel_options(&root_option, mode, cfg.console);
+    if let Some(v) = volume_option {
+        opts = format!("{opts} {v}");
+    }
     vm.cmdline = Some(match vm.cmdline.take() {
         Some(user) => format!("{opts} {user}"),
         None => opts,
@@ -352,11 +379,13 @@ mod tests {
 
     #[test]
     fn kernel_options_name_the_agent_and_root() {
-        let o = kernel_options(RootMode::Overlay, false);
+        let o = kernel_options("/dev/vdb", RootMode::Overlay, false);
         assert!(o.starts_with("root=/dev/vda ro rootfstype=ext4 init=/hvlite-init "));
         assert!(o.contains("hvlite.agent=1 hvlite.root=/dev/vdb hvlite.rootmode=overlay"));
         assert!(o.ends_with(" quiet"));
-        let o = kernel_options(RootMode::ReadWrite, true);
+        let o = kernel_options("/dev/vdb", RootMode::ReadWrite, true);
         assert!(o.contains("hvlite.rootmode=rw") && !o.contains("quiet"));
+        let o = kernel_options("virtiofs:rootfs", RootMode::Overlay, false);
+        assert!(o.contains("hvlite.root=virtiofs:rootfs hvlite.rootmode=overlay"));
     }
 }

@@ -230,6 +230,8 @@ fn boot(
             stdin: true,
         },
         console: false,
+        volumes: Vec::new(),
+        rootfs_mode: Default::default(),
     };
     let outcome = container::run_with(
         cfg,

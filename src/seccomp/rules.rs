@@ -146,6 +146,10 @@ const VCPU: &[Rule] = &[
     Rule::any(libc::SYS_timerfd_settime),
     Rule::any(libc::SYS_lseek),
     Rule::any(libc::SYS_fsync),
+    // virtio-fs: the driver's DRIVER_OK and reset send vhost-user messages (with the
+    // queues' eventfds attached) to virtiofsd's socket.
+    Rule::any(libc::SYS_sendmsg),
+    Rule::any(libc::SYS_recvmsg),
 ];
 
 const DEVICE_LOOP: &[Rule] = &[
@@ -227,6 +231,10 @@ const VMM: &[Rule] = &[
     Rule::any(libc::SYS_lseek),
     Rule::any(libc::SYS_fsync),
     Rule::any(libc::SYS_munlock),
+    // Stopping the virtiofsd processes hvlite started (SIGTERM, then SIGKILL) and reaping
+    // them.
+    Rule::arg(libc::SYS_kill, 1, KILL_SIGNALS),
+    Rule::any(libc::SYS_wait4),
 ];
 
 /// The hvlite-runtime monitor, on top of [`VMM`]: the control socket (`start`, `kill`),
@@ -242,6 +250,8 @@ const MONITOR: &[Rule] = &[
     Rule::any(libc::SYS_renameat),
     Rule::any(libc::SYS_renameat2),
 ];
+/// Signals the VMM thread may send (to the virtiofsd children it started).
+const KILL_SIGNALS: &[u64] = &[libc::SIGTERM as u64, libc::SIGKILL as u64];
 
 const HOST: &[Rule] = &[
     Rule::arg(libc::SYS_ioctl, 1, ioctls::HOST),

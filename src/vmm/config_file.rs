@@ -73,6 +73,9 @@ pub struct FileConfig {
     /// A virtio-balloon device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub balloon: Option<crate::config::Balloon>,
+    /// Shared host directories (virtio-fs, `--fs`), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<crate::config::FsDevice>,
     /// The command the guest init runs, and how.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Process>,
@@ -136,6 +139,8 @@ pub struct CliOverrides {
     pub vsock: Option<VsockConfig>,
     /// `--entropy`: a virtio-rng device (the file's rate limits, if any, stay).
     pub entropy: bool,
+    /// `--fs`: shared directories (replace the file's list).
+    pub shares: Vec<crate::config::FsConfig>,
     pub command: Vec<String>,
 }
 
@@ -181,6 +186,19 @@ impl FileConfig {
         resources::check_drives(&self.drives).map_err(|e| at("drives", "drive_id", e))?;
         resources::check_interfaces(&self.network_interfaces)
             .map_err(|e| at("network-interfaces", "iface_id", e))?;
+        let mut tags = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        for (i, f) in self.fs.iter().enumerate() {
+            if !ids.insert(f.fs_id.as_str()) {
+                return Err((
+                    format!("fs[{i}].fs_id"),
+                    format!("duplicate id {:?}", f.fs_id.as_str()),
+                ));
+            }
+            if !tags.insert(String::from(f.tag.clone())) {
+                return Err((format!("fs[{i}].tag"), "another share has this tag".into()));
+            }
+        }
         if let Some(p) = &self.process {
             if p.args.as_ref().is_some_and(Vec::is_empty) {
                 return Err(("process.args".into(), "must not be empty".into()));
@@ -238,6 +256,11 @@ impl FileConfig {
             (None, false) => None,
         };
         cfg.balloon = self.balloon;
+        if cli.shares.is_empty() {
+            (cfg.share_ids, cfg.shares) = self.fs.iter().map(|f| f.to_share()).unzip();
+        } else {
+            cfg.shares = cli.shares;
+        }
         cfg.command = if cli.command.is_empty() {
             self.process.as_ref().and_then(|p| p.args.clone())
         } else {

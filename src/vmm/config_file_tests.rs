@@ -320,6 +320,7 @@ fn the_command_line_wins() {
         nets: vec![],
         vsock: None,
         entropy: true,
+        shares: vec![],
         command: vec!["true".into()],
     };
     let vm = cfg.to_vm_config(cli).unwrap();
@@ -367,4 +368,41 @@ fn container_switches_round_trip() {
     assert!(!plain.console && !plain.process.as_ref().is_some_and(|p| p.stdin));
     assert!(!plain.to_json_pretty().contains("stdin"));
     assert_err(r#"{"console": "yes"}"#, "vm.json: console: invalid type");
+}
+
+#[test]
+fn shares_come_from_the_file_unless_the_command_line_gives_some() {
+    let text = r#"{"fs": [{"fs_id": "data", "tag": "data", "path_on_host": "/srv/data",
+        "is_read_only": true}, {"fs_id": "w", "tag": "w", "path_on_host": "/w",
+        "socket_path": "/run/w.sock"}]}"#;
+    let cfg = FileConfig::parse(text, "f.json").unwrap();
+    let vm = cfg
+        .to_vm_config(CliOverrides {
+            kernel: Some("k".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(vm.share_ids, ["data", "w"]);
+    assert!(vm.shares[0].read_only && vm.shares[1].socket.is_some());
+    let cli = CliOverrides {
+        kernel: Some("k".into()),
+        shares: vec!["tag=cli,path=/c".parse().unwrap()],
+        ..Default::default()
+    };
+    let vm = cfg.to_vm_config(cli).unwrap();
+    assert_eq!((vm.shares.len(), vm.share_id(0).as_str()), (1, "cli"));
+    assert_eq!(
+        FileConfig::parse(&cfg.to_json_pretty(), "again").unwrap(),
+        cfg
+    );
+    let dup = r#"{"fs": [{"fs_id": "a", "tag": "t", "path_on_host": "/a"},
+        {"fs_id": "b", "tag": "t", "path_on_host": "/b"}]}"#;
+    let e = FileConfig::parse(dup, "d.json").unwrap_err().to_string();
+    assert_eq!(e, "d.json: fs[1].tag: another share has this tag");
+    let bad = r#"{"fs": [{"fs_id": "a", "tag": "t", "path_on_host": ""}]}"#;
+    let e = FileConfig::parse(bad, "e.json").unwrap_err().to_string();
+    assert!(
+        e.starts_with("e.json: fs[0].path_on_host: must not be an empty path"),
+        "{e}"
+    );
 }

@@ -7,6 +7,7 @@ pub mod control;
 pub mod devices;
 pub mod event_loop;
 pub mod line_watch;
+pub mod memory;
 pub mod panic_watch;
 pub mod persist;
 
@@ -33,6 +34,7 @@ use crate::devices::serial::{
 };
 use crate::devices::virtio::EventLoopHandle;
 use crate::devices::virtio::block::{Block, DiskError, DiskImage};
+use crate::devices::virtio::fs::{self as virtio_fs, Daemon, DaemonError, Fs, FsError, FsHealth};
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{self, Net, Tap, TapError};
 use crate::devices::virtio::rate_limiter::RateLimiter;
@@ -68,6 +70,23 @@ pub enum VmmError {
     Kvm(&'static str, #[source] kvm_ioctls::Error),
     #[error("cannot allocate {0} MiB of guest memory")]
     Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error("cannot allocate {0} MiB of shared guest memory")]
+    SharedMemory(u64, #[source] memory::MemoryError),
+    #[error(transparent)]
+    Virtiofsd(#[from] DaemonError),
+    #[error("share {tag:?}: cannot connect to the vhost-user backend at {}", socket.display())]
+    FsConnect {
+        tag: String,
+        socket: std::path::PathBuf,
+        #[source]
+        source: virtio_fs::LinkError,
+    },
+    #[error("share {tag:?}")]
+    Fs {
+        tag: String,
+        #[source]
+        source: FsError,
+    },
     #[error(transparent)]
     Loader(#[from] loader::LoaderError),
     #[error(transparent)]
@@ -134,14 +153,20 @@ fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
     move |e| VmmError::Kvm(what, e)
 }
 
-/// Creates guest RAM and registers every region with KVM as a memory slot.
+/// Creates guest RAM and registers every region with KVM as a memory slot. RAM is a
+/// shared memfd when `shared` (a vhost-user backend maps it), anonymous otherwise.
 fn create_memory(
     vm: &VmFd,
     mem_mib: u64,
     track_dirty_pages: bool,
+    shared: bool,
 ) -> Result<GuestMemoryMmap, VmmError> {
-    let mem = GuestMemoryMmap::from_ranges(&layout::ram_regions(mem_mib << 20))
-        .map_err(|e| VmmError::Memory(mem_mib, e))?;
+    let ranges = layout::ram_regions(mem_mib << 20);
+    let mem = if shared {
+        memory::shared_ranges(&ranges).map_err(|e| VmmError::SharedMemory(mem_mib, e))?
+    } else {
+        GuestMemoryMmap::from_ranges(&ranges).map_err(|e| VmmError::Memory(mem_mib, e))?
+    };
     register_memory(vm, &mem, track_dirty_pages)?;
     Ok(mem)
 }
@@ -430,6 +455,7 @@ fn run_inner(
     let disk_sizes: Vec<u64> = disks.iter().map(DiskImage::size).collect();
     let taps = open_taps(cfg)?;
     let vsock = open_vsock(cfg, vsock_ports)?;
+    let mut daemons = start_virtiofsd(cfg)?;
     let kvm = open_kvm()?;
     let host = HostKind::detect();
     log::info!("host: {host}");
@@ -456,7 +482,12 @@ fn run_inner(
             persist::restore_vm_state(&vm, &r.state.vm)?;
             mem
         }
-        None => create_memory(&vm, cfg.memory_mib, cfg.track_dirty_pages)?,
+        None => create_memory(
+            &vm,
+            cfg.memory_mib,
+            cfg.track_dirty_pages,
+            !cfg.shares.is_empty(),
+        )?,
     };
     let metrics = hooks.metrics.as_deref();
     if let Some(m) = metrics {
@@ -470,6 +501,7 @@ fn run_inner(
     ));
 
     let events = EventLoop::start(latch.clone())?;
+    let mut healths: Vec<Arc<FsHealth>> = Vec::new();
     // Whatever happens from here on, the event loop thread is stopped before returning.
     let result = (|| {
         let state = restore.map(|r| &r.state);
@@ -566,6 +598,15 @@ fn run_inner(
             slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
             register_refusals(metrics, "vsock", &slots);
         }
+        for (share, daemon) in cfg.shares.iter().zip(&daemons) {
+            let socket = match daemon {
+                Some(d) => d.socket().to_path_buf(),
+                None => share.socket.clone().unwrap_or_default(),
+            };
+            let device = attach_share(share, &socket, events.handle())?;
+            healths.push(device.health());
+            slots.attach(&vm, &mem, &mut buses, Box::new(device))?;
+        }
         let transports = slots.transports().to_vec();
         if let Some(r) = restore {
             check_devices(&transports, &r.state)?;
@@ -591,6 +632,7 @@ fn run_inner(
                     events: events.handle(),
                     vcpus: saved_states.clone(),
                     counters: counters.clone(),
+                    shares: cfg.shares.iter().map(|s| s.tag.clone()).collect(),
                 }));
                 Some((saved_states, msrs))
             }
@@ -625,6 +667,7 @@ fn run_inner(
         c.clear_snapshot_source();
         c.set_balloon(None);
     }
+    report_shares(&healths, &mut daemons);
     let reason = panic.explain(result?);
     report_memory(&mem);
     Ok(reason)
@@ -673,6 +716,72 @@ fn restore_devices(
         }
     }
     Ok(())
+}
+
+/// Starts a virtiofsd for every share of `cfg` that names no socket of its own (`None`
+/// for those that do), before the guest starts.
+fn start_virtiofsd(cfg: &VmConfig) -> Result<Vec<Option<Daemon>>, VmmError> {
+    if cfg.shares.iter().all(|s| s.socket.is_some()) {
+        return Ok(cfg.shares.iter().map(|_| None).collect());
+    }
+    let binary = virtio_fs::daemon::find_virtiofsd()?;
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .filter(|d| d.is_dir())
+        .unwrap_or_else(std::env::temp_dir);
+    let mut daemons = Vec::with_capacity(cfg.shares.len());
+    for s in &cfg.shares {
+        daemons.push(match &s.socket {
+            Some(_) => None,
+            None => Some(Daemon::start(
+                &binary,
+                &s.tag,
+                &s.path,
+                s.read_only,
+                &runtime,
+            )?),
+        });
+    }
+    Ok(daemons)
+}
+
+/// Connects to a share's backend and makes its device (the vhost-user handshake).
+fn attach_share(
+    share: &config::FsConfig,
+    socket: &std::path::Path,
+    events: EventLoopHandle,
+) -> Result<Fs, VmmError> {
+    let link = virtio_fs::FrontendLink::connect(socket, virtio_fs::NUM_QUEUES as u64).map_err(
+        |source| VmmError::FsConnect {
+            tag: share.tag.clone(),
+            socket: socket.to_path_buf(),
+            source,
+        },
+    )?;
+    Fs::new(&share.tag, Box::new(link), events).map_err(|source| VmmError::Fs {
+        tag: share.tag.clone(),
+        source,
+    })
+}
+
+/// Stops the virtiofsd processes hvlite started, and reports shares whose backend went
+/// away while the guest ran.
+fn report_shares(healths: &[Arc<FsHealth>], daemons: &mut [Option<Daemon>]) {
+    for (i, d) in daemons.iter_mut().enumerate() {
+        let Some(d) = d else { continue };
+        let early = d.stop();
+        let lost = healths.get(i).is_some_and(|h| h.is_gone());
+        if let (true, Some(h)) = (lost, healths.get(i)) {
+            log::error!(
+                "virtio-fs {}: virtiofsd (pid {}) went away while the guest ran{}; {} guest \
+                 request(s) were answered with EIO",
+                h.tag(),
+                d.pid(),
+                early.map(|s| format!(" ({s})")).unwrap_or_default(),
+                h.answered()
+            );
+        }
+    }
 }
 
 /// Opens every disk of `cfg`, so that a bad disk is reported before the guest starts.

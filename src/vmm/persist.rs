@@ -61,6 +61,11 @@ pub enum SnapshotError {
     UnknownOverride(String),
     #[error("the device event loop is gone: {0}")]
     EventLoop(String),
+    #[error(
+        "cannot snapshot a VM with virtio-fs shares ({0}): their queues and open files live in \
+         virtiofsd, whose state hvlite cannot save; boot without --fs to take snapshots"
+    )]
+    VhostUserShares(String),
 }
 
 impl From<event_manager::Error> for SnapshotError {
@@ -217,6 +222,8 @@ pub struct SnapshotSource {
     pub events: EventLoopHandle,
     pub vcpus: Arc<SavedStates>,
     pub counters: VmCounters,
+    /// Tags of the virtio-fs shares: a VM with any cannot be snapshotted.
+    pub shares: Vec<String>,
 }
 
 /// What [`create_snapshot`] wrote and how long it took.
@@ -242,6 +249,9 @@ pub fn create_snapshot(
     state_path: &Path,
     mem_path: &Path,
 ) -> Result<CreateStats, SnapshotError> {
+    if !src.shares.is_empty() {
+        return Err(SnapshotError::VhostUserShares(src.shares.join(", ")));
+    }
     let start = Instant::now();
     let vcpus = src.vcpus.all().map_err(SnapshotError::Vcpus)?;
     let vm = save_vm_state(&src.vm)?;

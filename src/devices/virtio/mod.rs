@@ -23,6 +23,7 @@ pub mod balloon;
 pub mod block;
 pub mod core;
 pub mod frame_io;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;

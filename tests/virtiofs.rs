@@ -1,0 +1,209 @@
+//! virtio-fs through a real guest: host directories shared with `--fs`, served by a
+//! virtiofsd that hvlite starts. One boot checks both directions of a read-write share,
+//! a read-only share next to it (two shares at once) and EROFS on it; another kills
+//! virtiofsd mid-run and checks that the guest gets I/O errors and hvlite says why.
+//! Refused paths need no boot.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::linux::{initrd, kernel, start};
+use common::*;
+use hvlite::initcmd::INIT_MARKER;
+
+/// Processes named virtiofsd that descend from `ancestor`.
+fn virtiofsd_under(ancestor: u32) -> Vec<i32> {
+    let parent_of = |pid: i32| -> Option<(i32, String)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        let comm = comm.split_once('(')?.1.to_string();
+        let ppid = rest.split(' ').nth(1)?.parse().ok()?;
+        Some((ppid, comm))
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Some((_, comm)) = parent_of(pid) else {
+            continue;
+        };
+        if comm != "virtiofsd" {
+            continue;
+        }
+        let mut p = pid;
+        while let Some((ppid, _)) = parent_of(p) {
+            if ppid as u32 == ancestor {
+                found.push(pid);
+                break;
+            }
+            if ppid <= 1 {
+                break;
+            }
+            p = ppid;
+        }
+    }
+    found
+}
+
+fn fs_arg(tag: &str, dir: &Path, extra: &str) -> String {
+    format!("tag={tag},path={}{extra}", dir.display())
+}
+
+#[test]
+fn guest_and_host_see_each_others_files_and_read_only_shares_refuse_writes() {
+    let test = "guest_and_host_see_each_others_files_and_read_only_shares_refuse_writes";
+    if !kvm_available(test) || !root(test, "(virtiofsd's namespace sandbox)") {
+        return;
+    }
+    let (rw, ro) = (scratch("vfs-rw"), scratch("vfs-ro"));
+    std::fs::write(rw.join("from-host.txt"), "written by the host\n").unwrap();
+    std::fs::write(ro.join("kept.txt"), "read-only content\n").unwrap();
+    let (k, i) = (kernel(), initrd());
+    let script = "mkdir -p /rw /ro && mount -t virtiofs data /rw && mount -t virtiofs docs /ro \
+                  && echo HOST-FILE=$(cat /rw/from-host.txt) \
+                  && echo RO-FILE=$(cat /ro/kept.txt) \
+                  && echo 'written by the guest' > /rw/from-guest.txt \
+                  && echo GUEST-WROTE; \
+                  echo nope > /ro/new.txt 2>/tmp/err || echo RO-WRITE=$(cat /tmp/err); \
+                  while [ ! -f /rw/go ]; do sleep 0.1; done; echo GO=$(cat /rw/go); exit 0";
+    let mut vm = start(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--fs",
+        &fs_arg("data", &rw, ""),
+        "--fs",
+        &fs_arg("docs", &ro, ",ro"),
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    vm.wait_for("GUEST-WROTE");
+    let daemons = virtiofsd_under(vm.pid());
+    assert!(!daemons.is_empty(), "hvlite started virtiofsd");
+    // While the guest runs: the host reads what it wrote, and writes it an answer.
+    let written = std::fs::read_to_string(rw.join("from-guest.txt")).unwrap();
+    assert_eq!(written, "written by the guest\n");
+    std::fs::write(rw.join("go.tmp"), "from the host, live\n").unwrap();
+    std::fs::rename(rw.join("go.tmp"), rw.join("go")).unwrap();
+    let b = vm.finish();
+    let ctx = b.context();
+    assert!(b.stdout.contains(INIT_MARKER), "{ctx}");
+    assert!(b.stdout.contains("HOST-FILE=written by the host"), "{ctx}");
+    assert!(b.stdout.contains("RO-FILE=read-only content"), "{ctx}");
+    assert!(
+        b.stdout.contains("Read-only file system"),
+        "EROFS expected; {ctx}"
+    );
+    assert!(b.stdout.contains("GO=from the host, live"), "{ctx}");
+    assert!(!ro.join("new.txt").exists(), "{ctx}");
+    assert_eq!(b.status, Some(0), "{ctx}");
+    // hvlite stopped (and reaped) the virtiofsd processes it started.
+    for pid in daemons {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "virtiofsd {pid} left running"
+        );
+    }
+}
+
+#[test]
+fn a_virtiofsd_that_dies_gives_the_guest_io_errors_and_hvlite_says_so() {
+    let test = "a_virtiofsd_that_dies_gives_the_guest_io_errors_and_hvlite_says_so";
+    if !kvm_available(test) || !root(test, "(virtiofsd's namespace sandbox)") {
+        return;
+    }
+    let dir = scratch("vfs-dies");
+    std::fs::write(dir.join("f"), "before\n").unwrap();
+    let (k, i) = (kernel(), initrd());
+    let script = "mkdir -p /s && mount -t virtiofs s /s && echo READ=$(cat /s/f) && \
+                  echo SHARE-READY; n=0; \
+                  while echo x > /s/new-$n 2>/tmp/err; do n=$((n+1)); sleep 0.2; done; \
+                  echo WRITE-FAILED=$(cat /tmp/err); cat /s/f 2>&1 | sed 's/^/READ-AFTER=/'; \
+                  exit 3";
+    let mut vm = start(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--initrd",
+        i.to_str().unwrap(),
+        "--fs",
+        &fs_arg("s", &dir, ""),
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ]);
+    vm.wait_for("SHARE-READY");
+    let hv = vm.pid();
+    let daemons = virtiofsd_under(hv);
+    assert!(!daemons.is_empty(), "no virtiofsd under hvlite {hv}");
+    for pid in &daemons {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    let b = vm.finish();
+    let ctx = b.context();
+    assert!(b.stdout.contains("READ=before"), "{ctx}");
+    assert!(b.stdout.contains("WRITE-FAILED="), "{ctx}");
+    assert!(b.stdout.contains("Input/output error"), "{ctx}");
+    assert!(b.stdout.contains("READ-AFTER="), "{ctx}");
+    assert!(
+        b.stderr
+            .contains("virtio-fs s: the vhost-user backend (virtiofsd) hung up"),
+        "{ctx}"
+    );
+    assert!(b.stderr.contains("went away while the guest ran"), "{ctx}");
+    assert_eq!(b.status, Some(3), "the guest's own status; {ctx}");
+}
+
+#[test]
+fn missing_or_non_directory_paths_are_refused_before_the_guest_starts() {
+    let test = "missing_or_non_directory_paths_are_refused_before_the_guest_starts";
+    if !kvm_available(test) {
+        return;
+    }
+    let dir = scratch("vfs-bad");
+    let file = dir.join("file");
+    std::fs::write(&file, "x").unwrap();
+    let k = kernel();
+    for (path, msg) in [
+        (dir.join("missing"), "does not exist"),
+        (file.clone(), "is not a directory"),
+    ] {
+        let started = Instant::now();
+        let out = run_hvlite(&[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--fs",
+            &fs_arg("t", &path, ""),
+            "--",
+            "/bin/true",
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(125), "{stderr}");
+        assert!(
+            stderr.contains(&format!("share \"t\": {} {msg}", path.display())),
+            "{stderr}"
+        );
+        assert!(!stdout.contains(INIT_MARKER), "{stdout}");
+        assert!(started.elapsed() < Duration::from_secs(20));
+    }
+    let out = run_hvlite(&[
+        "run",
+        "--kernel",
+        k.to_str().unwrap(),
+        "--fs",
+        "tag=a b,path=/",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("whitespace"));
+}
