@@ -51,6 +51,8 @@ pub enum ApiRequest {
     PatchDrive(DrivePatch),
     /// `PUT /entropy`.
     PutEntropy(Entropy),
+    /// `PUT /fs/{fs_id}`.
+    PutFs(crate::config::FsDevice),
     /// `PATCH /network-interfaces/{iface_id}`.
     PatchNetworkInterface(NetworkInterfacePatch),
     /// `PUT /balloon`.
@@ -185,6 +187,13 @@ pub const ROUTES: &[Route] = &[
         handler: |req, id| {
             json_with_id(req, id, |n: &NetworkInterfacePatch| &n.iface_id)
                 .map(ApiRequest::PatchNetworkInterface)
+        },
+    },
+    Route {
+        method: "PUT",
+        path: "/fs/{fs_id}",
+        handler: |req, id| {
+            json_with_id(req, id, |f: &crate::config::FsDevice| &f.fs_id).map(ApiRequest::PutFs)
         },
     },
     Route {

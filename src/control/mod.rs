@@ -173,6 +173,7 @@ impl Controller {
             ApiRequest::PutVsock(v) => p.set_vsock(&v),
             ApiRequest::PutEntropy(e) => p.set_entropy(&e),
             ApiRequest::PutBalloon(b) => p.set_balloon(&b),
+            ApiRequest::PutFs(f) => p.put_fs(&f),
             other => {
                 return ApiResponse::fault(500, format!("unhandled request {other:?}"));
             }

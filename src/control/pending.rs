@@ -141,6 +141,21 @@ impl PendingVm {
         }
     }
 
+    /// `PUT /fs/{id}`: a share, replacing one with the same id.
+    pub fn put_fs(&mut self, f: &crate::config::FsDevice) {
+        let (id, share) = f.to_share();
+        let b = &mut self.base;
+        // Shares without an id (from the command line) are named by their tag.
+        b.share_ids = (0..b.shares.len()).map(|i| b.share_id(i)).collect();
+        match b.share_ids.iter().position(|i| *i == id) {
+            Some(at) => b.shares[at] = share,
+            None => {
+                b.shares.push(share);
+                b.share_ids.push(id);
+            }
+        }
+    }
+
     /// `PUT /entropy`.
     pub fn set_entropy(&mut self, e: &Entropy) {
         self.base.entropy = Some(e.into());
@@ -225,6 +240,9 @@ impl PendingVm {
                 rate_limiter: e.rate_limiter,
             }),
             balloon: self.base.balloon,
+            fs: (self.base.shares.iter().enumerate())
+                .map(|(i, s)| crate::config::FsDevice::from_share(&self.base.share_id(i), s))
+                .collect::<Result<_, _>>()?,
             process,
             ..FileConfig::default()
         })
@@ -254,6 +272,26 @@ mod tests {
             "drive_id": id, "path_on_host": format!("/{id}.img"), "is_root_device": root
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn shares_are_put_by_id() {
+        let mut p = PendingVm::new(Some("/k".into()), VmConfig::new(PathBuf::new()));
+        let fs = |id: &str, path: &str| -> crate::config::FsDevice {
+            serde_json::from_value(serde_json::json!({
+                "fs_id": id, "tag": id, "path_on_host": path
+            }))
+            .unwrap()
+        };
+        p.put_fs(&fs("a", "/one"));
+        p.put_fs(&fs("b", "/two"));
+        p.put_fs(&fs("a", "/three"));
+        let cfg = p.to_vm_config().unwrap();
+        assert_eq!(cfg.share_ids, ["a", "b"]);
+        assert_eq!(cfg.shares[0].path, PathBuf::from("/three"));
+        let file = p.to_file_config().unwrap();
+        assert_eq!(file.fs.len(), 2);
+        assert_eq!(file.fs[1].to_share().1.path, PathBuf::from("/two"));
     }
 
     #[test]
