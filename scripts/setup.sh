@@ -38,6 +38,9 @@ log "container root filesystem (busybox)"
 ROOTFS="$(with_progress "building the busybox root" -- \
     bash scripts/build-initramfs.sh --dir | tail -n 1)"
 
+log "virtiofsd (virtio-fs shares: --fs, --volume; built once into the cache)"
+with_progress "building virtiofsd" -- bash scripts/install-virtiofsd.sh | tail -n 1 >/dev/null
+
 log "initramfs for plain VMs (hvlite-init and busybox)"
 INITRD="$(with_progress "building the initramfs" -- \
     bash scripts/build-initramfs.sh | tail -n 1)"

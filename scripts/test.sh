@@ -57,6 +57,10 @@ for f in "$HVLITE_KERNEL" "$HVLITE_INITRD" "$HVLITE_BZIMAGE" "$HVLITE_ROOTFS" "$
 done
 [ -d "$HVLITE_ROOTFS_DIR" ] || { echo "test.sh: missing $HVLITE_ROOTFS_DIR" >&2; exit 1; }
 
+log "virtiofsd (scripts/install-virtiofsd.sh, cached outside the repo)"
+HVLITE_VIRTIOFSD="$(with_progress "building virtiofsd" -- bash scripts/install-virtiofsd.sh | tail -n 1)"
+export HVLITE_VIRTIOFSD
+
 log "fuzz smoke run: virtio-blk request parser (fuzz/README.md has the long run)"
 if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked

@@ -52,7 +52,15 @@ pub fn find_virtiofsd() -> Result<PathBuf, DaemonError> {
     if let Some(p) = on_path {
         return Ok(p);
     }
-    let cache = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hvlite"));
+    // Where scripts/install-virtiofsd.sh puts it (the same cache as the kernel's).
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let cache = (env("HVLITE_CACHE"))
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("hvlite")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/hvlite")));
     let mut cached: Vec<PathBuf> = cache
         .and_then(|c| std::fs::read_dir(c).ok())
         .into_iter()
