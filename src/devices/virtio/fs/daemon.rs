@@ -209,3 +209,117 @@ impl Drop for Daemon {
         let _ = std::fs::remove_file(&self.socket);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against the real virtiofsd (no VM): start, the vhost-user handshake and activation
+    //! of [`Fs`](super::super::Fs) on shared memory, a backend that dies, stop.
+
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use virtio_queue::{Queue, QueueT};
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+    use crate::devices::virtio::fs::{FrontendLink, Fs, NUM_QUEUES};
+    use crate::devices::virtio::test_utils::EventLoop;
+    use crate::devices::virtio::{ActivateContext, VirtioDevice, VirtioInterrupt};
+
+    fn virtiofsd(test: &str) -> Option<PathBuf> {
+        let found = find_virtiofsd();
+        let why = "no virtiofsd (scripts/install-virtiofsd.sh)";
+        hvlite_protocol::test_env::check(test, found.is_ok(), why).then(|| found.ok())?
+    }
+
+    fn queue(base: u64) -> Queue {
+        let mut q = Queue::new(super::super::QUEUE_SIZE).unwrap();
+        q.set_size(16);
+        q.set_desc_table_address(Some(base as u32), Some(0));
+        q.set_avail_ring_address(Some((base + 0x1000) as u32), Some(0));
+        q.set_used_ring_address(Some((base + 0x2000) as u32), Some(0));
+        q.set_ready(true);
+        q
+    }
+
+    #[test]
+    fn a_real_virtiofsd_takes_the_queues_and_its_death_is_noticed() {
+        let Some(bin) = virtiofsd("a_real_virtiofsd_takes_the_queues_and_its_death_is_noticed")
+        else {
+            return;
+        };
+        let shared = tempfile::tempdir().unwrap();
+        let run = tempfile::tempdir().unwrap();
+        let mut daemon = Daemon::start(&bin, "t", shared.path(), true, run.path()).unwrap();
+        assert!(daemon.socket().exists());
+        let lp = EventLoop::start();
+        let link = FrontendLink::connect(daemon.socket(), NUM_QUEUES as u64).unwrap();
+        let mut fs = Fs::new("t", Box::new(link), lp.handle.clone()).unwrap();
+        // virtiofsd offers VERSION_1 (checked by Fs::new) and the driver takes it.
+        fs.set_acked_features(fs.avail_features());
+        let mem = crate::vmm::memory::shared_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let ctx = ActivateContext {
+            mem,
+            queues: vec![queue(0x10000), queue(0x20000)],
+            kicks: vec![
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ],
+            interrupt: Arc::new(VirtioInterrupt::new(irq)),
+        };
+        // Every message is acknowledged (REPLY_ACK): a refusal would mark the share gone.
+        fs.activate(ctx).unwrap();
+        let health = fs.health();
+        assert!(!health.is_gone());
+        fs.reset();
+        assert!(!health.is_gone(), "GET_VRING_BASE answered");
+
+        // Activate again, then kill virtiofsd: the event loop sees the hang-up.
+        let mem = crate::vmm::memory::shared_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        let ctx = ActivateContext {
+            mem,
+            queues: vec![queue(0x10000), queue(0x20000)],
+            kicks: vec![
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ],
+            interrupt: Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            )),
+        };
+        fs.activate(ctx).unwrap();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !health.is_gone() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(health.is_gone(), "the hang-up was noticed");
+        assert!(daemon.stop().is_some(), "it had ended on its own");
+        drop(fs);
+        drop(daemon);
+        assert!(
+            !run.path()
+                .join(format!("hvlite-{}-t.vfs.sock", std::process::id()))
+                .exists()
+        );
+    }
+
+    #[test]
+    fn a_missing_binary_or_an_early_exit_is_an_error() {
+        let run = tempfile::tempdir().unwrap();
+        let e = Daemon::start(
+            Path::new("/nonexistent/virtiofsd"),
+            "t",
+            run.path(),
+            false,
+            run.path(),
+        );
+        assert!(matches!(e, Err(DaemonError::Spawn(..))));
+        // `false` exits at once without listening.
+        let e = Daemon::start(Path::new("/bin/false"), "t", run.path(), false, run.path());
+        assert!(matches!(e, Err(DaemonError::Exited { .. })), "{e:?}");
+    }
+}
