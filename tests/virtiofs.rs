@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::linux::{initrd, kernel, start};
+use common::linux::{agent, initrd, kernel, rootfs_dir, start, start_full};
 use common::*;
 use hvlite::initcmd::INIT_MARKER;
 
@@ -161,6 +161,62 @@ fn a_virtiofsd_that_dies_gives_the_guest_io_errors_and_hvlite_says_so() {
     );
     assert!(b.stderr.contains("went away while the guest ran"), "{ctx}");
     assert_eq!(b.status, Some(3), "the guest's own status; {ctx}");
+}
+
+#[test]
+fn a_container_runs_on_a_virtiofs_root_with_volumes() {
+    let test = "a_container_runs_on_a_virtiofs_root_with_volumes";
+    if !kvm_available(test) || !root(test, "(virtiofsd's namespace sandbox)") {
+        return;
+    }
+    let (data, conf) = (scratch("vfs-vol"), scratch("vfs-conf"));
+    std::fs::write(data.join("in.txt"), "volume input\n").unwrap();
+    std::fs::write(conf.join("app.conf"), "setting=1\n").unwrap();
+    let (root, k, a) = (rootfs_dir(), kernel(), agent());
+    let vol = format!("{}:/data", data.display());
+    let ro = format!("{}:/etc/app:ro", conf.display());
+    let script = "echo IN=$(cat /data/in.txt); echo CONF=$(cat /etc/app/app.conf); \
+                  echo out > /data/out.txt && echo WROTE; \
+                  echo x > /etc/app/new 2>/dev/null || echo RO-REFUSED; \
+                  echo changed > /bin/new-in-root && echo ROOT-WRITABLE";
+    let envs = [
+        ("HVLITE_AGENT", a.as_os_str()),
+        ("HVLITE_KERNEL", k.as_os_str()),
+        ("HVLITE_LOG", std::ffi::OsStr::new("info")),
+    ];
+    let args = [
+        "run",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "--rootfs-mode",
+        "virtiofs",
+        "-v",
+        &vol,
+        "--volume",
+        &ro,
+        "--",
+        "/bin/sh",
+        "-c",
+        script,
+    ];
+    let b = start_full(&[], &args, &envs, None).finish();
+    let ctx = b.context();
+    assert!(b.stderr.contains("through virtio-fs"), "{ctx}");
+    assert!(b.stdout.contains("IN=volume input"), "{ctx}");
+    assert!(b.stdout.contains("CONF=setting=1"), "{ctx}");
+    assert!(
+        b.stdout.contains("WROTE") && b.stdout.contains("RO-REFUSED"),
+        "{ctx}"
+    );
+    // The root is read-only on the host and writable (an overlay) in the container.
+    assert!(b.stdout.contains("ROOT-WRITABLE"), "{ctx}");
+    assert!(!root.join("bin/new-in-root").exists(), "{ctx}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out.txt")).unwrap(),
+        "out\n"
+    );
+    assert!(!conf.join("new").exists());
+    assert_eq!(b.status, Some(0), "{ctx}");
 }
 
 #[test]
