@@ -6,6 +6,9 @@
 
 mod common;
 
+use common::api::{fault, put, request, wait_for_socket};
+use serde_json::json;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -217,6 +220,42 @@ fn a_container_runs_on_a_virtiofs_root_with_volumes() {
     );
     assert!(!conf.join("new").exists());
     assert_eq!(b.status, Some(0), "{ctx}");
+}
+
+#[test]
+fn a_share_put_through_the_api_makes_snapshots_refused() {
+    let test = "a_share_put_through_the_api_makes_snapshots_refused";
+    if !kvm_available(test) || !root(test, "(virtiofsd's namespace sandbox)") {
+        return;
+    }
+    let dir = scratch("vfs-api");
+    let shared = scratch("vfs-api-share");
+    let sock = dir.join("api.sock");
+    let (k, i) = (kernel(), initrd());
+    let mut vm = start(&["run", "--api-sock", sock.to_str().unwrap()]);
+    wait_for_socket(&sock, &mut vm);
+    let boot = json!({"kernel_image_path": k, "initrd_path": i});
+    assert_eq!(put(&sock, "/boot-source", boot).0, 204);
+    let share = json!({"fs_id": "s", "tag": "s", "path_on_host": shared.to_str().unwrap()});
+    assert_eq!(put(&sock, "/fs/s", share).0, 204);
+    let wrong_id = json!({"fs_id": "t", "tag": "s", "path_on_host": "/"});
+    assert_eq!(put(&sock, "/fs/s", wrong_id).0, 400);
+    let cfg = request(&sock, "GET", "/vm/config", None);
+    assert_eq!(cfg.1["fs"][0]["tag"], "s", "{cfg:?}");
+    let start = json!({"action_type": "InstanceStart"});
+    assert_eq!(put(&sock, "/actions", start).0, 204);
+    let paused = request(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    assert_eq!(paused.0, 204, "{paused:?}");
+    let snap = json!({
+        "snapshot_path": dir.join("state"),
+        "mem_file_path": dir.join("memory"),
+    });
+    let r = put(&sock, "/snapshot/create", snap);
+    assert_eq!(r.0, 400, "{r:?}");
+    assert!(fault(&r).contains("virtio-fs shares (s)"), "{r:?}");
+    assert!(!dir.join("state").exists() && !dir.join("memory").exists());
+    let b = vm.kill();
+    assert!(!b.stderr.contains("panicked"), "{}", b.context());
 }
 
 #[test]
