@@ -70,7 +70,7 @@ fn guest_and_host_see_each_others_files_and_read_only_shares_refuse_writes() {
                   && echo RO-FILE=$(cat /ro/kept.txt) \
                   && echo 'written by the guest' > /rw/from-guest.txt \
                   && echo GUEST-WROTE; \
-                  echo nope > /ro/new.txt 2>/tmp/err || echo RO-WRITE=$(cat /tmp/err); \
+                  { echo nope > /ro/new.txt; } 2>/tmp/err || echo RO-WRITE=$(cat /tmp/err); \
                   while [ ! -f /rw/go ]; do sleep 0.1; done; echo GO=$(cat /rw/go); exit 0";
     let mut vm = start(&[
         "run",
@@ -127,7 +127,7 @@ fn a_virtiofsd_that_dies_gives_the_guest_io_errors_and_hvlite_says_so() {
     let (k, i) = (kernel(), initrd());
     let script = "mkdir -p /s && mount -t virtiofs s /s && echo READ=$(cat /s/f) && \
                   echo SHARE-READY; n=0; \
-                  while echo x > /s/new-$n 2>/tmp/err; do n=$((n+1)); sleep 0.2; done; \
+                  while { echo x > /s/new-$n; } 2>/tmp/err; do n=$((n+1)); sleep 0.2; done; \
                   echo WRITE-FAILED=$(cat /tmp/err); cat /s/f 2>&1 | sed 's/^/READ-AFTER=/'; \
                   exit 3";
     let mut vm = start(&[
