@@ -128,7 +128,7 @@ fn a_virtiofsd_that_dies_gives_the_guest_io_errors_and_hvlite_says_so() {
     let script = "mkdir -p /s && mount -t virtiofs s /s && echo READ=$(cat /s/f) && \
                   echo SHARE-READY; n=0; \
                   while { echo x > /s/new-$n; } 2>/tmp/err; do n=$((n+1)); sleep 0.2; done; \
-                  echo WRITE-FAILED=$(cat /tmp/err); cat /s/f 2>&1 | sed 's/^/READ-AFTER=/'; \
+                  echo WRITE-FAILED=$(cat /tmp/err); cat /s/f >/tmp/r 2>&1; echo READ-AFTER=$(cat /tmp/r); \
                   exit 3";
     let mut vm = start(&[
         "run",
