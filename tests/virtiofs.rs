@@ -299,6 +299,10 @@ fn missing_or_non_directory_paths_are_refused_before_the_guest_starts() {
         "--fs",
         "tag=a b,path=/",
     ]);
-    assert_eq!(out.status.code(), Some(2), "a usage error");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("whitespace"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("--fs") && stderr.contains("whitespace"),
+        "{stderr}"
+    );
 }

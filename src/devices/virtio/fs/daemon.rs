@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 pub const VIRTIOFSD_ENV: &str = "HVLITE_VIRTIOFSD";
 /// How long virtiofsd gets to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long virtiofsd gets to exit after SIGTERM before SIGKILL.
+/// How long virtiofsd gets to exit by itself, and then after SIGTERM before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors finding or starting virtiofsd.
@@ -181,25 +181,39 @@ impl Daemon {
         self.child.id()
     }
 
-    /// Stops virtiofsd: SIGTERM, then SIGKILL if it is still there after a while; returns
-    /// how it ended if it had ended on its own before.
+    /// Stops virtiofsd. It exits by itself once its connection closes (and, sandboxed,
+    /// its first process waits for the one serving the share), so it gets a while for
+    /// that; then SIGTERM, then SIGKILL. Returns how it ended if it had ended before
+    /// being asked to.
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
+        if self.wait_exit(STOP_TIMEOUT) {
+            return None;
+        }
         let pid = self.child.id() as libc::pid_t;
         // SAFETY: `pid` is our unreaped child, so it names that process.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !self.wait_exit(STOP_TIMEOUT) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         None
+    }
+
+    /// Waits up to `limit` for virtiofsd to exit; whether it did.
+    fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
