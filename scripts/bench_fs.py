@@ -141,6 +141,7 @@ def main():
         os.mkdir(host_dir)
         host = host_ops(host_dir, tar)
         image, virtiofs = guest_ops(args, work, tar)
+        print(json.dumps({"host": host, "image": image, "virtiofs": virtiofs}), file=sys.stderr)
 
         # Container start: the cached image path, a tree never seen (its image is built
         # first, then cached), and virtio-fs (nothing to build).
@@ -149,8 +150,10 @@ def main():
         for _ in range(args.runs):
             starts["image_cached_s"].append(container_start(args, args.rootfs_dir, "image"))
             starts["virtiofs_s"].append(container_start(args, args.rootfs_dir, "virtiofs"))
+            print(json.dumps(starts), file=sys.stderr)
         fresh = os.path.join(work, "fresh-root")
-        shutil.copytree(args.rootfs_dir, fresh, symlinks=True)
+        # cp -a: the root has device nodes (/dev/console), which must not be opened.
+        subprocess.run(["cp", "-a", args.rootfs_dir, fresh], check=True)
         with open(os.path.join(fresh, "bench-marker"), "w") as f:
             f.write(str(time.time()))
         cache = os.path.join(work, "cache")
