@@ -36,6 +36,7 @@ fn spec() -> ProcessSpec {
         no_new_privileges: false,
         capabilities: None,
         container: None,
+        guest_sync: None,
     }
 }
 

@@ -127,6 +127,7 @@ impl ProcessOptions {
             no_new_privileges: false,
             capabilities: None,
             container: None,
+            guest_sync: None,
         }
     }
 }

@@ -205,6 +205,7 @@ pub fn process_spec(process: &oci_spec::runtime::Process) -> Result<ProcessSpec,
             })
         }),
         container: None,
+        guest_sync: None,
     })
 }
 

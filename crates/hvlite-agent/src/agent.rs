@@ -2,7 +2,9 @@
 //! the host over vsock. The protocol is [`hvlite_protocol::agent::protocol`].
 //!
 //! 1. Connect to the host (CID 2, port [`AGENT_VSOCK_PORT`]), retrying for
-//!    [`CONNECT_TIMEOUT`] while the vsock device is probed, and send `Hello`.
+//!    [`CONNECT_TIMEOUT`] while the vsock device is probed, and send `Hello`. In a template
+//!    VM (`hvlite.template=1`), wait on that connection until a restore resets it, connect
+//!    and say `Hello` again, and wait for the root device's capacity (`template.rs`).
 //! 2. Build the container's root at [`container::NEWROOT`] (see `container.rs`; options in
 //!    `cmdline.rs`).
 //! 3. Start the exec server ([`start_exec_server`]): a process of its own that accepts
@@ -27,7 +29,7 @@ use hvlite_protocol::initcmd::STATUS_INIT_ERROR;
 
 use crate::session::{self, Options, SessionOutcome};
 use crate::sys::{self, Forked, fds, process, say, vsock};
-use crate::{cmdline, container, finish};
+use crate::{cmdline, container, finish, template};
 
 /// How long the agent keeps trying to connect to the host.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,11 +82,8 @@ fn fail_early(msg: &str) -> ! {
     finish(STATUS_INIT_ERROR)
 }
 
-/// Runs the agent; never returns.
-pub fn run(cmdline: &str) -> ! {
-    let options = cmdline::agent_options(cmdline);
-    // Installed before any child exists, so no exit can be missed.
-    let sigchld = process::sigchld_pipe();
+/// Connects to the host and says Hello; failures end the VM.
+fn connect_and_hello() -> File {
     let mut conn = match connect_host().and_then(fds::above_stdio) {
         Ok(fd) => File::from(fd),
         Err(e) => fail_early(&format!(
@@ -95,7 +94,31 @@ pub fn run(cmdline: &str) -> ! {
     if let Err(e) = hello(&mut conn) {
         fail_early(&format!("sending Hello: {e}"));
     }
+    conn
+}
+
+/// Runs the agent; never returns.
+pub fn run(cmdline: &str) -> ! {
+    let options = cmdline::agent_options(cmdline);
+    let in_template = cmdline::template_enabled(cmdline);
+    // Installed before any child exists, so no exit can be missed.
+    let sigchld = process::sigchld_pipe();
+    let mut conn = connect_and_hello();
     say("hvlite-agent: connected to the host");
+    if in_template {
+        // The template is snapshotted while the agent waits here; a restored VM goes on
+        // once the transport reset has broken this connection (template.rs).
+        template::wait_for_reset(&mut conn);
+        drop(conn);
+        conn = connect_and_hello();
+    }
+    let options = options.and_then(|o| {
+        if in_template {
+            let file = template::size_file(&o.root);
+            template::wait_for_capacity(|| template::read_size(&file), template::CAPACITY_TIMEOUT)?;
+        }
+        Ok(o)
+    });
     let ready = options
         .and_then(|o| cmdline::volumes(cmdline).map(|v| (o, v)))
         .and_then(|(o, volumes)| {

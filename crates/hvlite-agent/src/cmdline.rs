@@ -4,6 +4,7 @@
 //! - `hvlite.agent=1`: run as the guest agent (see `agent.rs`) instead of running the command
 //!   given after ` -- `.
 //! - `hvlite.root=DEVICE`: the container's root file system (ext4), default `/dev/vdb`.
+//! - `hvlite.template=1`: the VM becomes a template (`template.rs`).
 //! - `hvlite.rootmode=overlay|rw`: `overlay` (default) mounts the device read-only under a
 //!   tmpfs-backed overlay (changes are discarded); `rw` mounts it read-write (changes persist).
 //!   `hvlite.root=virtiofs:TAG` makes the root the virtio-fs share TAG instead of a device.
@@ -12,8 +13,9 @@
 //! Pure logic, unit-tested on the host.
 
 use hvlite_protocol::agent::{
-    CMDLINE_AGENT, CMDLINE_ROOT as ROOT, CMDLINE_ROOT_MODE as ROOT_MODE, CMDLINE_VOLUMES,
-    DEFAULT_ROOT_DEVICE as DEFAULT_ROOT, ROOT_MODE_OVERLAY, ROOT_MODE_RW, VIRTIOFS_ROOT_PREFIX,
+    CMDLINE_AGENT, CMDLINE_ROOT as ROOT, CMDLINE_ROOT_MODE as ROOT_MODE, CMDLINE_TEMPLATE,
+    CMDLINE_VOLUMES, DEFAULT_ROOT_DEVICE as DEFAULT_ROOT, ROOT_MODE_OVERLAY, ROOT_MODE_RW,
+    VIRTIOFS_ROOT_PREFIX,
 };
 
 /// The name of the option that turns the agent mode on.
@@ -75,6 +77,15 @@ pub fn agent_enabled(cmdline: &str) -> bool {
         value(&params(cmdline), agent_option()),
         Some("1" | "y" | "Y" | "yes" | "on" | "true")
     )
+}
+
+/// Whether `hvlite.template=1` is given: the VM is being made into a template
+/// (`template.rs`).
+pub fn template_enabled(cmdline: &str) -> bool {
+    let name = CMDLINE_TEMPLATE
+        .split_once('=')
+        .map_or(CMDLINE_TEMPLATE, |(k, _)| k);
+    matches!(value(&params(cmdline), name), Some("1"))
 }
 
 /// How the container's root device is mounted.
@@ -202,6 +213,14 @@ mod tests {
         // After `--` it is an argument of init, not a kernel option.
         assert!(!agent_enabled("quiet -- hvlite.agent=1"));
         assert!(!agent_enabled("xhvlite.agent=1"));
+    }
+
+    #[test]
+    fn template_switch() {
+        assert!(template_enabled("quiet hvlite.agent=1 hvlite.template=1"));
+        assert!(!template_enabled("quiet hvlite.agent=1"));
+        assert!(!template_enabled("hvlite.template=0"));
+        assert!(!template_enabled("quiet -- hvlite.template=1"));
     }
 
     #[test]

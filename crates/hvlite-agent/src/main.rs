@@ -20,6 +20,7 @@ mod queue;
 mod session;
 mod spawn;
 mod sys;
+mod template;
 mod vsock;
 
 use std::ffi::{CStr, OsString};

@@ -124,6 +124,11 @@ pub fn serve<C: Read + Write + AsFd>(
             };
         }
     };
+    if let (Ok(()), Some(sync)) = (spec.validate(), &spec.guest_sync) {
+        for problem in crate::template::apply_sync(sync) {
+            crate::sys::say(&format!("hvlite-agent: {problem}"));
+        }
+    }
     let started = spec
         .validate()
         .map_err(|e| spawn::SpawnError {

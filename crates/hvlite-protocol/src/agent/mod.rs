@@ -28,6 +28,11 @@ pub const CMDLINE_ROOT: &str = "hvlite.root";
 /// Kernel command line option choosing how the root device is mounted
 /// (`hvlite.rootmode=overlay` or `hvlite.rootmode=rw`).
 pub const CMDLINE_ROOT_MODE: &str = "hvlite.rootmode";
+/// Kernel option of a template VM (`hvlite.template=1`): the agent's first connection is to
+/// the template builder, which snapshots the VM while the agent waits on it; after a
+/// restore the agent reconnects, says Hello again and waits for the root device to get a
+/// capacity before mounting it (the template's root drive is an empty placeholder).
+pub const CMDLINE_TEMPLATE: &str = "hvlite.template=1";
 /// The container's root device when [`CMDLINE_ROOT`] is not given.
 pub const DEFAULT_ROOT_DEVICE: &str = "/dev/vdb";
 /// [`CMDLINE_ROOT_MODE`] value: read-only image under a tmpfs-backed overlay.

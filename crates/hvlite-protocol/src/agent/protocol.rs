@@ -81,7 +81,10 @@
 //! - The agent sends `Hello` as soon as it is connected; the host checks the version. Then it
 //!   sets up the container's root filesystem (a failure there is reported as `Error` with
 //!   status 125) and waits for `Start`. Any other first message is refused with `Error`.
-//! - `Start` carries a [`ProcessSpec`]; the agent checks it with [`ProcessSpec::validate`]
+//! - `Start` carries a [`ProcessSpec`]; with `guestSync` ([`GuestSync`]) the agent first sets
+//!   the guest's wall clock to the host's and adds the host's entropy to the guest's pool
+//!   (a VM restored from a template has the template's clock and random state). The agent
+//!   checks the spec with [`ProcessSpec::validate`]
 //!   (refused: `Error` 125). If the process cannot be started, the agent sends
 //!   `Error { status, message }`: 127 the program was not found, 126 it was found but could
 //!   not be executed, 125 anything else (bad spec, working directory, user switch, mounts,
@@ -213,6 +216,27 @@ pub struct ProcessSpec {
     /// main session's `Start` (an exec session refuses it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Box<ContainerSetup>>,
+    /// hvlite extension: the host's clock and fresh entropy, applied by the agent before
+    /// the process starts (a VM restored from a template has the template's clock and
+    /// random state).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_sync: Option<GuestSync>,
+}
+
+/// Most entropy bytes a [`GuestSync`] may carry.
+pub const MAX_SYNC_ENTROPY: usize = 512;
+
+/// What the guest re-reads from the host at `Start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestSync {
+    /// The host's wall clock (CLOCK_REALTIME), nanoseconds since the Unix epoch, taken
+    /// just before `Start` was sent: the agent sets the guest's wall clock to it.
+    pub realtime_ns: u64,
+    /// Random bytes from the host's getrandom, at most [`MAX_SYNC_ENTROPY`]: the agent
+    /// adds them to the guest's entropy pool (RNDADDENTROPY) and reseeds its CRNG.
+    #[serde(default)]
+    pub entropy: Vec<u8>,
 }
 
 /// OCI's `process.capabilities`.
@@ -422,6 +446,7 @@ impl ProcessSpec {
             no_new_privileges: false,
             capabilities: None,
             container: None,
+            guest_sync: None,
         }
     }
 
@@ -477,6 +502,14 @@ impl ProcessSpec {
                     ));
                 }
             }
+        }
+        if let Some(sync) = &self.guest_sync
+            && sync.entropy.len() > MAX_SYNC_ENTROPY
+        {
+            return bad(format!(
+                "guestSync carries {} entropy bytes, at most {MAX_SYNC_ENTROPY}",
+                sync.entropy.len()
+            ));
         }
         for r in &self.rlimits {
             if r.resource().is_none() {

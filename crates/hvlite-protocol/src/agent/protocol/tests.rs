@@ -17,6 +17,7 @@ fn spec() -> ProcessSpec {
         no_new_privileges: false,
         capabilities: None,
         container: None,
+        guest_sync: None,
     }
 }
 
@@ -24,6 +25,13 @@ fn host_messages() -> Vec<HostMessage> {
     vec![
         HostMessage::Start(spec()),
         HostMessage::Start(ProcessSpec::new(["true"])),
+        HostMessage::Start(ProcessSpec {
+            guest_sync: Some(GuestSync {
+                realtime_ns: 1_765_000_000_123_456_789,
+                entropy: vec![0xa5; 32],
+            }),
+            ..ProcessSpec::new(["true"])
+        }),
         HostMessage::Stdin(Vec::new()),
         HostMessage::Stdin(b"data\0\xff".to_vec()),
         HostMessage::Stdin(vec![7; MAX_CHUNK]),
@@ -578,4 +586,25 @@ fn rlimits_are_checked() {
             .to_string()
             .contains("RLIMIT_BOGUS")
     );
+}
+
+#[test]
+fn guest_sync_is_optional_and_bounded() {
+    // A Start without it (an older host) still decodes.
+    let spec: ProcessSpec = serde_json::from_str(r#"{"args":["true"]}"#).unwrap();
+    assert_eq!(spec.guest_sync, None);
+    let json = r#"{"args":["true"],"guestSync":{"realtimeNs":5,"entropy":[1,2]}}"#;
+    let spec: ProcessSpec = serde_json::from_str(json).unwrap();
+    let sync = spec.guest_sync.clone().unwrap();
+    assert_eq!((sync.realtime_ns, sync.entropy), (5, vec![1, 2]));
+    spec.validate().unwrap();
+    let big = ProcessSpec {
+        guest_sync: Some(GuestSync {
+            realtime_ns: 0,
+            entropy: vec![0; MAX_SYNC_ENTROPY + 1],
+        }),
+        ..ProcessSpec::new(["true"])
+    };
+    let err = big.validate().unwrap_err().to_string();
+    assert!(err.contains("entropy"), "{err}");
 }
