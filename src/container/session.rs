@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::agent::protocol::{
-    AgentMessage, HostMessage, MAX_CHUNK, PROTOCOL_VERSION, ProcessSpec, WindowSize, read_message,
-    write_message,
+    AgentMessage, GuestSync, HostMessage, MAX_CHUNK, PROTOCOL_VERSION, ProcessSpec, WindowSize,
+    read_message, write_message,
 };
 use crate::exit::{ExitLatch, ExitReason};
 
@@ -238,8 +238,10 @@ pub fn run(
     if let Some(gate) = gate {
         wait_for_go(&gate, latch)?;
     }
+    let mut spec = spec.clone();
+    spec.guest_sync.get_or_insert_with(guest_sync);
     shared
-        .send(&HostMessage::Start(spec.clone()))
+        .send(&HostMessage::Start(spec))
         .map_err(SessionError::Io)?;
     let mut stdin = outputs.stdin.take();
     loop {
@@ -283,6 +285,31 @@ pub fn read_hello<R: Read>(reader: &mut R) -> Result<(), SessionError> {
         Some(AgentMessage::Hello { version }) => Err(SessionError::Version(version)),
         Some(other) => Err(SessionError::Unexpected(kind(&other), "Hello")),
         None => Err(SessionError::Closed),
+    }
+}
+
+/// Bytes of host entropy sent with every `Start`.
+pub const SYNC_ENTROPY: usize = 32;
+
+/// The host's wall clock now and fresh random bytes: what a guest restored from a template
+/// must not take from the template (docs/snapshots.md, "Templates").
+pub fn guest_sync() -> GuestSync {
+    let realtime_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    let mut entropy = vec![0u8; SYNC_ENTROPY];
+    // SAFETY: the buffer is valid for writes of its length.
+    let n = unsafe { libc::getrandom(entropy.as_mut_ptr().cast(), entropy.len(), 0) };
+    if usize::try_from(n).ok() != Some(entropy.len()) {
+        log::warn!(
+            "getrandom: {}: the guest gets no entropy from the host",
+            io::Error::last_os_error()
+        );
+        entropy.clear();
+    }
+    GuestSync {
+        realtime_ns,
+        entropy,
     }
 }
 

@@ -89,7 +89,7 @@ fn handshake(h: &mut Harness) {
             version: PROTOCOL_VERSION,
         },
     );
-    assert_eq!(recv(h), HostMessage::Start(spec()));
+    assert_start(recv(h));
 }
 
 /// The agent goes away without a word.
@@ -114,7 +114,7 @@ fn full_session_copies_output_stdin_and_status() {
             version: PROTOCOL_VERSION,
         },
     );
-    assert_eq!(recv(&mut h), HostMessage::Start(spec()));
+    assert_start(recv(&mut h));
     assert!(!h.shared.forward_signal(15), "no process yet");
     send(&mut h, AgentMessage::Started { pid: 42 });
     assert_eq!(recv(&mut h), HostMessage::Stdin(b"input data".to_vec()));
@@ -271,7 +271,7 @@ fn a_gated_session_sends_start_only_after_the_go() {
     );
     h.agent.set_nonblocking(false).unwrap();
     go.send(()).unwrap();
-    assert_eq!(recv(&mut h), HostMessage::Start(spec()));
+    assert_start(recv(&mut h));
     send(&mut h, AgentMessage::Started { pid: 7 });
     send(&mut h, AgentMessage::Exited(ProcessEnd::Exited(4)));
     let (reason, _, _) = finish(h);
@@ -322,4 +322,20 @@ fn input_before_the_start_is_kept_and_resizes_wait_for_the_process() {
     send(&mut h, AgentMessage::Exited(ProcessEnd::Exited(0)));
     let (reason, _, _) = finish(h);
     assert_eq!(reason, ExitReason::GuestStatus(0));
+}
+
+/// Checks that `msg` is the Start of [`spec`], with the host's clock and entropy added.
+fn assert_start(msg: HostMessage) {
+    let HostMessage::Start(mut got) = msg else {
+        panic!("expected Start, got {msg:?}");
+    };
+    let sync = got.guest_sync.take().expect("Start carries guestSync");
+    assert_eq!(sync.entropy.len(), SYNC_ENTROPY);
+    assert_ne!(sync.entropy, vec![0; SYNC_ENTROPY]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(now.abs_diff(sync.realtime_ns) < 60_000_000_000, "{sync:?}");
+    assert_eq!(got, spec());
 }
