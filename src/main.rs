@@ -189,6 +189,10 @@ struct RunArgs {
     /// PATCH /vm).
     #[arg(long, requires_all = ["restore", "api_sock"])]
     paused: bool,
+    /// Boot the container's VM instead of restoring the cached template (docs/snapshots.md,
+    /// "Templates"); the config file's `"template": false` does the same.
+    #[arg(long, requires = "rootfs")]
+    no_template: bool,
     /// Command for the guest init to run.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
@@ -436,6 +440,7 @@ impl RunArgs {
             console: self.console || file.console,
             volumes: self.volumes,
             rootfs_mode: self.rootfs_mode.unwrap_or_default(),
+            template: !self.no_template && file.template.unwrap_or(true),
         }))
     }
 }

@@ -20,9 +20,12 @@ pub mod session;
 pub mod shares;
 pub mod signals;
 pub mod spec;
+pub mod template;
+pub mod template_build;
+pub mod template_cmd;
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -57,6 +60,9 @@ pub struct ContainerConfig {
     pub volumes: Vec<shares::Volume>,
     /// `--rootfs-mode`: how a root directory reaches the guest.
     pub rootfs_mode: shares::RootfsMode,
+    /// Restore a template instead of booting, when the run can ([`template`]); false is
+    /// `--no-template`.
+    pub template: bool,
 }
 
 /// Errors before or around the VM of a container run.
@@ -78,6 +84,8 @@ pub enum ContainerError {
     Session(#[source] io::Error),
     #[error(transparent)]
     Vmm(#[from] VmmError),
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
 }
 
 /// How a container run ended.
@@ -134,35 +142,32 @@ pub struct RunHooks {
     pub control: Option<Arc<vmm::control::VmControl>>,
 }
 
-/// Runs the container described by `cfg` until its process ends.
+/// Runs the container described by `cfg` until its process ends: restores its template
+/// (building it first if needed), or boots.
 ///
-/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread first: call it before starting
-/// any other thread.
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread once the VM is ready to start:
+/// call it before starting any other thread.
 pub fn run(cfg: ContainerConfig) -> Result<RunOutcome, ContainerError> {
     run_with(cfg, RunHooks::default())
 }
 
 /// [`run`], adjusted by `hooks`.
 pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, ContainerError> {
-    signals::block_forwarded().map_err(ContainerError::Signals)?;
     let spec = match hooks.spec {
         Some(spec) => spec,
         None => cfg.process.to_spec(|k| std::env::var(k).ok()),
     };
     spec.validate().map_err(ContainerError::Spec)?;
 
-    let mut vm = cfg.vm;
     let virtiofs_root = hooks.root.is_none()
         && cfg.rootfs_mode == shares::RootfsMode::Virtiofs
         && cfg.rootfs.is_dir();
-    let (root_disk, root_option, mode) = if virtiofs_root {
-        let (share, option) = shares::root_share(cfg.rootfs.clone());
+    let root = if virtiofs_root {
         log::info!(
             "rootfs: {} through virtio-fs (read-only, overlay)",
             cfg.rootfs.display()
         );
-        vm.shares.push(share);
-        (None, option, RootMode::Overlay)
+        ContainerRoot::Virtiofs(cfg.rootfs.clone())
     } else {
         let root = match hooks.root {
             Some(root) => root,
@@ -178,49 +183,48 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
             },
             root.elapsed.as_secs_f64() * 1000.0
         );
-        let disk = DiskConfig {
-            path: root.image.clone(),
-            read_only: root.mode == RootMode::Overlay,
-            root: false,
-            rate_limiter: None,
-        };
-        (
-            Some(disk),
-            agent::DEFAULT_ROOT_DEVICE.to_string(),
-            root.mode,
-        )
+        ContainerRoot::Image(root.image, root.mode)
     };
     let agent = paths::agent_binary()?;
     let agent_image = agent_disk::agent_disk(&agent)?;
 
-    // The agent disk is the guest's root, but kernel_options() says so itself, with the
-    // agent's own root options.
-    let mut disks = vec![DiskConfig {
-        path: agent_image,
-        read_only: true,
-        root: false,
-        rate_limiter: None,
-    }];
-    disks.extend(root_disk);
-    disks.append(&mut vm.disks);
-    vm.disks = disks;
-    let (volume_shares, volume_option) = shares::volume_shares(&cfg.volumes);
-    vm.shares.extend(volume_shares);
-    let mut opts = kernel_options(&root_option, mode, cfg.console);
-    if let Some(v) = volume_option {
-        opts = format!("{opts} {v}");
-    }
-    vm.cmdline = Some(match vm.cmdline.take() {
-        Some(user) => format!("{opts} {user}"),
-        None => opts,
-    });
-    vm.command = None;
-    let vsock = vm.vsock.get_or_insert(VsockConfig {
-        cid: DEFAULT_GUEST_CID,
-        uds: None,
-    });
-    log::debug!("container VM: vsock cid {}", vsock.cid);
+    let vm = container_vm(cfg.vm, &agent_image, &root, &cfg.volumes, cfg.console);
+    let vsock = vm.vsock.as_ref().map_or(DEFAULT_GUEST_CID, |v| v.cid);
+    log::debug!("container VM: vsock cid {vsock}");
     log::info!("container VM: {} vCPU(s), {} MiB", vm.cpus, vm.memory_mib);
+    // The test switch goes on the first attempt's command line; with a template, it is in
+    // the template's (a template of its own), so the restored agent crashes.
+    let mut first_vm = vm.clone();
+    if let Some(opt) = retry::test_crash_option(0, |k| std::env::var(k).ok()) {
+        let line = first_vm.cmdline.get_or_insert_with(String::new);
+        line.push(' ');
+        line.push_str(opt);
+    }
+    // A front end that holds the session or gives its own stdio (the OCI monitor) gets no
+    // retry: its handle would name the first boot's session, its stdio would be used up.
+    let retryable = hooks.gate.is_none() && hooks.on_session.is_none() && hooks.outputs.is_none();
+    let mut attempt = 0;
+    let template = if cfg.template {
+        match use_template(&first_vm, root.mode()) {
+            TemplateUse::Restore(t) => Some(t),
+            TemplateUse::Boot => None,
+            // The agent crashed in the template's boot: that boot was the first attempt.
+            TemplateUse::Failed(outcome)
+                if retryable && retry::should_retry(&outcome.reason, false, attempt) =>
+            {
+                warn_retry(&outcome.reason, "the template's boot");
+                attempt += 1;
+                None
+            }
+            TemplateUse::Failed(outcome) => return Ok(outcome),
+        }
+    } else {
+        log::info!("template: not used (--no-template): booting");
+        None
+    };
+    // After the template build (its VM's threads come and go; a signal during the build
+    // ends hvlite as it would any program), before the session's threads.
+    signals::block_forwarded().map_err(ContainerError::Signals)?;
 
     // The signal forwarder outlives a retried boot: it always serves the current one.
     // A signal that stopped a boot before the process started also rules out a retry.
@@ -243,21 +247,21 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
     .map_err(ContainerError::Signals)?;
     drop(forwarder);
 
-    // A front end that holds the session or gives its own stdio (the OCI monitor) gets no
-    // retry: its handle would name the first boot's session, its stdio would be used up.
-    let retryable = hooks.gate.is_none() && hooks.on_session.is_none() && hooks.outputs.is_none();
     let mut once = Some((hooks.gate, hooks.on_session, hooks.outputs));
-    let mut attempt = 0;
     loop {
         let (gate, on_session, outputs) = once.take().unwrap_or((None, None, None));
-        let mut boot_vm = vm.clone();
-        if let Some(opt) = retry::test_crash_option(attempt, |k| std::env::var(k).ok()) {
-            let line = boot_vm.cmdline.get_or_insert_with(String::new);
-            line.push(' ');
-            line.push_str(opt);
-        }
+        // A retry boots cold: it shares nothing with the attempt that crashed (retry.rs).
+        let (boot_vm, restore) = match attempt {
+            0 => (&first_vm, template.as_ref()),
+            _ => (&vm, None),
+        };
         let boot = Boot {
-            vm: &boot_vm,
+            vm: boot_vm,
+            restore: restore.map(|t| {
+                let uds = vm.vsock.as_ref().and_then(|v| v.uds.clone());
+                t.restore_spec(&agent_image, root.image(), uds)
+            }),
+            template_dir: restore.map(|t| (t.info.key.clone(), t.dir.clone())),
             spec: spec.clone(),
             console: cfg.console,
             gate,
@@ -281,15 +285,12 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
             && !stopped.load(Ordering::SeqCst)
             && retry::should_retry(&outcome.reason, started, attempt)
         {
-            log::warn!(
-                "the guest agent (PID 1) crashed before the container's process started ({}); \
-                 booting the VM once more{}",
-                outcome.reason.failure().unwrap_or_default(),
-                if crate::host::HostKind::detect().is_pvm() {
-                    " (a PVM host defect: docs/pvm-defect.md)"
-                } else {
-                    ""
-                }
+            warn_retry(
+                &outcome.reason,
+                match restore {
+                    Some(_) => "the restored template",
+                    None => "the boot",
+                },
             );
             attempt += 1;
             continue;
@@ -298,9 +299,28 @@ pub fn run_with(cfg: ContainerConfig, hooks: RunHooks) -> Result<RunOutcome, Con
     }
 }
 
-/// One boot of a container VM.
+/// Logs the retry of a run whose agent crashed in `attempt` (the boot, the restored
+/// template...) before the process started. The retry is a cold boot.
+fn warn_retry(reason: &ExitReason, attempt: &str) {
+    log::warn!(
+        "the guest agent (PID 1) crashed in {attempt} before the container's process \
+         started ({}); booting the VM once more{}",
+        reason.failure().unwrap_or_default(),
+        if crate::host::HostKind::detect().is_pvm() {
+            " (a PVM host defect: docs/pvm-defect.md)"
+        } else {
+            ""
+        }
+    );
+}
+
+/// One boot (or template restore) of a container VM.
 struct Boot<'a> {
     vm: &'a VmConfig,
+    /// Restore this template snapshot instead of booting `vm`.
+    restore: Option<crate::vmm::persist::RestoreSpec>,
+    /// The restored template's key and directory (removed if its snapshot is refused).
+    template_dir: Option<(String, PathBuf)>,
     spec: agent::protocol::ProcessSpec,
     console: bool,
     gate: Option<session::StartGate>,
@@ -357,7 +377,20 @@ impl Boot<'_> {
             metrics: None,
             control: self.control,
         };
-        let result = vmm::run_with(self.vm, env, vmm_hooks);
+        let result = match &self.restore {
+            Some(spec) => {
+                let restored = vmm::restore_with(spec, env, vmm_hooks);
+                if let (Err(VmmError::Snapshot(e)), Some((key, dir))) =
+                    (&restored, &self.template_dir)
+                {
+                    // Checked a moment ago, refused now: the next run rebuilds it.
+                    log::warn!("template {key} failed to load ({e}): removing it");
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                restored.map(|(reason, _)| reason)
+            }
+            None => vmm::run_with(self.vm, env, vmm_hooks),
+        };
         // The session writes all output before it ends the VM, so nothing is lost by not
         // waiting long for it: it may still be blocked on a connection the VM never closed.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
@@ -370,6 +403,172 @@ impl Boot<'_> {
             console_tail: tail.text(),
         };
         Ok((outcome, shared.is_started()))
+    }
+}
+
+/// How the container's root file system reaches the guest.
+#[derive(Clone, Debug)]
+pub enum ContainerRoot {
+    /// An ext4 image, the VM's second disk (`/dev/vdb`).
+    Image(PathBuf, RootMode),
+    /// A host directory shared read-only through virtio-fs, under the guest's overlay.
+    Virtiofs(PathBuf),
+}
+
+impl ContainerRoot {
+    /// How the agent mounts it.
+    pub fn mode(&self) -> RootMode {
+        match self {
+            ContainerRoot::Image(_, mode) => *mode,
+            ContainerRoot::Virtiofs(_) => RootMode::Overlay,
+        }
+    }
+
+    /// The image (empty for a virtio-fs root, which has none).
+    pub fn image(&self) -> &Path {
+        match self {
+            ContainerRoot::Image(image, _) => image,
+            ContainerRoot::Virtiofs(_) => Path::new(""),
+        }
+    }
+}
+
+/// The VM of a container run: `base` (the user's resources) with the agent disk and the
+/// root (image disk or virtio-fs share) first, the volumes' shares, the agent's kernel
+/// options and a vsock device.
+pub fn container_vm(
+    base: VmConfig,
+    agent_image: &Path,
+    root: &ContainerRoot,
+    volumes: &[shares::Volume],
+    console: bool,
+) -> VmConfig {
+    let mut vm = base;
+    // The agent disk is the guest's root, but kernel_options() says so itself, with the
+    // agent's own root options.
+    let mut disks = vec![DiskConfig {
+        path: agent_image.to_path_buf(),
+        read_only: true,
+        root: false,
+        rate_limiter: None,
+    }];
+    let root_option = match root {
+        ContainerRoot::Image(image, mode) => {
+            disks.push(DiskConfig {
+                path: image.clone(),
+                read_only: *mode == RootMode::Overlay,
+                root: false,
+                rate_limiter: None,
+            });
+            agent::DEFAULT_ROOT_DEVICE.to_string()
+        }
+        ContainerRoot::Virtiofs(dir) => {
+            let (share, option) = shares::root_share(dir.clone());
+            vm.shares.push(share);
+            option
+        }
+    };
+    disks.append(&mut vm.disks);
+    vm.disks = disks;
+    let (volume_shares, volume_option) = shares::volume_shares(volumes);
+    vm.shares.extend(volume_shares);
+    let mut opts = kernel_options(&root_option, root.mode(), console);
+    if let Some(v) = volume_option {
+        opts = format!("{opts} {v}");
+    }
+    vm.cmdline = Some(match vm.cmdline.take() {
+        Some(user) => format!("{opts} {user}"),
+        None => opts,
+    });
+    vm.command = None;
+    vm.vsock.get_or_insert(VsockConfig {
+        cid: DEFAULT_GUEST_CID,
+        uds: None,
+    });
+    vm
+}
+
+/// The template spec of the container VM `vm`, or why it has none.
+pub fn template_spec(
+    vm: &VmConfig,
+    mode: RootMode,
+) -> Result<template::TemplateSpec, &'static str> {
+    if !vm.shares.is_empty() {
+        return Err("virtio-fs shares (--volume, --rootfs-mode virtiofs)");
+    }
+    let [agent_disk, root] = vm.disks.as_slice() else {
+        return Err("extra disks (--disk)");
+    };
+    let reason = if !vm.nets.is_empty() {
+        Some("network interfaces (--net)")
+    } else if vm.entropy.is_some() {
+        Some("a virtio-rng device (--entropy)")
+    } else if vm.guest_profile.is_some() {
+        Some("the guest profiler")
+    } else if vm.track_dirty_pages {
+        Some("dirty page tracking")
+    } else if agent_disk.rate_limiter.is_some() || root.rate_limiter.is_some() {
+        Some("drive rate limits")
+    } else {
+        None
+    };
+    if let Some(r) = reason {
+        return Err(r);
+    }
+    Ok(template::TemplateSpec {
+        kernel: vm.kernel.clone(),
+        agent_disk: agent_disk.path.clone(),
+        cpus: vm.cpus,
+        memory_mib: vm.memory_mib,
+        cmdline: format!(
+            "{} {}",
+            vm.cmdline.as_deref().unwrap_or_default(),
+            agent::CMDLINE_TEMPLATE
+        ),
+        cid: vm.vsock.as_ref().map_or(DEFAULT_GUEST_CID, |v| v.cid),
+        root_read_only: mode == RootMode::Overlay,
+    })
+}
+
+/// What a container run does about its template.
+enum TemplateUse {
+    /// Restore it.
+    Restore(template::Template),
+    /// Boot (no template for this run, or the cache cannot hold one: logged).
+    Boot,
+    /// The template's VM failed the way the container's would: report that.
+    Failed(RunOutcome),
+}
+
+/// The template to restore for `vm`, built if needed.
+fn use_template(vm: &VmConfig, mode: RootMode) -> TemplateUse {
+    let spec = match template_spec(vm, mode) {
+        Ok(spec) => spec,
+        Err(why) => {
+            log::info!("template: not used with {why}: booting");
+            return TemplateUse::Boot;
+        }
+    };
+    match template::ensure(&spec, true) {
+        Ok((t, _)) => {
+            log::info!("template {}: restoring it", t.info.key);
+            TemplateUse::Restore(t)
+        }
+        // A guest that failed in the template's boot fails the same way in a cold boot:
+        // report it at once rather than boot again.
+        Err(template::TemplateError::GuestEnded { reason, console }) => {
+            TemplateUse::Failed(RunOutcome {
+                reason,
+                console_tail: console,
+            })
+        }
+        Err(e) => {
+            log::warn!(
+                "cannot use a template ({}): booting instead",
+                crate::control::error_chain(&e)
+            );
+            TemplateUse::Boot
+        }
     }
 }
 

@@ -7,6 +7,13 @@
 //! run is booted once more, with a warning. A run whose process had started is never
 //! repeated (it may have had effects), and neither is an agent that exited with a status
 //! (a broken agent, not a crash).
+//!
+//! A run restored from a template follows the same rule, and its retry is a cold boot, not
+//! a second restore: the retry then shares nothing with the attempt that crashed (a restore
+//! would resume the very same memory image), at the price of one boot in a rare case. The
+//! template stays cached. The test switch is on the first attempt's command line; with a
+//! template it is part of the template's own command line (a template of its own), which
+//! the restored agent reads.
 
 use crate::agent::{CMDLINE_TEST_CRASH, TEST_CRASH_ENV};
 use crate::exit::ExitReason;

@@ -232,6 +232,7 @@ fn boot(
         console: false,
         volumes: Vec::new(),
         rootfs_mode: Default::default(),
+        template: true,
     };
     let outcome = container::run_with(
         cfg,

@@ -53,6 +53,10 @@ pub const FEATURE_WORDS: [FeatureWord; 8] = [
 /// is set by KVM, x2APIC and TSC-deadline are emulated by KVM whatever the host).
 const LEAF1_ECX_NOT_FEATURES: u32 = (1 << 27) | (1 << 31) | (1 << 21) | (1 << 24);
 
+/// Bits of leaf 1 EDX that are not CPU features: HTT (bit 28) says the package has more
+/// than one logical CPU, which hvlite sets itself for a VM of more than one vCPU.
+const LEAF1_EDX_NOT_FEATURES: u32 = crate::boot::cpuid::LEAF1_EDX_HTT;
+
 fn find(entries: &[kvm_cpuid_entry2], w: FeatureWord) -> Option<&kvm_cpuid_entry2> {
     entries.iter().find(|e| {
         e.function == w.leaf
@@ -91,6 +95,9 @@ pub fn missing_features(
         if w == word(1, 0, Reg::Ecx) {
             want &= !LEAF1_ECX_NOT_FEATURES;
         }
+        if w == word(1, 0, Reg::Edx) {
+            want &= !LEAF1_EDX_NOT_FEATURES;
+        }
         let have = find(supported, w).map_or(0, |e| w.reg.of(e));
         let bits = want & !have;
         if bits != 0 {
@@ -126,5 +133,8 @@ mod tests {
         assert_eq!(m[1].bits, 0x100);
         assert_eq!(m[2].bits, 2);
         assert!(m[0].to_string().contains("leaf 0x1.0 Ecx"), "{}", m[0]);
+        // HTT, set by hvlite for a multi-vCPU VM, is not a feature the host must have.
+        let smp = [entry(1, 0, 0, 0x0f | (1 << 28))];
+        assert!(missing_features(&smp, &supported).is_empty());
     }
 }

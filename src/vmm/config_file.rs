@@ -85,6 +85,10 @@ pub struct FileConfig {
     /// Show the guest kernel's console on stderr in a container run (`--console`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub console: bool,
+    /// Restore the container VM's template instead of booting (default true);
+    /// `false` is `--no-template`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub logger: Option<Logger>,
     #[serde(skip_serializing_if = "Option::is_none")]
