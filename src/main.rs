@@ -33,6 +33,7 @@ const EXIT_VMM_ERROR: u8 = 125;
 const EXAMPLES: &str = "\
 Examples:
   hvlite run --rootfs ~/.local/share/hvlite/rootfs -- /bin/sh -c 'echo hello'
+  hvlite template build
   hvlite completions bash > ~/.local/share/bash-completion/completions/hvlite
   hvlite man ~/.local/share/man/man1";
 
@@ -57,6 +58,18 @@ Examples:
   hvlite run --kernel vmlinux --initrd initrd.cpio -- /bin/sh -c 'uname -a'
   hvlite run --api-sock /tmp/hvlite.sock")]
     Run(Box<RunArgs>),
+    /// Build, list or remove the cached VM templates that container runs restore instead of
+    /// booting (docs/snapshots.md, "Templates").
+    #[command(after_help = "\
+Examples:
+  hvlite template build
+  hvlite template build --cpus 1 --memory 256
+  hvlite template list
+  hvlite template rm --all")]
+    Template {
+        #[command(subcommand)]
+        action: TemplateAction,
+    },
     /// Print a shell completion script to stdout.
     #[command(after_help = "\
 Example:
@@ -74,6 +87,59 @@ Example:
         /// The directory to write into (created if missing).
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TemplateAction {
+    /// Build the template `hvlite run --rootfs` with the same options restores (a boot;
+    /// nothing to do when it is cached and sound).
+    #[command(after_help = "\
+Example:
+  hvlite template build --cpus 2 --memory 128")]
+    Build {
+        /// Guest kernel [default: as hvlite run].
+        #[arg(long, value_name = "PATH")]
+        kernel: Option<PathBuf>,
+        /// vCPUs [default: as hvlite run: 1; 2 on PVM hosts].
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
+        cpus: Option<u8>,
+        /// Guest memory in MiB [default: 128].
+        #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+        memory: Option<u64>,
+        /// Extra kernel command-line options, as hvlite run's --cmdline.
+        #[arg(long, value_name = "STR")]
+        cmdline: Option<String>,
+        /// The template for --rootfs IMAGE runs (a read-write root) rather than directories.
+        #[arg(long)]
+        image_root: bool,
+        /// The template for --console runs.
+        #[arg(long)]
+        console: bool,
+        /// Rebuild it even if the cached one is sound.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the cached templates.
+    #[command(after_help = "\
+Example:
+  hvlite template list")]
+    List,
+    /// Remove cached templates (the next container run builds what it needs again).
+    #[command(after_help = "\
+Example:
+  hvlite template rm 65bf81fa")]
+    Rm {
+        /// The template's key, or its first characters (at least 4).
+        #[arg(
+            value_name = "KEY",
+            required_unless_present = "all",
+            conflicts_with = "all"
+        )]
+        key: Option<String>,
+        /// Remove every template.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -602,6 +668,10 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => fail(&e),
         },
+        Command::Template { action } => match template_command(action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "hvlite", &mut std::io::stdout());
             ExitCode::SUCCESS
@@ -611,6 +681,58 @@ fn main() -> ExitCode {
             Err(e) => fail(&e),
         },
     }
+}
+
+/// `hvlite template ...`.
+fn template_command(action: TemplateAction) -> Result<(), MainError> {
+    use hvlite::container::template::{self, Origin};
+    use hvlite::container::template_cmd;
+    let setup = LogSetup {
+        dest: LogDest::Stderr,
+        format: LogFormat::Text,
+        spec: LevelSpec::from_env()?,
+        show: Default::default(),
+    };
+    let _log = logging::install_switchable(&setup, "hvlite-template")?;
+    let root = template::templates_dir();
+    match action {
+        TemplateAction::Build {
+            kernel,
+            cpus,
+            memory,
+            cmdline,
+            image_root,
+            console,
+            force,
+        } => {
+            let (t, origin) = template_cmd::build(&template_cmd::BuildOptions {
+                kernel,
+                cpus,
+                memory_mib: memory,
+                cmdline,
+                image_root,
+                console,
+                force,
+            })?;
+            let what = match origin {
+                Origin::Built => "built",
+                Origin::Cached => "already cached",
+            };
+            println!("{} ({what})", t.dir.display());
+        }
+        TemplateAction::List => {
+            for line in template_cmd::list_lines(&root) {
+                println!("{line}");
+            }
+        }
+        TemplateAction::Rm { key, all: _ } => {
+            let removed = template::remove(&root, key.as_deref()).map_err(ContainerError::from)?;
+            for k in removed {
+                println!("removed {k}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Writes the man pages of hvlite and each of its subcommands into `dir`.
