@@ -50,6 +50,13 @@ pub enum TemplateError {
     Build(String),
     #[error("cannot describe the template: {0}")]
     Info(#[source] serde_json::Error),
+    #[error("the template's VM ended before its agent connected: {}",
+        reason.failure().unwrap_or_else(|| format!("{reason:?}")))]
+    GuestEnded {
+        reason: crate::exit::ExitReason,
+        /// The last lines of its console.
+        console: String,
+    },
     #[error("this container run cannot use a template: {0}")]
     NotEligible(&'static str),
     #[error("no template {0} in {1}")]
@@ -73,7 +80,7 @@ pub struct TemplateSpec {
     pub memory_mib: u64,
     /// The kernel options hvlite adds to its defaults (the template flag included).
     pub cmdline: String,
-    /// The vsock CID.
+    /// The vsock CID (the host socket is not part of a template: restores set it).
     pub cid: u64,
     /// Whether the root drive is read-only (overlay roots) or read-write (image roots).
     pub root_read_only: bool,
@@ -112,7 +119,13 @@ pub struct Template {
 
 impl Template {
     /// The restore of this template with the container's agent disk and root image.
-    pub fn restore_spec(&self, agent_disk: &Path, root_image: &Path) -> RestoreSpec {
+    /// `vsock_uds` is the container's vsock socket, if it has one (templates have none).
+    pub fn restore_spec(
+        &self,
+        agent_disk: &Path,
+        root_image: &Path,
+        vsock_uds: Option<PathBuf>,
+    ) -> RestoreSpec {
         RestoreSpec {
             state_path: self.dir.join(STATE_FILE),
             mem_path: self.dir.join(MEMORY_FILE),
@@ -121,7 +134,7 @@ impl Template {
                 (ROOT_DRIVE.into(), root_image.into()),
             ],
             net_overrides: Vec::new(),
-            vsock_uds: None,
+            vsock_uds,
             resume: true,
         }
     }

@@ -88,7 +88,7 @@ pub fn build_into(spec: &TemplateSpec, dir: &Path) -> Result<BuildStats, Templat
         .spawn(move || vmm::run_with(&vm, env, hooks))
         .map_err(io(dir))?;
     let snapshot = (|| {
-        let stream = wait_for_hello(&agent_rx, &latch)?;
+        let stream = wait_for_hello(&agent_rx, &latch, &tail)?;
         control
             .pause()
             .map_err(|e| TemplateError::Build(format!("pausing: {e}")))?;
@@ -107,6 +107,7 @@ pub fn build_into(spec: &TemplateSpec, dir: &Path) -> Result<BuildStats, Templat
         (Err(_), Ok(Err(e))) => {
             return Err(TemplateError::Build(crate::control::error_chain(&e)));
         }
+        (Err(e @ TemplateError::GuestEnded { .. }), _) => return Err(e),
         (Err(e), _) => return Err(with_console(e, &tail)),
     };
     Ok(BuildStats {
@@ -120,19 +121,17 @@ pub fn build_into(spec: &TemplateSpec, dir: &Path) -> Result<BuildStats, Templat
 fn wait_for_hello(
     agent: &mpsc::Receiver<UnixStream>,
     latch: &ExitLatch,
+    tail: &ConsoleTail,
 ) -> Result<UnixStream, TemplateError> {
     let deadline = Instant::now() + BUILD_TIMEOUT;
     let mut stream = loop {
         match agent.recv_timeout(POLL) {
             Ok(s) => break s,
             Err(RecvTimeoutError::Timeout) if latch.is_set() => {
-                let why = latch
-                    .wait()
-                    .failure()
-                    .unwrap_or_else(|| "it stopped".into());
-                return Err(TemplateError::Build(format!(
-                    "the guest ended before its agent connected: {why}"
-                )));
+                return Err(TemplateError::GuestEnded {
+                    reason: latch.wait(),
+                    console: tail.text(),
+                });
             }
             Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
             Err(_) => {

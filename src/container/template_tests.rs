@@ -157,3 +157,13 @@ fn a_held_lock_times_out() {
     drop(a);
     lock_within(&b, Duration::ZERO).unwrap();
 }
+
+#[test]
+fn an_unwritable_cache_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spec(dir.path());
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "").unwrap();
+    let err = ensure_in(&not_a_dir.join("templates"), &s, false, false).unwrap_err();
+    assert!(matches!(err, TemplateError::Io(..)), "{err}");
+}
