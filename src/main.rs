@@ -239,7 +239,7 @@ struct RunArgs {
     /// PUT /snapshot/create) instead of booting; see docs/snapshots.md.
     #[arg(long, value_name = "DIR", conflicts_with_all = [
         "kernel", "initrd", "rootfs", "cmdline", "cpus", "memory", "disks", "nets", "vsock", "shares",
-        "command",
+        "command", "no_template",
     ])]
     restore: Option<PathBuf>,
     /// With --restore: open drive ID from PATH instead of the snapshot's file; repeatable.
