@@ -1,20 +1,24 @@
 #!/usr/bin/env python3
 """Template benchmark: container runs restored from a template against cold boots and runc.
 
-In one run, with a scratch cache directory (so the template is built here):
-1. `hvlite template build --force`: wall time, the state file's size, the memory file's
-   length and allocated bytes (it is sparse);
-2. `hvlite run --rootfs DIR -- /bin/true`, RUNS times from the template (after one warm-up
-   run that builds the root image) and COLD_RUNS times with --no-template: wall time from
-   the spawn to hvlite's exit;
-3. `runc run` of the same directory (a bundle whose rootfs is a copy of it), RUNS times;
-4. memory: PSS (smaps_rollup) of VMS containers restored from the template at once against
-   COLD_VMS cold-booted ones, each idle in `sleep` after printing a line.
+Runs in parts (--part), each short enough for one turn of the shared VM lock, that share a
+scratch cache directory (--workdir, so the template is built here) and merge their results
+into one JSON file (--out):
+- template: `hvlite template build --force` (wall time, the state file's size, the memory
+  file's length and allocated bytes: it is sparse); `hvlite run --rootfs DIR -- /bin/true`
+  RUNS times from the template (after one warm-up run that builds the root image): wall
+  time from the spawn to hvlite's exit, and what hvlite logs of the restore ("snapshot
+  restored in X ms", "first KVM_RUN X ms after process start"); `runc run` of the same
+  directory (a bundle whose rootfs is a copy of it) RUNS times; the PSS (smaps_rollup) of
+  VMS containers restored from the template at once, each idle in `sleep`;
+- cold-runs: the same /bin/true COLD_RUNS times with --no-template (a Linux boot each);
+- cold-pss: the PSS of COLD_VMS containers cold-booted at once.
 """
 import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -28,6 +32,10 @@ def summary(values):
             "max": round(max(values), 3), "runs": len(values)}
 
 
+RESTORED = re.compile(r"snapshot restored in ([0-9.]+) ms")
+FIRST_RUN = re.compile(r"first KVM_RUN ([0-9.]+) ms after process start")
+
+
 def timed(cmd, env, expect=0):
     start = time.monotonic()
     p = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -36,6 +44,13 @@ def timed(cmd, env, expect=0):
     if p.returncode != expect:
         sys.exit(f"{cmd} exited {p.returncode}: {p.stderr.decode(errors='replace')[-2000:]}")
     return secs, p
+
+
+def logged_ms(pattern, p):
+    m = pattern.search(p.stderr.decode(errors="replace"))
+    if not m:
+        sys.exit(f"hvlite did not log {pattern.pattern!r}: {p.stderr.decode()[-2000:]}")
+    return float(m.group(1))
 
 
 def pss_kib(pid):
@@ -84,61 +99,38 @@ def runc_bundle(workdir, rootfs):
     return bundle
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--hvlite", required=True)
-    ap.add_argument("--rootfs", required=True)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--cold-runs", type=int, default=3)
-    ap.add_argument("--vms", type=int, default=10)
-    ap.add_argument("--cold-vms", type=int, default=2)
-    ap.add_argument("--settle", type=float, default=2.0)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+def part_template(args, env, workdir):
+    build_s, p = timed([args.hvlite, "template", "build", "--force"], env)
+    tdir = p.stdout.decode().split()[0]
+    with open(os.path.join(tdir, "template.json")) as f:
+        info = json.load(f)
+    mem = os.stat(os.path.join(tdir, "memory"))
+    state = os.stat(os.path.join(tdir, "state"))
+    print(f"template built in {build_s:.1f} s", file=sys.stderr)
 
-    workdir = tempfile.mkdtemp(prefix="hvlite-bench-template-")
-    env = dict(os.environ, HVLITE_CACHE=os.path.join(workdir, "cache"), HVLITE_LOG="warn")
-    try:
-        build_s, p = timed([args.hvlite, "template", "build", "--force"], env)
-        tdir = p.stdout.decode().split()[0]
-        with open(os.path.join(tdir, "template.json")) as f:
-            info = json.load(f)
-        mem = os.stat(os.path.join(tdir, "memory"))
-        state = os.stat(os.path.join(tdir, "state"))
-        print(f"template built in {build_s:.1f} s", file=sys.stderr)
+    true = ["run", "--rootfs", args.rootfs, "--", "/bin/true"]
+    timed([args.hvlite, *true], env)  # warm-up: builds the root image
+    info_env = dict(env, HVLITE_LOG="info")
+    runs = [timed([args.hvlite, *true], info_env) for _ in range(args.runs)]
+    template_runs = [secs for secs, _ in runs]
+    print(f"template runs: {summary(template_runs)}", file=sys.stderr)
 
-        true = ["run", "--rootfs", args.rootfs, "--", "/bin/true"]
-        timed([args.hvlite, *true], env)  # warm-up: builds the root image
-        template_runs = [timed([args.hvlite, *true], env)[0] for _ in range(args.runs)]
-        print(f"template runs: {summary(template_runs)}", file=sys.stderr)
-        cold = ["run", "--no-template", "--rootfs", args.rootfs, "--", "/bin/true"]
-        cold_runs = [timed([args.hvlite, *cold], env)[0] for _ in range(args.cold_runs)]
-        print(f"cold runs: {summary(cold_runs)}", file=sys.stderr)
+    bundle = runc_bundle(workdir, args.rootfs)
+    state_root = os.path.join(workdir, "runc-state")
+    runc_runs = []
+    for i in range(args.runs):
+        secs, _ = timed(["runc", "--root", state_root, "run", "--bundle", bundle,
+                         f"hvlite-bench-{os.getpid()}-{i}"], env)
+        runc_runs.append(secs)
+    print(f"runc runs: {summary(runc_runs)}", file=sys.stderr)
 
-        bundle = runc_bundle(workdir, args.rootfs)
-        state_root = os.path.join(workdir, "runc-state")
-        runc_runs = []
-        for i in range(args.runs):
-            secs, _ = timed(["runc", "--root", state_root, "run", "--bundle", bundle,
-                             f"hvlite-bench-{os.getpid()}-{i}"], env)
-            runc_runs.append(secs)
-
-        restored_pss, restored_ready = idle_containers(args, env, args.vms, [])
-        cold_pss, cold_ready = idle_containers(args, env, args.cold_vms, ["--no-template"])
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-
-    restored_per_vm = sum(restored_pss) / len(restored_pss)
-    cold_per_vm = sum(cold_pss) / len(cold_pss)
-    result = {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"kernel": platform.release(), "cpus": os.cpu_count(),
-                 "kvm": "pvm" if os.path.exists("/sys/module/kvm_pvm") else "hardware"},
+    pss, ready = idle_containers(args, env, args.vms, [])
+    return {
         "vm": {"vcpus": info["cpus"], "memory_mib": info["memory_mib"],
                "guest": "project kernel + hvlite agent, busybox root directory"},
-        "command": "hvlite run --rootfs <busybox dir> -- /bin/true (release build)",
         "template_s": summary(template_runs),
-        "cold_boot_s": summary(cold_runs),
+        "template_restore_logged_ms": summary([logged_ms(RESTORED, p) for _, p in runs]),
+        "template_first_kvm_run_ms": summary([logged_ms(FIRST_RUN, p) for _, p in runs]),
         "runc_s": summary(runc_runs),
         "template_build": {
             "wall_s": round(build_s, 2),
@@ -147,23 +139,79 @@ def main():
             "memory_bytes": mem.st_size,
             "memory_allocated_bytes": mem.st_blocks * 512,
         },
-        "pss": {
-            "restored_vms": len(restored_pss),
-            "restored_total_kib": sum(restored_pss),
-            "restored_per_vm_kib": round(restored_per_vm),
-            "restored_all_running_s": round(restored_ready, 2),
-            "cold_vms": len(cold_pss),
-            "cold_total_kib": sum(cold_pss),
-            "cold_per_vm_kib": round(cold_per_vm),
-            "cold_all_running_s": round(cold_ready, 2),
-            "restored_per_vm_over_cold": round(restored_per_vm / cold_per_vm, 3),
-        },
+        "pss_restored": {"vms": len(pss), "total_kib": sum(pss),
+                         "per_vm_kib": round(sum(pss) / len(pss)),
+                         "all_running_s": round(ready, 2)},
     }
+
+
+def part_cold_runs(args, env):
+    cold = ["run", "--no-template", "--rootfs", args.rootfs, "--", "/bin/true"]
+    runs = [timed([args.hvlite, *cold], env)[0] for _ in range(args.cold_runs)]
+    print(f"cold runs: {summary(runs)}", file=sys.stderr)
+    return {"cold_boot_s": summary(runs)}
+
+
+def part_cold_pss(args, env):
+    pss, ready = idle_containers(args, env, args.cold_vms, ["--no-template"])
+    return {"pss_cold": {"vms": len(pss), "total_kib": sum(pss),
+                         "per_vm_kib": round(sum(pss) / len(pss)),
+                         "all_running_s": round(ready, 2)}}
+
+
+def ratios(result):
+    """What the parts measured, set against each other (when all are there)."""
+    out = {}
+    t, c, r = (result.get(k, {}).get("median") for k in ("template_s", "cold_boot_s", "runc_s"))
+    if t and c:
+        out["cold_over_template"] = round(c / t, 1)
+    if t and r:
+        out["template_over_runc"] = round(t / r, 1)
+    pr, pc = result.get("pss_restored"), result.get("pss_cold")
+    if pr and pc:
+        out["restored_per_vm_over_cold"] = round(pr["per_vm_kib"] / pc["per_vm_kib"], 3)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hvlite", required=True)
+    ap.add_argument("--rootfs", required=True)
+    ap.add_argument("--part", choices=["template", "cold-runs", "cold-pss"], required=True)
+    ap.add_argument("--workdir", required=True, help="scratch directory shared by the parts")
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--cold-runs", type=int, default=10)
+    ap.add_argument("--vms", type=int, default=10)
+    ap.add_argument("--cold-vms", type=int, default=10)
+    ap.add_argument("--settle", type=float, default=2.0)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+
+    env = dict(os.environ, HVLITE_CACHE=os.path.join(args.workdir, "cache"), HVLITE_LOG="warn")
+    if args.part == "template":
+        part = part_template(args, env, args.workdir)
+    elif args.part == "cold-runs":
+        part = part_cold_runs(args, env)
+    else:
+        part = part_cold_pss(args, env)
+
+    result = {}
+    if os.path.exists(args.out) and args.part != "template":
+        with open(args.out) as f:
+            result = json.load(f)
+    result.update(part)
+    result.update({
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": {"kernel": platform.release(), "cpus": os.cpu_count(),
+                 "kvm": "pvm" if os.path.exists("/sys/module/kvm_pvm") else "hardware"},
+        "command": "hvlite run --rootfs <busybox dir> -- /bin/true (release build)",
+    })
+    result["ratios"] = ratios(result)
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
-    print(json.dumps(result, indent=2))
+    print(json.dumps(part, indent=2))
 
 
 if __name__ == "__main__":
