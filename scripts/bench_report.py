@@ -255,6 +255,25 @@ class Hvlite(System):
             self.not_run["net"] = ctx.net_ok_reason
         self.note = ("hvlite run --rootfs DIR (a read-only image under a tmpfs overlay); the "
                      "file I/O runs use --rootfs IMAGE, an ext4 image attached read-write")
+        if template:
+            self.note += ("; restored from the cached templates (docs/snapshots.md), built "
+                          "before the measurements")
+            # With --net hvlite boots instead (no template for network interfaces).
+            self.not_run.setdefault("net", "hvlite restores no template for a VM with --net "
+                                    "(it boots: the cold-boot column)")
+            self.build_templates()
+
+    def build_templates(self):
+        """Builds (or checks) the two templates the runs restore, outside the timings: the
+        root-directory one and the read-write image one (file I/O)."""
+        for extra in ([], ["--image-root"]):
+            p = subprocess.run([self.ctx.hvlite, "template", "build", "--kernel",
+                                self.ctx.kernel, *extra], env=self.env,
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                self.skipped = ("hvlite template build failed: "
+                                + (p.stderr.strip().splitlines() or ["?"])[-1])
+                return
 
     def command(self, argv, group, name):
         cmd = [self.ctx.hvlite, "run", "--kernel", self.ctx.kernel]

@@ -322,9 +322,12 @@ fn create_start_state_kill_delete_with_one_boot() {
     let pid_file = dir.join("pid");
     let k = linux::kernel();
     let a = linux::agent();
+    let log_path = dir.join("runtime.log");
     let create = Command::new(runtime())
         .arg("--root")
         .arg(&root)
+        .arg("--log")
+        .arg(&log_path)
         .args([
             "--kernel",
             k.to_str().unwrap(),
@@ -346,6 +349,12 @@ fn create_start_state_kill_delete_with_one_boot() {
         .unwrap();
     let errors = || std::fs::read_to_string(&err_path).unwrap_or_default();
     assert!(create.success(), "create: {}", errors());
+    // create restored the container VM's template (built first if it was not cached).
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        log.contains("snapshot restored in"),
+        "create restores a template; log:\n{log}"
+    );
     let pid: i32 = std::fs::read_to_string(&pid_file)
         .unwrap()
         .trim()
