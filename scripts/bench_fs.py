@@ -127,57 +127,70 @@ def container_start(args, rootfs, mode, env=None):
     return took
 
 
+def io_part(args, work):
+    tar = os.path.join(work, "tree.tar")
+    make_tree_tar(tar)
+    host_dir = os.path.join(work, "host")
+    os.mkdir(host_dir)
+    host = host_ops(host_dir, tar)
+    image, virtiofs = guest_ops(args, work, tar)
+    print(json.dumps({"host": host, "image": image, "virtiofs": virtiofs}), file=sys.stderr)
+    return {"host": host, "guest_ext4_image": image, "guest_virtiofs": virtiofs}
+
+
+def start_part(args, work):
+    # Container start: the cached image path, a tree never seen (its image is built
+    # first, then cached), and virtio-fs (nothing to build).
+    starts = {"image_cached_s": [], "virtiofs_s": []}
+    container_start(args, args.rootfs_dir, "image")  # make sure the image is cached
+    for _ in range(args.runs):
+        starts["image_cached_s"].append(container_start(args, args.rootfs_dir, "image"))
+        starts["virtiofs_s"].append(container_start(args, args.rootfs_dir, "virtiofs"))
+        print(json.dumps(starts), file=sys.stderr)
+    fresh = os.path.join(work, "fresh-root")
+    # cp -a: the root has device nodes (/dev/console), which must not be opened.
+    subprocess.run(["cp", "-a", args.rootfs_dir, fresh], check=True)
+    with open(os.path.join(fresh, "bench-marker"), "w") as f:
+        f.write(str(time.time()))
+    cache = os.path.join(work, "cache")
+    env = dict(os.environ, HVLITE_CACHE=cache)
+    image_first = container_start(args, fresh, "image", env)
+    return {"container_start": {
+        "runs": args.runs,
+        "image_cached_median_s": round(statistics.median(starts["image_cached_s"]), 2),
+        "virtiofs_median_s": round(statistics.median(starts["virtiofs_s"]), 2),
+        "image_first_run_s": round(image_first, 2),
+        "all_s": {k: [round(x, 2) for x in v] for k, v in starts.items()},
+    }}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     for path in ("--hvlite", "--kernel", "--initrd", "--rootfs-dir", "--out"):
         ap.add_argument(path, required=True)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--part", choices=("all", "io", "start"), default="all",
+                    help="run one part and merge it into --out (each part is one "
+                         "short VM-heavy job)")
     args = ap.parse_args()
 
+    out = pathlib.Path(args.out)
+    result = {}
+    if args.part != "all" and out.exists():
+        result = json.loads(out.read_text())
     with tempfile.TemporaryDirectory(prefix="hvlite-bench-fs-") as work:
-        tar = os.path.join(work, "tree.tar")
-        make_tree_tar(tar)
-        host_dir = os.path.join(work, "host")
-        os.mkdir(host_dir)
-        host = host_ops(host_dir, tar)
-        image, virtiofs = guest_ops(args, work, tar)
-        print(json.dumps({"host": host, "image": image, "virtiofs": virtiofs}), file=sys.stderr)
-
-        # Container start: the cached image path, a tree never seen (its image is built
-        # first, then cached), and virtio-fs (nothing to build).
-        starts = {"image_cached_s": [], "virtiofs_s": []}
-        container_start(args, args.rootfs_dir, "image")  # make sure the image is cached
-        for _ in range(args.runs):
-            starts["image_cached_s"].append(container_start(args, args.rootfs_dir, "image"))
-            starts["virtiofs_s"].append(container_start(args, args.rootfs_dir, "virtiofs"))
-            print(json.dumps(starts), file=sys.stderr)
-        fresh = os.path.join(work, "fresh-root")
-        # cp -a: the root has device nodes (/dev/console), which must not be opened.
-        subprocess.run(["cp", "-a", args.rootfs_dir, fresh], check=True)
-        with open(os.path.join(fresh, "bench-marker"), "w") as f:
-            f.write(str(time.time()))
-        cache = os.path.join(work, "cache")
-        env = dict(os.environ, HVLITE_CACHE=cache)
-        image_first = container_start(args, fresh, "image", env)
-
-    result = {
+        if args.part in ("all", "io"):
+            result.update(io_part(args, work))
+        if args.part in ("all", "start"):
+            result.update(start_part(args, work))
+    result.update({
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "kvm": "pvm" if os.path.exists("/sys/module/kvm_pvm") else "hardware",
         "sizes": {"mib": MIB, "small_files": SMALL_FILES,
                   "untar_files": TREE_DIRS * TREE_FILES, "untar_dirs": TREE_DIRS},
-        "host": host,
-        "guest_ext4_image": image,
-        "guest_virtiofs": virtiofs,
-        "container_start": {
-            "runs": args.runs,
-            "image_cached_median_s": round(statistics.median(starts["image_cached_s"]), 2),
-            "virtiofs_median_s": round(statistics.median(starts["virtiofs_s"]), 2),
-            "image_first_run_s": round(image_first, 2),
-            "all_s": {k: [round(x, 2) for x in v] for k, v in starts.items()},
-        },
-    }
-    text = json.dumps(result, indent=2) + "\n"
-    pathlib.Path(args.out).write_text(text)
+    })
+    text = json.dumps(result, indent=2, sort_keys=True) + "\n"
+    out.write_text(text)
     sys.stdout.write(text)
 
 
