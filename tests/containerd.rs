@@ -530,9 +530,8 @@ fn containerd_gets_clear_errors_and_nothing_leaks() {
         let _ = c.ctr(&["container", "rm", id]);
         c.assert_nothing_left(id);
     };
-    // A bundle the runtime refuses: a directory bind mount (needs virtio-fs).
-    let host_dir = c.dir.join("shared");
-    std::fs::create_dir_all(&host_dir).unwrap();
+    // A bundle the runtime refuses: a bind mount of a missing host path.
+    let host_dir = c.dir.join("missing");
     let mount = format!(
         "type=bind,src={},dst=/shared,options=rbind:rw",
         host_dir.display()

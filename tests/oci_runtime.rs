@@ -94,11 +94,11 @@ fn bad_bundles_and_commands_are_refused_and_leave_nothing_behind() {
             config(
                 r#"["/bin/true"]"#,
                 &format!(
-                    r#","mounts":[{{"destination":"/data","type":"bind","source":"{}"}}]"#,
+                    r#","mounts":[{{"destination":"/my data","type":"bind","source":"{}"}}]"#,
                     dir.display()
                 ),
             ),
-            "virtio-fs",
+            "mount at /my data",
         ),
         (
             config(r#"["/bin/true"]"#, "").replace("\"cwd\"", "\"terminal\":true,\"cwd\""),
@@ -289,7 +289,14 @@ fn create_start_state_kill_delete_with_one_boot() {
     let root = dir.join("s".repeat(90)).join("state");
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, "10.1.2.3 injected\n").unwrap();
+    // Directory bind mounts: virtio-fs shares, one read-write, one read-only.
+    let (data, conf) = (dir.join("data"), dir.join("conf"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(data.join("in"), "from-host\n").unwrap();
     let script = "cat /etc/hosts; hostname; grep CapBnd /proc/self/status; \
+                  cat /data/in; echo from-guest > /data/out; \
+                  { echo x > /conf/y; } 2>/dev/null || echo ro-refused; \
                   trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 1; done";
     let cgroup = format!("/hvlite-test/c1-{}", std::process::id());
     let b = bundle(
@@ -300,9 +307,13 @@ fn create_start_state_kill_delete_with_one_boot() {
                 r#","mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
                 {{"destination":"/dev/mqueue","type":"mqueue","source":"mqueue","options":["nosuid"]}},
                 {{"destination":"/run","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=700"]}},
-                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}}],
+                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}},
+                {{"destination":"/data","type":"bind","source":"{}","options":["rbind","rw"]}},
+                {{"destination":"/conf","type":"bind","source":"{}","options":["rbind","ro"]}}],
                 "linux":{{"cgroupsPath":"{cgroup}"}}"#,
-                hosts.display()
+                hosts.display(),
+                data.display(),
+                conf.display()
             ),
         ),
     );
@@ -382,10 +393,18 @@ fn create_start_state_kill_delete_with_one_boot() {
         output().contains("started")
     });
     assert!(
-        output().starts_with("10.1.2.3 injected\nbox\nCapBnd:\t0000000000000021\n"),
-        "hostname and capabilities: {}",
+        output().starts_with(
+            "10.1.2.3 injected\nbox\nCapBnd:\t0000000000000021\nfrom-host\nro-refused\n"
+        ),
+        "hostname, capabilities and the shared directories: {}",
         output()
     );
+    // The guest's write reached the host directory; the read-only share stayed untouched.
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap_or_default(),
+        "from-guest\n"
+    );
+    assert!(!conf.join("y").exists());
     // The VMM is in the cgroup the spec names, in every hierarchy (this host: v1 + unified).
     let memory = Path::new("/sys/fs/cgroup/memory").join(cgroup.trim_start_matches('/'));
     let procs = std::fs::read_to_string(memory.join("cgroup.procs")).unwrap_or_default();

@@ -92,10 +92,17 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
         return;
     }
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let (_dir, p) = podman_with_image("podman-run");
+    let (dir, p) = podman_with_image("podman-run");
+    // -v HOSTDIR:/data: a virtio-fs share, written by uid 1000 in the guest.
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&data, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(data.join("in"), "from-host\n").unwrap();
+    let volume = format!("{}:/data", data.display());
     let script = "echo out; echo err >&2; echo FOO=$FOO; pwd; id -u; id -g; \
                   echo $(cat /etc/hostname); ulimit -n; \
-                  grep NoNewPrivs /proc/self/status; exit 3";
+                  grep NoNewPrivs /proc/self/status; cat /data/in; \
+                  echo from-guest > /data/out; exit 3";
     let o = p.run(&[
         "run",
         "--rm",
@@ -111,6 +118,8 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
         "1000:100",
         "--security-opt",
         "no-new-privileges",
+        "-v",
+        &volume,
         IMAGE,
         "sh",
         "-c",
@@ -126,8 +135,13 @@ fn podman_run_rm_gives_output_status_env_workdir_and_user() {
     // podman's default nofile limit (1048576, above this host's hard limit, so runc needs
     // --ulimit here) is set in the guest by the agent before the user switch.
     assert_eq!(
-        stdout, "out\nFOO=bar\n/tmp\n1000\n100\nhvbox\n1048576\nNoNewPrivs:\t1\n",
+        stdout, "out\nFOO=bar\n/tmp\n1000\n100\nhvbox\n1048576\nNoNewPrivs:\t1\nfrom-host\n",
         "stderr: {stderr}"
+    );
+    // The guest's write is in the host directory.
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap_or_default(),
+        "from-guest\n"
     );
     assert!(stderr.contains("err"), "{stderr}");
     // --rm removed the container.

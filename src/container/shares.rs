@@ -60,14 +60,23 @@ impl std::str::FromStr for Volume {
         if host.is_empty() {
             return Err(format!("{s:?}: the host directory is empty"));
         }
-        let plain = |c: char| c == ',' || c == '"' || c.is_whitespace();
-        if !guest.starts_with('/') || guest.contains(plain) {
+        Self::new(host.into(), guest, read_only).map_err(|e| format!("{s:?}: {e}"))
+    }
+}
+
+impl Volume {
+    /// A volume at container path `guest`, which must be absolute and hold no `:`, `,`,
+    /// `"`, whitespace or `..` (it travels on the kernel command line).
+    pub fn new(host: PathBuf, guest: &str, read_only: bool) -> Result<Self, String> {
+        let plain = |c: char| c == ':' || c == ',' || c == '"' || c.is_whitespace();
+        if !guest.starts_with('/') || guest.contains(plain) || guest.split('/').any(|c| c == "..") {
             return Err(format!(
-                "{s:?}: the container path must be absolute, without ',', '\"' or whitespace"
+                "the container path {guest:?} must be absolute, without ':', ',', '\"', \
+                 whitespace or '..'"
             ));
         }
         Ok(Self {
-            host: host.into(),
+            host,
             guest: guest.to_string(),
             read_only,
         })
@@ -132,9 +141,12 @@ mod tests {
             "/a:/b c",
             "/a:/b,c",
             "/a:/b:ro:x",
+            "/a:/b/../etc",
         ] {
             assert!(bad.parse::<Volume>().is_err(), "{bad}");
         }
+        assert!(Volume::new("/a".into(), "/x:y", false).is_err());
+        assert!(Volume::new("/a".into(), "/x/y", true).is_ok_and(|v| v.read_only));
         assert_eq!("virtiofs".parse(), Ok(RootfsMode::Virtiofs));
         assert!("ext4".parse::<RootfsMode>().is_err());
     }

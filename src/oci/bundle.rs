@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 
+use crate::container::shares::Volume;
+
 use crate::agent::protocol::{
     Capabilities, ContainerSetup, GUEST_MOUNT_TYPES, MountSpec, ProcessSpec, Rlimit, User,
     WindowSize,
@@ -38,6 +40,8 @@ pub struct Bundle {
     pub terminal: bool,
     /// Host files bind-mounted at guest paths (copied into the container's image).
     pub files: Vec<(PathBuf, String)>,
+    /// Host directories bind-mounted at guest paths (virtio-fs shares).
+    pub volumes: Vec<Volume>,
     /// The spec's annotations.
     pub annotations: HashMap<String, String>,
     /// vCPUs from `io.hvlite.vcpus`.
@@ -116,7 +120,11 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         "a size in MiB from 64 to 65536",
         |v| v.parse::<u64>().ok().filter(|n| (64..=65536).contains(n)),
     )?;
-    let (files, guest_mounts) = file_mounts(spec)?;
+    let Mounts {
+        files,
+        volumes,
+        guest: guest_mounts,
+    } = bind_mounts(spec)?;
     let readonly_root = root.readonly().unwrap_or(false);
     process_spec.container = Some(Box::new(ContainerSetup {
         hostname: spec.hostname().clone().filter(|h| !h.is_empty()),
@@ -140,6 +148,7 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         cgroups_path,
         terminal: process.terminal().unwrap_or(false),
         files,
+        volumes,
         annotations,
         vcpus,
         memory_mib,
@@ -223,12 +232,19 @@ fn annotation<T>(
     }
 }
 
-/// The bind mounts of host files, and the mounts the guest makes itself; anything else is
-/// refused.
-type Mounts = (Vec<(PathBuf, String)>, Vec<MountSpec>);
+/// The spec's mounts hvlite can give the container; anything else is refused.
+struct Mounts {
+    /// Bind mounts of host files (copied into a private image).
+    files: Vec<(PathBuf, String)>,
+    /// Bind mounts of host directories (virtio-fs shares).
+    volumes: Vec<Volume>,
+    /// Mounts the guest makes itself (proc, tmpfs, ...).
+    guest: Vec<MountSpec>,
+}
 
-fn file_mounts(spec: &Spec) -> Result<Mounts, BundleError> {
+fn bind_mounts(spec: &Spec) -> Result<Mounts, BundleError> {
     let mut files = Vec::new();
+    let mut volumes = Vec::new();
     let mut guest = Vec::new();
     for m in spec.mounts().iter().flatten() {
         let dest = m.destination().to_string_lossy().into_owned();
@@ -285,14 +301,12 @@ fn file_mounts(spec: &Spec) -> Result<Mounts, BundleError> {
             BundleError::Mount(dest.clone(), format!("source {}: {e}", source.display()))
         })?;
         if meta.is_dir() {
-            return Err(BundleError::Mount(
-                dest,
-                format!(
-                    "source {} is a directory: directory bind mounts need host directories \
-                     shared with the guest (virtio-fs), which hvlite does not have yet",
-                    source.display()
-                ),
-            ));
+            // A directory is shared through virtio-fs, read-only if the mount says so.
+            let read_only = options.iter().any(|o| o == "ro");
+            let volume = Volume::new(source.clone(), &dest, read_only)
+                .map_err(|e| BundleError::Mount(dest.clone(), e))?;
+            volumes.push(volume);
+            continue;
         }
         if !meta.is_file() {
             return Err(BundleError::Mount(
@@ -302,7 +316,11 @@ fn file_mounts(spec: &Spec) -> Result<Mounts, BundleError> {
         }
         files.push((source.clone(), dest));
     }
-    Ok((files, guest))
+    Ok(Mounts {
+        files,
+        volumes,
+        guest,
+    })
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ fn bad_bundles_are_refused_clearly() {
 }
 
 #[test]
-fn file_binds_are_kept_directory_binds_refused_guest_mounts_skipped() {
+fn file_binds_are_kept_directory_binds_shared_guest_mounts_skipped() {
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("hosts");
     std::fs::write(&hosts, "x").unwrap();
@@ -88,14 +88,35 @@ fn file_binds_are_kept_directory_binds_refused_guest_mounts_skipped() {
     let (_d, p) = bundle_with(&config(&mounts));
     let b = load(&p).unwrap();
     assert_eq!(b.files, vec![(hosts.clone(), "/etc/hosts".to_string())]);
+    assert!(b.volumes.is_empty());
+    // Directories become virtio-fs volumes, read-only with "ro".
     let mounts = format!(
-        r#","mounts":[{{"destination":"/data","type":"bind","source":"{}"}}]"#,
+        r#","mounts":[{{"destination":"/data","type":"bind","source":"{0}"}},
+        {{"destination":"/conf","source":"{0}","options":["rbind","rprivate","ro"]}}]"#,
+        dir.path().display()
+    );
+    let (_d, p) = bundle_with(&config(&mounts));
+    let b = load(&p).unwrap();
+    assert!(b.files.is_empty());
+    let got: Vec<_> = (b.volumes.iter())
+        .map(|v| (v.host.clone(), v.guest.as_str(), v.read_only))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (dir.path().to_path_buf(), "/data", false),
+            (dir.path().to_path_buf(), "/conf", true)
+        ]
+    );
+    // A container path the kernel command line cannot carry is refused.
+    let mounts = format!(
+        r#","mounts":[{{"destination":"/my data","type":"bind","source":"{}"}}]"#,
         dir.path().display()
     );
     let (_d, p) = bundle_with(&config(&mounts));
     let err = load(&p).unwrap_err().to_string();
     assert!(
-        err.contains("directory bind mounts") && err.contains("virtio-fs"),
+        err.contains("mount at /my data") && err.contains("whitespace"),
         "{err}"
     );
     let (_d, p) = bundle_with(&config(

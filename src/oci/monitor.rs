@@ -230,7 +230,7 @@ fn boot(
             stdin: true,
         },
         console: false,
-        volumes: Vec::new(),
+        volumes: bundle.volumes.clone(),
         rootfs_mode: Default::default(),
         template: true,
     };
