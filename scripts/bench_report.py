@@ -58,7 +58,10 @@ METRICS = [
      "rand_read_iops"),
     ("rand_write", "Root disk: random 4 KiB writes, each followed by fdatasync", "IOPS", False,
      "fileio", "rand_write_sync_iops"),
-    ("volume", "Volume (virtio-fs): file I/O", "MiB/s", False, "volume", None),
+    ("volume", "Volume (a host directory): sequential write (fsync at the end)", "MiB/s",
+     False, "volume", "seq_write_mib_s"),
+    ("volume_read", "Volume (a host directory): sequential read (O_DIRECT)", "MiB/s", False,
+     "volume", "seq_read_mib_s"),
     ("tcp_send", "Network: TCP throughput container to host", "MiB/s", False, "net",
      "tcp_send_mib_s"),
     ("tcp_rr", "Network: TCP 1-byte round trip to the host, median", "us", True, "net",
@@ -253,14 +256,19 @@ class Hvlite(System):
         self.not_run = {}
         if not ctx.net_ok:
             self.not_run["net"] = ctx.net_ok_reason
+        if not ctx.has_volume:
+            self.not_run["volume"] = "this hvlite has no --volume (`hvlite run --help`)"
         self.note = ("hvlite run --rootfs DIR (a read-only image under a tmpfs overlay); the "
-                     "file I/O runs use --rootfs IMAGE, an ext4 image attached read-write")
+                     "file I/O runs use --rootfs IMAGE, an ext4 image attached read-write; "
+                     "volumes are -v DIR:/vol (virtio-fs, virtiofsd)")
         if template:
             self.note += ("; restored from the cached templates (docs/snapshots.md), built "
                           "before the measurements")
             # With --net hvlite boots instead (no template for network interfaces).
             self.not_run.setdefault("net", "hvlite restores no template for a VM with --net "
                                     "(it boots: the cold-boot column)")
+            self.not_run.setdefault("volume", "hvlite restores no template for a VM with a "
+                                    "virtio-fs volume (it boots: the cold-boot column)")
             self.build_templates()
 
     def build_templates(self):
@@ -283,6 +291,8 @@ class Hvlite(System):
         if group == "net":
             cmd += ["--net", f"tap={TAP}",
                     "--cmdline", f"ip={TAP_GUEST}::{TAP_HOST}:255.255.255.0::eth0:off"]
+        if group == "volume":
+            cmd += ["-v", f"{volume_dir(self.ctx, self.id)}:/vol"]
         return cmd + ["--"] + argv
 
 
@@ -315,6 +325,8 @@ class OciRuntime(System):
                 self.ctx.root, self.ctx.work, argv, readonly=False,
                 netns=f"/run/netns/{NETNS}" if group == "net" else None,
                 name=f"bundle-{self.id}-{len(self.bundles)}")
+            if group == "volume":
+                add_bind_mount(self.bundles[key], volume_dir(self.ctx, self.id), "/vol")
         return self.argv + ["run", "--bundle", self.bundles[key], name]
 
     def after(self, name):
@@ -335,6 +347,8 @@ class Qemu(System):
         self.version = first_line([self.binary, "--version"])
         if not ctx.net_ok:
             self.not_run["net"] = ctx.net_ok_reason
+        self.not_run["volume"] = ("not set up for QEMU here (virtio-fs in QEMU needs its own "
+                                  "virtiofsd, vhost-user-fs and shared memory)")
         kvm_error = self.try_kvm()
         if kvm_error is None:
             self.accel = "kvm"
@@ -422,8 +436,9 @@ class Podman(System):
         self.note = "podman run --rm --network none through hvlite-runtime (a cold hvlite boot)"
 
     def command(self, argv, group, name):
+        vol = ["-v", f"{volume_dir(self.ctx, self.id)}:/vol"] if group == "volume" else []
         return self.podman + ["--runtime", self.wrap, "run", "--rm", "--network", "none",
-                              "--name", name, IMAGE] + argv
+                              "--name", name] + vol + [IMAGE] + argv
 
     def after(self, name):
         subprocess.run(self.podman + ["rm", "-f", name], capture_output=True)
@@ -510,7 +525,26 @@ def group_argv(group, size, system):
                    str(size["rand_mib"]), str(size["rand_n"])],
         "net": [PROBE, "tcp-send", f"{host}:{SINK_PORT}", str(size["net_kib"]),
                 "tcp-rr", f"{host}:{ECHO_PORT}", str(size["rr"])],
+        "volume": [PROBE, "seq", "/vol/bench-file", str(size["seq_mib"])],
     }[group]
+
+
+def volume_dir(ctx, system_id):
+    """The host directory a system's volume workload writes to (any user may write)."""
+    d = os.path.join(ctx.work, "volumes", system_id)
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o777)
+    return d
+
+
+def add_bind_mount(bundle, source, destination):
+    path = os.path.join(bundle, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.setdefault("mounts", []).append({"destination": destination, "type": "bind",
+                                         "source": source, "options": ["rbind", "rw"]})
+    with open(path, "w") as f:
+        json.dump(cfg, f)
 
 
 def parse_probe(out):
@@ -623,7 +657,7 @@ def main():
     help_text = subprocess.run([args.hvlite, "run", "--help"], capture_output=True,
                                text=True).stdout
     ctx.has_template = "--no-template" in help_text
-    has_volume = "virtio-fs" in help_text or "--volume" in help_text
+    ctx.has_volume = "--volume" in help_text
     try:
         # One root for every system: the busybox root, the probe, and hvlite-init (QEMU's init).
         ctx.root = os.path.join(ctx.work, "root")
@@ -660,19 +694,13 @@ def main():
         running = [s for s in systems if not s.skipped]
 
         results = {}
-        volume_why = ("virtio-fs volumes exist in this hvlite but are not measured by this "
-                      "report yet" if has_volume else
-                      "this hvlite has no virtio-fs volumes yet (`hvlite run --help`)")
         for s in running:
-            if "volume" in selected:
-                cell = results.setdefault("volume", {})
-                cell[s.id] = {"samples": [], "error": None, "skipped": volume_why}
             for group, why in s.not_run.items():
                 for m in METRICS:
                     if m[4] == group:
                         results.setdefault(m[0], {})[s.id] = {"samples": [], "error": None,
                                                               "skipped": why}
-        groups = [g for g in GROUPS[:6] if g in selected]
+        groups = [g for g in GROUPS if g != "density" and g in selected]
         for it in range(size["iterations"]):
             order = running[it % len(running):] + running[:it % len(running)]
             for gi, group in enumerate(groups):
@@ -730,8 +758,7 @@ def main():
     for mid, title, unit, lower, group, _ in METRICS:
         if group not in selected:
             continue
-        cmd = " ".join(group_argv(group, size, Context())) if group not in ("volume",) else \
-            "(volume workloads)"
+        cmd = " ".join(group_argv(group, size, Context()))
         if group == "idle":
             cmd = f"{PROBE} idle (until ready, then PSS)"
         workloads.append({"id": mid, "title": title, "unit": unit, "lower_is_better": lower,
