@@ -1,5 +1,6 @@
 //! `hvlite-runtime`'s own lifecycle, as an engine drives it: refused bundles and commands
-//! (no boot), then one boot for create / state / start / kill / state / delete.
+//! (no boot), then one boot for create / state / start / kill / state / delete, and one for
+//! directory bind mounts (virtio-fs shares).
 
 mod common;
 
@@ -9,6 +10,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+
+/// One boot at a time (2 cores).
+static ONE_BOOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn runtime() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hvlite-runtime"))
@@ -279,6 +283,7 @@ fn create_start_state_kill_delete_with_one_boot() {
     if !kvm_available("create_start_state_kill_delete_with_one_boot") {
         return;
     }
+    let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
     // Like conmon: become the subreaper, so the detached monitor is reaped here and its
     // exit status (the container's) is seen.
     // SAFETY: prctl with integer arguments.
@@ -289,14 +294,7 @@ fn create_start_state_kill_delete_with_one_boot() {
     let root = dir.join("s".repeat(90)).join("state");
     let hosts = dir.join("hosts");
     std::fs::write(&hosts, "10.1.2.3 injected\n").unwrap();
-    // Directory bind mounts: virtio-fs shares, one read-write, one read-only.
-    let (data, conf) = (dir.join("data"), dir.join("conf"));
-    std::fs::create_dir_all(&data).unwrap();
-    std::fs::create_dir_all(&conf).unwrap();
-    std::fs::write(data.join("in"), "from-host\n").unwrap();
     let script = "cat /etc/hosts; hostname; grep CapBnd /proc/self/status; \
-                  cat /data/in; echo from-guest > /data/out; \
-                  { echo x > /conf/y; } 2>/dev/null || echo ro-refused; \
                   trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 1; done";
     let cgroup = format!("/hvlite-test/c1-{}", std::process::id());
     let b = bundle(
@@ -307,13 +305,9 @@ fn create_start_state_kill_delete_with_one_boot() {
                 r#","mounts":[{{"destination":"/proc","type":"proc","source":"proc"}},
                 {{"destination":"/dev/mqueue","type":"mqueue","source":"mqueue","options":["nosuid"]}},
                 {{"destination":"/run","type":"tmpfs","source":"tmpfs","options":["nosuid","mode=700"]}},
-                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}},
-                {{"destination":"/data","type":"bind","source":"{}","options":["rbind","rw"]}},
-                {{"destination":"/conf","type":"bind","source":"{}","options":["rbind","ro"]}}],
+                {{"destination":"/etc/hosts","type":"bind","source":"{}","options":["rbind","ro"]}}],
                 "linux":{{"cgroupsPath":"{cgroup}"}}"#,
-                hosts.display(),
-                data.display(),
-                conf.display()
+                hosts.display()
             ),
         ),
     );
@@ -393,18 +387,10 @@ fn create_start_state_kill_delete_with_one_boot() {
         output().contains("started")
     });
     assert!(
-        output().starts_with(
-            "10.1.2.3 injected\nbox\nCapBnd:\t0000000000000021\nfrom-host\nro-refused\n"
-        ),
-        "hostname, capabilities and the shared directories: {}",
+        output().starts_with("10.1.2.3 injected\nbox\nCapBnd:\t0000000000000021\n"),
+        "hostname and capabilities: {}",
         output()
     );
-    // The guest's write reached the host directory; the read-only share stayed untouched.
-    assert_eq!(
-        std::fs::read_to_string(data.join("out")).unwrap_or_default(),
-        "from-guest\n"
-    );
-    assert!(!conf.join("y").exists());
     // The VMM is in the cgroup the spec names, in every hierarchy (this host: v1 + unified).
     let memory = Path::new("/sys/fs/cgroup/memory").join(cgroup.trim_start_matches('/'));
     let procs = std::fs::read_to_string(memory.join("cgroup.procs")).unwrap_or_default();
@@ -450,5 +436,88 @@ fn create_start_state_kill_delete_with_one_boot() {
     assert!(o.status.success(), "delete: {}", stderr(&o));
     assert!(!memory.exists(), "delete removes the cgroup");
     let _ = std::fs::remove_dir(memory.parent().unwrap());
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+}
+
+/// Directory bind mounts are virtio-fs shares: a container with a read-write and a
+/// read-only one boots cold (a template cannot hold virtiofsd's state), sees the host's
+/// file, writes one the host reads, and cannot write the read-only one.
+#[test]
+fn directory_bind_mounts_are_shared_through_virtio_fs_without_a_template() {
+    let test = "directory_bind_mounts_are_shared_through_virtio_fs_without_a_template";
+    if !kvm_available(test) {
+        return;
+    }
+    let _one = ONE_BOOT.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = scratch("oci-vol");
+    let root = dir.join("state");
+    let (data, conf) = (dir.join("data"), dir.join("conf"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(data.join("in"), "from-host\n").unwrap();
+    let script = "cat /data/in; echo from-guest > /data/out; \
+                  { echo x > /conf/y; } 2>/dev/null || echo ro-refused; echo done";
+    let b = bundle(
+        &dir,
+        &config(
+            &format!(r#"["/bin/sh","-c","{script}"]"#),
+            &format!(
+                r#","mounts":[{{"destination":"/data","type":"bind","source":"{}","options":["rbind","rw"]}},
+                {{"destination":"/conf","type":"bind","source":"{}","options":["rbind","ro"]}}]"#,
+                data.display(),
+                conf.display()
+            ),
+        ),
+    );
+    let (out_path, err_path, log_path) = (
+        dir.join("stdout"),
+        dir.join("stderr"),
+        dir.join("runtime.log"),
+    );
+    let (k, a) = (linux::kernel(), linux::agent());
+    let create = Command::new(runtime())
+        .arg("--root")
+        .arg(&root)
+        .arg("--log")
+        .arg(&log_path)
+        .args([
+            "--kernel",
+            k.to_str().unwrap(),
+            "--agent",
+            a.to_str().unwrap(),
+        ])
+        .args(["create", "--bundle", b.to_str().unwrap(), "c2"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .status()
+        .unwrap();
+    let errors = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    assert!(create.success(), "create: {}", errors());
+    let o = rt(&root, &["start", "c2"]);
+    assert!(o.status.success(), "start: {}", stderr(&o));
+    let output = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    wait_until("the container to stop", Duration::from_secs(300), || {
+        state_json(&root, "c2")["status"] == "stopped"
+    });
+    assert_eq!(
+        output(),
+        "from-host\nro-refused\ndone\n",
+        "stderr: {}",
+        errors()
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap_or_default(),
+        "from-guest\n"
+    );
+    assert!(!conf.join("y").exists(), "the read-only share was written");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        log.contains("template: not used with virtio-fs shares")
+            && !log.contains("snapshot restored"),
+        "a container with shares boots cold; log:\n{log}"
+    );
+    let o = rt(&root, &["delete", "c2"]);
+    assert!(o.status.success(), "delete: {}", stderr(&o));
     assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
 }

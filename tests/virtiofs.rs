@@ -205,6 +205,12 @@ fn a_container_runs_on_a_virtiofs_root_with_volumes() {
     let b = start_full(&[], &args, &envs, None).finish();
     let ctx = b.context();
     assert!(b.stderr.contains("through virtio-fs"), "{ctx}");
+    // A template cannot hold virtiofsd's state: a run with shares boots.
+    assert!(
+        b.stderr
+            .contains("template: not used with virtio-fs shares"),
+        "{ctx}"
+    );
     assert!(b.stdout.contains("IN=volume input"), "{ctx}");
     assert!(b.stdout.contains("CONF=setting=1"), "{ctx}");
     assert!(
