@@ -48,6 +48,8 @@ pub struct Bundle {
     pub vcpus: Option<u8>,
     /// Memory from `io.hvlite.memory_mib`.
     pub memory_mib: Option<u64>,
+    /// The engine's network namespace (`linux.namespaces`, type network, with a path).
+    pub netns: Option<PathBuf>,
 }
 
 /// Why a bundle was refused.
@@ -152,6 +154,7 @@ pub fn check(dir: &Path, spec: &Spec) -> Result<Bundle, BundleError> {
         annotations,
         vcpus,
         memory_mib,
+        netns: super::network::netns_path(spec),
     })
 }
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::state::{self, OCI_VERSION, State, StateRoot, Status};
-use super::{OciError, bundle, control};
+use super::{OciError, bundle, control, network};
 use crate::container::paths;
 
 /// The fd number the monitor finds its readiness socket at.
@@ -101,8 +101,20 @@ pub fn create_with(
             paths::agent_binary().map_err(crate::container::ContainerError::from)?;
         }
     }
+    // The engine's network namespace is read before anything is created.
+    let network = match &bundle.netns {
+        Some(ns) => network::discover(ns)?,
+        None => None,
+    };
+    let netns = match &network {
+        Some(net) => Some(network::open_netns(&net.netns)?),
+        None => None,
+    };
     let dir = root.create(id)?;
     let cleanup = |e: OciError| {
+        if let Some(Err(e)) = network.as_ref().map(network::disconnect) {
+            log::warn!("{e}");
+        }
         let _ = root.remove(id);
         e
     };
@@ -118,10 +130,27 @@ pub fn create_with(
         annotations: bundle.annotations.clone(),
         monitor_start_time: 0,
         cgroups_path: bundle.cgroups_path.clone(),
+        network: network.clone(),
     };
     root.save(&st).map_err(|e| cleanup(e.into()))?;
-    let (mut child, ready) = spawn_monitor(globals, id, console_socket.as_deref(), io)
-        .map_err(|e| cleanup(OciError::Io(dir.clone(), e)))?;
+    if let Some(net) = &network {
+        network::connect(net).map_err(|e| cleanup(e.into()))?;
+        log::debug!(
+            "{} joined to {} ({}/{}) in {}",
+            net.tap,
+            net.interface,
+            net.address,
+            net.prefix,
+            net.netns.display()
+        );
+    }
+    let monitor = MonitorStart {
+        console_socket: console_socket.as_deref(),
+        io,
+        netns: netns.as_ref(),
+    };
+    let (mut child, ready) =
+        spawn_monitor(globals, id, monitor).map_err(|e| cleanup(OciError::Io(dir.clone(), e)))?;
     if let Err(msg) = wait_ready(ready) {
         // The monitor is this process's child: kill and reap it (no zombie).
         let _ = child.kill();
@@ -141,14 +170,27 @@ pub fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// How the monitor starts, besides the globals.
+struct MonitorStart<'a> {
+    console_socket: Option<&'a Path>,
+    /// Its stdio, if not this process's.
+    io: Option<MonitorIo>,
+    /// The network namespace it runs in (where its TAP is), if not this process's.
+    netns: Option<&'a std::fs::File>,
+}
+
 /// Starts `hvlite-runtime ... monitor ID` detached (own session), with this process's
 /// stdio (the engine's) and a readiness socket at fd [`READY_FD`].
 fn spawn_monitor(
     globals: &Globals,
     id: &str,
-    console_socket: Option<&Path>,
-    io: Option<MonitorIo>,
+    start: MonitorStart<'_>,
 ) -> std::io::Result<(Child, UnixStream)> {
+    let MonitorStart {
+        console_socket,
+        io,
+        netns,
+    } = start;
     let (parent, child_end) = UnixStream::pair()?;
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
@@ -162,6 +204,10 @@ fn spawn_monitor(
     }
     if let Some(agent) = &globals.agent {
         cmd.env(paths::AGENT_ENV, agent);
+    }
+    // First: the fd of the namespace may be the number dup2 below replaces.
+    if let Some(ns) = netns {
+        network::enter_before_exec(&mut cmd, ns);
     }
     let fd = child_end.as_raw_fd();
     // SAFETY: between fork and exec only async-signal-safe calls are made (setsid, dup2,
@@ -325,6 +371,9 @@ pub fn delete(root: &StateRoot, id: &str, force: bool) -> Result<(), OciError> {
     if let Some(cg) = &st.cgroups_path {
         super::cgroup::remove(cg);
     }
+    if let Some(Err(e)) = st.network.as_ref().map(network::disconnect) {
+        log::warn!("cannot remove the container's TAP: {e}");
+    }
     root.remove(id)?;
     Ok(())
 }
@@ -399,6 +448,7 @@ mod tests {
             annotations: Default::default(),
             monitor_start_time: 0,
             cgroups_path: None,
+            network: None,
         };
         root.save(&st).unwrap();
         assert!(delete(&root, "c", false).is_err());

@@ -4,6 +4,7 @@
 //! - [`bundle`] reads and checks `config.json` (oci-spec) before anything is created.
 //! - [`state`] is the state directory under `--root` (`state.json`, written atomically).
 //! - [`monitor`] is the detached VMM process `create` starts; [`control`] its socket.
+//! - [`network`] joins the engine's network namespace to the VM (a TAP, tc redirects).
 //! - [`files`] copies bind-mounted host files into a private root image.
 //! - [`commands`] implements create, start, state, kill, delete, list and run.
 //! - [`exec`] runs further processes in a running container (library calls a containerd
@@ -17,6 +18,7 @@ pub mod control;
 pub mod exec;
 pub mod files;
 pub mod monitor;
+pub mod network;
 pub mod state;
 
 use std::io;
@@ -39,6 +41,8 @@ pub enum OciError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Console(#[from] console::ConsoleError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
     #[error(transparent)]
     Container(#[from] crate::container::ContainerError),
     #[error("{0}: {1}")]

@@ -120,6 +120,11 @@ fn boot(
     if let Some(m) = bundle.memory_mib {
         vm.memory_mib = m;
     }
+    // The TAP `create` joined to the engine's interface (this process runs in its netns).
+    if let Some(net) = &st.network {
+        vm.nets.push(net.nic()?);
+        vm.cmdline = Some(net.kernel_option());
+    }
     // `exec` reaches the agent through the VM's vsock socket; the (possibly shortened) path
     // must stay valid until the VMM has bound it.
     let vsock = short_socket_path(&dir, VSOCK_SOCKET)

@@ -62,6 +62,9 @@ pub struct State {
         skip_serializing_if = "Option::is_none"
     )]
     pub cgroups_path: Option<String>,
+    /// The network `create` connected (disconnected by `delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<super::network::Network>,
 }
 
 /// Errors of the state directory.
@@ -300,6 +303,7 @@ mod tests {
             annotations: HashMap::new(),
             monitor_start_time: 1,
             cgroups_path: None,
+            network: None,
         };
         root.save(&state).unwrap();
         assert_eq!(root.load("c1").unwrap(), state);
