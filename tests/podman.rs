@@ -344,3 +344,119 @@ fn podman_run_it_is_interactive_through_the_console_socket() {
     assert_eq!(status, Some(6), "{shown}");
     assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
 }
+
+/// One HTTP GET of `/` from `addr`; the body, or why not.
+fn http_get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(20);
+    let sock: std::net::SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    match reply.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.to_string())
+        }
+        _ => Err(format!("not a 200 reply: {reply:?}")),
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+#[test]
+fn podman_publishes_a_port_of_a_container_in_a_vm() {
+    if !podman_available("podman_publishes_a_port_of_a_container_in_a_vm") {
+        return;
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let (_dir, p) = podman_with_image("podman-net");
+    let port = free_port();
+    let publish = format!("{port}:80");
+    let script = "mkdir -p /www && echo hello-from-the-vm > /www/index.html && \
+                  exec httpd -f -p 80 -h /www";
+    let id = p.ok(&["run", "-d", "-p", &publish, IMAGE, "sh", "-c", script]);
+    let id = id.trim();
+    let inspect = p.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.IPAddress}} {{.NetworkSettings.IPPrefixLen}} \
+         {{.NetworkSettings.Gateway}} {{.NetworkSettings.MacAddress}} \
+         {{.NetworkSettings.SandboxKey}}",
+        id,
+    ]);
+    let [ip, prefix, gateway, mac, netns] = inspect.split_whitespace().collect::<Vec<_>>()[..]
+    else {
+        panic!("podman inspect: {inspect:?}");
+    };
+    // The runtime's TAP sits next to podman's veth in the container's namespace.
+    let tap = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["ip", "link", "show", "dev", "tap0_hvlite"])
+        .output()
+        .unwrap();
+    assert!(
+        tap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tap.stderr)
+    );
+
+    // The host reaches the guest's httpd through the published port (podman's DNAT).
+    let addr = format!("127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let first = loop {
+        match http_get(&addr) {
+            Ok(body) => break body,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no answer on {addr}: {e}\nlogs: {}",
+                    p.ok(&["logs", id])
+                );
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+    };
+    assert_eq!(first, "hello-from-the-vm\n");
+    // And directly at the container's address; a few timed requests.
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        assert_eq!(
+            http_get(&format!("{ip}:80")).unwrap(),
+            "hello-from-the-vm\n"
+        );
+        times.push(t.elapsed());
+    }
+    times.sort();
+    eprintln!(
+        "HTTP GET host -> container (hvlite-runtime): median {:.1} ms of {}",
+        times[times.len() / 2].as_secs_f64() * 1000.0,
+        times.len()
+    );
+
+    // The guest has the veth's MAC and address and reaches the host's side (the gateway).
+    let check = format!(
+        "cat /sys/class/net/eth0/address; ip -4 addr show dev eth0 | grep -o 'inet [0-9./]*'; \
+         ping -c 1 -W 20 {gateway} >/dev/null && echo gateway-ok"
+    );
+    let out = p.ok(&["exec", id, "sh", "-c", &check]);
+    assert_eq!(
+        out,
+        format!("{mac}\ninet {ip}/{prefix}\ngateway-ok\n"),
+        "MAC, address and gateway in the guest"
+    );
+
+    p.ok(&["rm", "-f", "-t", "2", id]);
+    assert_eq!(p.ok(&["ps", "-a", "-q"]).trim(), "");
+    assert!(!Path::new("/run/hvlite-runtime").join(id).exists());
+    assert!(!Path::new(netns).exists(), "podman removed the namespace");
+    assert!(http_get(&addr).is_err(), "the port is closed again");
+}
