@@ -108,6 +108,20 @@ fn bad_bundles_and_commands_are_refused_and_leave_nothing_behind() {
             config(r#"["/bin/true"]"#, "").replace("\"cwd\"", "\"terminal\":true,\"cwd\""),
             "no --console-socket",
         ),
+        (
+            config(
+                r#"["/bin/true"]"#,
+                r#","linux":{"namespaces":[{"type":"network","path":"/run/netns/hvlite-gone"}]}"#,
+            ),
+            "network namespace /run/netns/hvlite-gone: no such file",
+        ),
+        (
+            config(
+                r#"["/bin/true"]"#,
+                r#","linux":{"namespaces":[{"type":"network","path":"/proc/self/ns/uts"}]}"#,
+            ),
+            "/proc/self/ns/uts is not a network namespace",
+        ),
     ];
     for (cfg, needle) in cases {
         bundle(&dir, &cfg);
