@@ -382,7 +382,20 @@ fn podman_publishes_a_port_of_a_container_in_a_vm() {
     let publish = format!("{port}:80");
     let script = "mkdir -p /www && echo hello-from-the-vm > /www/index.html && \
                   exec httpd -f -p 80 -h /www";
-    let id = p.ok(&["run", "-d", "-p", &publish, IMAGE, "sh", "-c", script]);
+    // NET_RAW for ping: podman's default sysctl net.ipv4.ping_group_range is not applied in
+    // the guest, and podman's default capabilities leave NET_RAW out.
+    let id = p.ok(&[
+        "run",
+        "-d",
+        "--cap-add",
+        "NET_RAW",
+        "-p",
+        &publish,
+        IMAGE,
+        "sh",
+        "-c",
+        script,
+    ]);
     let id = id.trim();
     let inspect = p.ok(&[
         "inspect",
