@@ -365,6 +365,16 @@ fn http_get(addr: &str) -> Result<String, String> {
     }
 }
 
+/// `podman rm -f` of a container when a test ends, even by a failed assertion (a VM left
+/// running would hold the CPUs and the container's network).
+struct RemovedOnDrop<'a>(&'a Podman, &'a str);
+
+impl Drop for RemovedOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["rm", "-f", "-t", "0", self.1]);
+    }
+}
+
 /// A port nothing listens on now.
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -397,6 +407,7 @@ fn podman_publishes_a_port_of_a_container_in_a_vm() {
         script,
     ]);
     let id = id.trim();
+    let _gone = RemovedOnDrop(&p, id);
     let inspect = p.ok(&[
         "inspect",
         "-f",
