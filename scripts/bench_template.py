@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -87,7 +86,9 @@ def idle_containers(args, env, count, extra):
 def runc_bundle(workdir, rootfs):
     bundle = os.path.join(workdir, "bundle")
     os.makedirs(bundle)
-    shutil.copytree(rootfs, os.path.join(bundle, "rootfs"), symlinks=True)
+    # cp -a keeps device nodes and FIFOs as they are (copytree would open and read them:
+    # the root's /dev/console blocks).
+    subprocess.run(["cp", "-a", rootfs, os.path.join(bundle, "rootfs")], check=True)
     subprocess.run(["runc", "spec"], cwd=bundle, check=True)
     path = os.path.join(bundle, "config.json")
     with open(path) as f:
