@@ -834,6 +834,40 @@ def merge(argv):
     return write_report(report, out, renderer)
 
 
+def add_system(argv):
+    """`--add-system OUT RENDERER BASE_DIR CHUNK_DIR...`: BASE_DIR's report with the systems
+    that CHUNK_DIR's runs measured (`--only`) added to it: their results replace the base's
+    cells of the same workloads and their entries the base's (the note says when they ran:
+    those numbers come from another run than the other systems' of the same plot)."""
+    if len(argv) < 4:
+        sys.exit("usage: bench_report.py --add-system OUT RENDERER BASE_DIR CHUNK_DIR...")
+    out, renderer, base_dir, chunks = argv[0], argv[1], argv[2], argv[3:]
+    with open(os.path.join(base_dir, "results.json")) as f:
+        report = json.load(f)
+    by_id = {w["id"]: w for w in report["workloads"]}
+    for chunk in chunks:
+        with open(os.path.join(chunk, "results.json")) as f:
+            part = json.load(f)
+        added = [s for s in part["systems"] if not s["skipped"]]
+        for system in added:
+            system = dict(system)
+            system["note"] = (f"{system['note']}; " if system.get("note") else "") + (
+                f"measured in a separate run ({part['started']} to {part['finished']}, "
+                f"commit {part['host'].get('commit')}) and added to this report")
+            report["systems"] = [system if s["id"] == system["id"] else s
+                                 for s in report["systems"]]
+            for w in part["workloads"]:
+                cell = w["results"].get(system["id"])
+                if cell is not None and w["id"] in by_id:
+                    by_id[w["id"]]["results"][system["id"]] = cell
+            why = "not measured in the run that added this system"
+            for w in report["workloads"]:
+                w["results"].setdefault(system["id"], {"skipped": why} if w["kind"] == "lines"
+                                        else {"samples": [], "error": None, "skipped": why})
+        report["finished"] = max(report["finished"], part["finished"])
+    return write_report(report, out, renderer)
+
+
 def host_info(guest_kernel):
     if os.path.exists("/sys/module/kvm_pvm"):
         kind = "pvm"
@@ -901,4 +935,8 @@ def check_page(path, workload_ids):
 
 
 if __name__ == "__main__":
-    sys.exit(merge(sys.argv[2:]) if sys.argv[1:2] == ["--merge"] else main())
+    if sys.argv[1:2] == ["--merge"]:
+        sys.exit(merge(sys.argv[2:]))
+    if sys.argv[1:2] == ["--add-system"]:
+        sys.exit(add_system(sys.argv[2:]))
+    sys.exit(main())
