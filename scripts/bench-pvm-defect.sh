@@ -34,6 +34,7 @@ CHUNK_TIMEOUT="${CHUNK_TIMEOUT:-290}"
 VM_LOCK="${VM_LOCK:-/tmp/hvlite-vm.lock}"
 CACHE="${HVLITE_CACHE:-$HOME/.cache/hvlite}"
 
+source scripts/apt.sh
 log() { echo "bench-pvm-defect: $*" >&2; }
 
 KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
@@ -46,10 +47,7 @@ HVLITE=target/release/hvlite
 debian_root() {
     local root="$CACHE/debian/bookworm-minbase"
     if [ ! -x "$root/bin/sh" ]; then
-        command -v debootstrap >/dev/null || {
-            log "installing debootstrap"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >&2
-        }
+        install_missing bench-pvm-defect debootstrap
         log "debootstrap --variant=minbase bookworm (once, cached in $root)"
         rm -rf "$root.tmp"
         mkdir -p "$(dirname "$root")"

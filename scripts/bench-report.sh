@@ -23,16 +23,11 @@ while [ $# -gt 0 ]; do
 done
 
 # The systems under test, from Debian (a missing one is skipped with a line in the report).
-missing=()
-for pkg in runc:runc crun:crun qemu-system-x86_64:qemu-system-x86 podman:podman mkfs.ext4:e2fsprogs; do
-    command -v "${pkg%%:*}" >/dev/null || missing+=("${pkg#*:}")
-done
-if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "bench-report: installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
-        || { apt-get update >&2 && apt-get install -y --no-install-recommends "${missing[@]}" >&2 \
-        || echo "bench-report: could not install ${missing[*]}; those systems are skipped" >&2; }
+source scripts/apt.sh
+systems=(runc crun qemu-system-x86_64:qemu-system-x86 podman mkfs.ext4:e2fsprogs)
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    install_missing bench-report "${systems[@]}" \
+        || echo "bench-report: could not install all of them; a missing system is skipped" >&2
 fi
 
 KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"

@@ -12,15 +12,8 @@ HVLITE_RUNS="${HVLITE_RUNS:-3}"
 OUT="${OUT:-bench/results/shim.json}"
 PROFILE="${PROFILE:-release}"
 
-need=()
-command -v containerd >/dev/null || need+=(containerd)
-command -v runc >/dev/null || need+=(runc)
-if [ "${#need[@]}" -gt 0 ]; then
-    echo "bench-shim: installing ${need[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends "${need[@]}" >&2 \
-        || { apt-get update >&2 && apt-get install -y --no-install-recommends "${need[@]}" >&2; }
-fi
+source scripts/apt.sh
+install_missing bench-shim containerd runc
 KERNEL="${HVLITE_KERNEL:-$(bash scripts/build-kernel.sh | tail -n 1)}"
 AGENT="${HVLITE_AGENT:-$(bash scripts/build-initramfs.sh --agent | tail -n 1)}"
 ROOTFS="${HVLITE_ROOTFS_DIR:-$(bash scripts/build-initramfs.sh --dir | tail -n 1)}"

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 source scripts/progress.sh
+source scripts/apt.sh
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -24,14 +25,12 @@ done
 # tests/podman.rs drives a real podman (with conmon) through hvlite-runtime.
 if ! command -v podman >/dev/null && [ "$(id -u)" = 0 ]; then
     log "installing podman (tests/podman.rs)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y podman >&2 || { apt-get update >&2 && apt-get install -y podman >&2; }
+    apt_install --recommends podman
 fi
 # tests/containerd.rs runs a private containerd (Debian's 1.6) with hvlite's shim.
 if ! command -v containerd >/dev/null && [ "$(id -u)" = 0 ]; then
     log "installing containerd (tests/containerd.rs)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y containerd >&2 || { apt-get update >&2 && apt-get install -y containerd >&2; }
+    apt_install --recommends containerd
 fi
 
 log "cargo fmt --all --check"
