@@ -14,12 +14,13 @@
 #   debian   a container run (`hvlite run --rootfs`) of a Debian bookworm minbase root
 #            (dynamically linked coreutils), made with Debian's debootstrap and cached in
 #            ${HVLITE_CACHE:-~/.cache/hvlite}/debian/bookworm-minbase
-# Measures are NAME=KERNEL-OPTIONS, e.g. "baseline= pgd_fifo=hvlite.pgd_fifo=64".
+# Measures are NAME=KERNEL-OPTIONS, e.g. "baseline= pgd_fifo=hvlite.pgd_fifo=64" (that one
+# needs KERNEL built with scripts/pvm-defect/pgd-fifo.patch: docs/pvm-defect.md, "Measuring").
 #
 # Environment: MEASURES (default "baseline="), VCPUS ("1 2"), WORKLOADS ("busybox"),
 # STARTS (750), DEBIAN_STARTS (150), CHUNK_ROUNDS (50), DEBIAN_CHUNK_ROUNDS (20),
-# CHUNK_TIMEOUT (290 s), VM_LOCK (/tmp/hvlite-vm.lock), OUT. On hardware KVM every count
-# should be 0.
+# CHUNK_TIMEOUT (290 s), VM_LOCK (/tmp/hvlite-vm.lock), OUT, KERNEL (the guest kernel;
+# default: the one scripts/build-kernel.sh builds). On hardware KVM every count should be 0.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
 OUT="${OUT:-bench/results/pvm-defect.json}"
@@ -37,7 +38,7 @@ CACHE="${HVLITE_CACHE:-$HOME/.cache/hvlite}"
 source scripts/apt.sh
 log() { echo "bench-pvm-defect: $*" >&2; }
 
-KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
+KERNEL="${KERNEL:-$(bash scripts/build-kernel.sh | tail -n 1)}"
 INITRD="$(bash scripts/build-initramfs.sh | tail -n 1)"
 AGENT="$(bash scripts/build-initramfs.sh --agent | tail -n 1)"
 cargo build --release --bin hvlite >&2
@@ -96,11 +97,27 @@ ${prefix}cat >/dev/null; wait; echo ROUND-\$i; i=\$((i+1)); done; echo ROUNDS-DO
 
 host_kind=hardware
 [ -d /sys/module/kvm_pvm ] && [ ! -d /sys/module/kvm_intel ] && [ ! -d /sys/module/kvm_amd ] && host_kind=pvm
+# A module's parameters (those readable) as a JSON object: the defect varies by host.
+module_params() {
+    local f sep=""
+    printf '{'
+    for f in /sys/module/"$1"/parameters/*; do
+        [ -r "$f" ] || continue
+        printf '%s"%s": "%s"' "$sep" "$(basename "$f")" "$(tr -d '"\\\n' <"$f" 2>/dev/null)"
+        sep=", "
+    done
+    printf '}'
+}
+host_booted=$(date -u -d "@$(awk '/^btime/ { print $2 }' /proc/stat)" +%Y-%m-%dT%H:%MZ)
+started=$(date -u +%Y-%m-%dT%H:%MZ)
 # Written after every configuration, so that an interrupted run keeps what it measured.
 write_results() {
     mkdir -p "$(dirname "$OUT")"
     {
         printf '{\n  "host_kind": "%s",\n  "kernel": "%s",\n' "$host_kind" "$(basename "$(dirname "$KERNEL")")"
+        printf '  "host": {"kernel_release": "%s", "booted": "%s", "cpus": %d, "kvm_pvm": %s, "kvm": %s},\n' \
+            "$(uname -r)" "$host_booted" "$(nproc)" "$(module_params kvm_pvm)" "$(module_params kvm)"
+        printf '  "measured": {"from": "%s", "to": "%s"},\n' "$started" "$(date -u +%Y-%m-%dT%H:%MZ)"
         printf '  "loop": "true & echo x | cat; wait (busybox applets or Debian coreutils)",\n  "runs": [\n'
         for i in "${!rows[@]}"; do
             sep=","; [ "$i" -eq $((${#rows[@]} - 1)) ] && sep=""
