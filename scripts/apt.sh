@@ -1,5 +1,5 @@
-# Debian packages for scripts that need a system tool; sourced by test.sh and the bench
-# scripts (run them as root: apt-get installs system-wide).
+# Debian packages for scripts that need a system tool; sourced by test.sh, the bench
+# scripts and cri-check.sh (run them as root: apt-get installs system-wide).
 #
 #   apt_install [--recommends] PACKAGE...
 # installs PACKAGE with apt-get, without recommended packages unless --recommends; when

@@ -7,12 +7,8 @@ cd "$(dirname "$(readlink -f "$0")")/.."
 RUNS="${1:-${RUNS:-5}}"
 OUT="${OUT:-bench/results/boot.json}"
 
-if ! command -v qemu-system-x86_64 >/dev/null; then
-    echo "bench-boot: installing qemu-system-x86" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends qemu-system-x86 >&2 \
-        || { apt-get update >&2 && apt-get install -y --no-install-recommends qemu-system-x86 >&2; }
-fi
+source scripts/apt.sh
+install_missing bench-boot qemu-system-x86_64:qemu-system-x86
 # KVM's debugfs counters (emulated instructions, exits, injected IRQs) explain where an
 # emulated boot spends its time; mount debugfs if it is not there yet.
 if [ ! -d /sys/kernel/debug/kvm ] && [ "$(id -u)" = 0 ]; then

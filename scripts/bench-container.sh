@@ -9,12 +9,8 @@ RUNS="${1:-${RUNS:-5}}"
 OUT="${OUT:-bench/results/container.json}"
 VSOCK_MIB="${VSOCK_MIB:-16}"
 
-if ! command -v runc >/dev/null; then
-    echo "bench-container: installing runc" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends runc >&2 \
-        || { apt-get update >&2 && apt-get install -y --no-install-recommends runc >&2; }
-fi
+source scripts/apt.sh
+install_missing bench-container runc
 KERNEL="$(bash scripts/build-kernel.sh | tail -n 1)"
 AGENT="$(bash scripts/build-initramfs.sh --agent | tail -n 1)"
 ROOTFS="$(bash scripts/build-initramfs.sh --dir | tail -n 1)"

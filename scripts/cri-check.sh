@@ -8,14 +8,8 @@
 # Run it under the VM lock: flock /tmp/hvlite-vm.lock bash scripts/cri-check.sh
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/.."
-need=()
-command -v containerd >/dev/null || need+=(containerd)
-command -v protoc >/dev/null || need+=(protobuf-compiler)
-if [ "${#need[@]}" -gt 0 ]; then
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y --no-install-recommends "${need[@]}" >&2 \
-        || { apt-get update >&2 && apt-get install -y --no-install-recommends "${need[@]}" >&2; }
-fi
+source scripts/apt.sh
+install_missing cri-check containerd protoc:protobuf-compiler
 KERNEL="${HVLITE_KERNEL:-$(bash scripts/build-kernel.sh | tail -n 1)}"
 AGENT="${HVLITE_AGENT:-$(bash scripts/build-initramfs.sh --agent | tail -n 1)}"
 ROOTFS="${HVLITE_ROOTFS_DIR:-$(bash scripts/build-initramfs.sh --dir | tail -n 1)}"
