@@ -770,6 +770,8 @@ fn report_shares(healths: &[Arc<FsHealth>], daemons: &mut [Option<Daemon>]) {
     for (i, d) in daemons.iter_mut().enumerate() {
         let Some(d) = d else { continue };
         let early = d.stop();
+        // Here, not only on drop: a killed virtiofsd's socket was seen left behind.
+        d.remove_socket();
         let lost = healths.get(i).is_some_and(|h| h.is_gone());
         if let (true, Some(h)) = (lost, healths.get(i)) {
             log::error!(

@@ -202,6 +202,11 @@ impl Daemon {
         None
     }
 
+    /// Removes the socket file (a virtiofsd that was killed cannot remove it itself).
+    pub fn remove_socket(&self) {
+        let _ = std::fs::remove_file(&self.socket);
+    }
+
     /// Waits up to `limit` for virtiofsd to exit; whether it did.
     fn wait_exit(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
@@ -220,7 +225,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_file(&self.socket);
+        self.remove_socket();
     }
 }
 
