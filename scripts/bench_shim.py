@@ -186,7 +186,7 @@ def main():
             "containerd": subprocess.run(["containerd", "--version"], capture_output=True,
                                          text=True).stdout.strip(),
             "hvlite_profile": args.profile,
-            "note": "hvlite's end to end includes the VM boot (before /tasks/create)",
+            "note": "hvlite's end to end includes starting the VM before /tasks/create (a template restore; a cold boot for tasks with a network, disks or shares)",
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "results": results,
         }
