@@ -107,6 +107,15 @@ pub fn build_into(spec: &TemplateSpec, dir: &Path) -> Result<BuildStats, Templat
         (Err(_), Ok(Err(e))) => {
             return Err(TemplateError::Build(crate::control::error_chain(&e)));
         }
+        // The VMM's account of the end beats the latch's first reason: the reset that
+        // follows a kernel panic can reach the latch before the panic report's last line,
+        // and the VMM explains such a reset as the panic.
+        (Err(TemplateError::GuestEnded { .. }), Ok(Ok(reason))) => {
+            return Err(TemplateError::GuestEnded {
+                reason,
+                console: tail.text(),
+            });
+        }
         (Err(e @ TemplateError::GuestEnded { .. }), _) => return Err(e),
         (Err(e), _) => return Err(with_console(e, &tail)),
     };
