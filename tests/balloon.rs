@@ -105,8 +105,11 @@ fn inflating_the_balloon_gives_guest_memory_back_to_the_host() {
         "balloon: 24 MiB inflated in {:.1} s; hvlite VmRSS {before} KiB -> {after} KiB",
         took.as_secs_f64()
     );
+    // The guest balloons free pages of its choice, and not all of them were backed on the
+    // host (dd's 32 MiB buffer covered most but not all; CI saw 16380 KiB released once):
+    // half of the 24 MiB must come back, which only MADV_DONTNEED on inflate can do.
     assert!(
-        before.saturating_sub(after) >= 16 << 10,
+        before.saturating_sub(after) >= 12 << 10,
         "VmRSS {before} KiB -> {after} KiB after inflating 24 MiB"
     );
     // Statistics keep coming, and the metrics count what the device did.
