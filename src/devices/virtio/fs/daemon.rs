@@ -252,6 +252,22 @@ mod tests {
         hvlite_protocol::test_env::check(test, found.is_ok(), why).then(|| found.ok())?
     }
 
+    /// Two ready queues in 1 MiB of shared guest memory, with fresh kick and call eventfds.
+    fn activation() -> ActivateContext {
+        let mem = crate::vmm::memory::shared_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
+        ActivateContext {
+            mem,
+            queues: vec![queue(0x10000), queue(0x20000)],
+            kicks: vec![
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            ],
+            interrupt: Arc::new(VirtioInterrupt::new(
+                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+            )),
+        }
+    }
+
     fn queue(base: u64) -> Queue {
         let mut q = Queue::new(super::super::QUEUE_SIZE).unwrap();
         q.set_size(16);
@@ -277,38 +293,15 @@ mod tests {
         let mut fs = Fs::new("t", Box::new(link), lp.handle.clone()).unwrap();
         // virtiofsd offers VERSION_1 (checked by Fs::new) and the driver takes it.
         fs.set_acked_features(fs.avail_features());
-        let mem = crate::vmm::memory::shared_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
-        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let ctx = ActivateContext {
-            mem,
-            queues: vec![queue(0x10000), queue(0x20000)],
-            kicks: vec![
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ],
-            interrupt: Arc::new(VirtioInterrupt::new(irq)),
-        };
         // Every message is acknowledged (REPLY_ACK): a refusal would mark the share gone.
-        fs.activate(ctx).unwrap();
+        fs.activate(activation()).unwrap();
         let health = fs.health();
         assert!(!health.is_gone());
         fs.reset();
         assert!(!health.is_gone(), "GET_VRING_BASE answered");
 
         // Activate again, then kill virtiofsd: the event loop sees the hang-up.
-        let mem = crate::vmm::memory::shared_ranges(&[(GuestAddress(0), 0x100000)]).unwrap();
-        let ctx = ActivateContext {
-            mem,
-            queues: vec![queue(0x10000), queue(0x20000)],
-            kicks: vec![
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            ],
-            interrupt: Arc::new(VirtioInterrupt::new(
-                EventFd::new(libc::EFD_NONBLOCK).unwrap(),
-            )),
-        };
-        fs.activate(ctx).unwrap();
+        fs.activate(activation()).unwrap();
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(daemon.pid() as libc::pid_t, libc::SIGKILL) };
         let deadline = Instant::now() + Duration::from_secs(10);
